@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# The main job on the bundled default (MiniLM + SST-2). Extra arguments go to `spin-cache extract`.
+. "$(dirname "$0")/env.sh"
+spin-cache extract "$@"

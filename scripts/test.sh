@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The test command: lint, format check and the whole test suite.
+. "$(dirname "$0")/env.sh"
+ruff check spin_cache tests benchmarks pipelines
+ruff format --check spin_cache tests benchmarks pipelines
+python -m pytest -q "$@"

@@ -1,0 +1,714 @@
+"""Load and validate labelled text datasets.
+
+A dataset is either the built-in SST-2 (``data/sst2/{train,dev,test}.txt`` in the source checkout), one
+file with a split column, or separate train/dev(/test) files. Supported formats: ``.csv``, ``.tsv``
+(tab separated, no quoting), ``.jsonl``/``.ndjson`` (JSON Lines), ``.parquet`` and ``.txt`` (one
+``LABEL TEXT`` example per line).
+
+Every problem with the input is raised as a one-line :class:`~spin_cache.errors.InputError` that names
+the file, the line or row, the column and what to do about it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from spin_cache.errors import InputError
+
+SPLITS = ("train", "dev", "test")
+SPLIT_ALIASES = {"validation": "dev", "valid": "dev", "val": "dev", "training": "train", "testing": "test"}
+
+BUILTIN_NAME = "sst2"
+BUILTIN_LABEL_NAMES = ("negative", "positive")
+SUPPORTED_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet", ".txt")
+
+_FINGERPRINT_VERSION = b"spin_cache.LabelledDataset.v1"
+_INT_RE = re.compile(r"[+-]?\d+")
+_TXT_LINE_RE = re.compile(r"(\S+)\s+(.*\S)", re.DOTALL)
+
+
+def _builtin_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "data" / "sst2"
+
+
+def _canonical_split(split: str) -> str | None:
+    """``split`` (any case, surrounding blanks, or an alias) as one of SPLITS, or None."""
+    s = split.strip().lower()
+    s = SPLIT_ALIASES.get(s, s)
+    return s if s in SPLITS else None
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A one-line, bounded repr of a user-supplied value for an error message."""
+    r = repr(value)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------------
+# The dataset
+
+
+@dataclass(frozen=True)
+class LabelledDataset:
+    """An immutable labelled text dataset: rows ordered train, then dev, then test (file order within).
+
+    Two datasets compare equal when their fingerprints (and names) are equal.
+    """
+
+    name: str
+    ids: tuple[str, ...]
+    texts: tuple[str, ...]
+    labels: np.ndarray
+    splits: np.ndarray
+    label_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        ids = tuple(self.ids)
+        texts = tuple(self.texts)
+        label_names = tuple(self.label_names)
+        labels = np.array(self.labels, dtype=np.int64).reshape(-1)
+        splits = np.array(self.splits, dtype=str).reshape(-1)
+        n = len(ids)
+        if len(texts) != n or labels.shape[0] != n or splits.shape[0] != n:
+            raise ValueError(
+                f"LabelledDataset: ids, texts, labels and splits must have the same length, got "
+                f"{n}, {len(texts)}, {labels.shape[0]}, {splits.shape[0]}"
+            )
+        if n and (labels.min() < 0 or labels.max() >= len(label_names)):
+            raise ValueError(f"LabelledDataset: labels must lie in 0..{len(label_names) - 1}")
+        bad = sorted(set(splits.tolist()) - set(SPLITS))
+        if bad:
+            raise ValueError(f"LabelledDataset: unknown split values {bad}; expected one of {SPLITS}")
+        labels.setflags(write=False)
+        splits.setflags(write=False)
+        object.__setattr__(self, "ids", ids)
+        object.__setattr__(self, "texts", texts)
+        object.__setattr__(self, "label_names", label_names)
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "splits", splits)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LabelledDataset):
+            return NotImplemented
+        return self.name == other.name and self.fingerprint() == other.fingerprint()
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.fingerprint()))
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{s}={len(self.split_indices(s))}" for s in SPLITS)
+        return f"LabelledDataset(name={self.name!r}, {counts}, label_names={self.label_names!r})"
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes (``len(label_names)``)."""
+        return len(self.label_names)
+
+    def split_indices(self, split: str) -> np.ndarray:
+        """Row indices (int64, ascending) of ``split`` (one of SPLITS or an alias)."""
+        canonical = _canonical_split(split) if isinstance(split, str) else None
+        if canonical is None:
+            raise InputError(f"unknown split {_short(split)}; use one of {', '.join(SPLITS)}")
+        return np.flatnonzero(self.splits == canonical).astype(np.int64)
+
+    def fingerprint(self) -> str:
+        """SHA-256 hex digest of ids, texts, labels, label_names and splits (not the name or file paths).
+
+        Every string is length-prefixed, so no two different datasets share a byte stream.
+        """
+        cached = self.__dict__.get("_fingerprint")
+        if cached is not None:
+            return cached
+        h = hashlib.sha256()
+
+        def put_str(s: str) -> None:
+            b = s.encode("utf-8", "surrogatepass")
+            h.update(struct.pack("<Q", len(b)))
+            h.update(b)
+
+        h.update(struct.pack("<Q", len(_FINGERPRINT_VERSION)))
+        h.update(_FINGERPRINT_VERSION)
+        h.update(struct.pack("<Q", len(self.label_names)))
+        for name in self.label_names:
+            put_str(name)
+        h.update(struct.pack("<Q", len(self.ids)))
+        for i in range(len(self.ids)):
+            put_str(self.ids[i])
+            put_str(self.texts[i])
+            h.update(struct.pack("<q", int(self.labels[i])))
+            put_str(str(self.splits[i]))
+        digest = h.hexdigest()
+        object.__setattr__(self, "_fingerprint", digest)
+        return digest
+
+    def subset(self, n_per_split: int | dict[str, int]) -> LabelledDataset:
+        """The first ``n`` rows of each split, keeping ``label_names``.
+
+        With an int, every split is cut to at most that many rows. With a dict (split or alias ->
+        n), the named splits are cut and splits not named are kept whole.
+        """
+        if isinstance(n_per_split, dict):
+            limits: dict[str, int | None] = dict.fromkeys(SPLITS)
+            for key, n in n_per_split.items():
+                canonical = _canonical_split(key) if isinstance(key, str) else None
+                if canonical is None:
+                    raise InputError(f"subset: unknown split {_short(key)}; use one of {', '.join(SPLITS)}")
+                limits[canonical] = n
+        else:
+            limits = dict.fromkeys(SPLITS, n_per_split)
+        parts = []
+        for split in SPLITS:
+            idx = self.split_indices(split)
+            n = limits[split]
+            if n is not None:
+                if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
+                    raise InputError(f"subset: the row count for split {split!r} must be an integer >= 0")
+                idx = idx[: int(n)]
+            parts.append(idx)
+        keep = np.concatenate(parts)
+        return LabelledDataset(
+            name=self.name,
+            ids=tuple(self.ids[i] for i in keep),
+            texts=tuple(self.texts[i] for i in keep),
+            labels=self.labels[keep],
+            splits=self.splits[keep],
+            label_names=self.label_names,
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading files into raw columns
+
+
+@dataclass
+class _Raw:
+    """One file's rows before validation. ``locate(i)`` names row i as "line N" or "row N"."""
+
+    path: str
+    n: int
+    columns: list[str]
+    text: list[Any]
+    label: list[Any]
+    split: list[Any] | None
+    ids: list[Any] | None
+    locate: Callable[[int], str]
+    text_col: str
+    label_col: str
+
+
+@dataclass(frozen=True)
+class _Columns:
+    text: str
+    label: str
+    split: str
+    id: str
+
+
+def _decode(path: str, raw: bytes) -> str:
+    """Decode UTF-8 (a leading BOM is dropped); undecodable bytes raise naming the line and offset."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise InputError(
+            f"{path}: line {line} (byte offset {e.start}) is not valid UTF-8; re-save the file as UTF-8"
+        ) from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise InputError(
+            f"{path}: cannot read the file ({e.strerror or _first_line(e)}); check the path"
+        ) from None
+
+
+def _missing_column(path: str, what: str, column: str, present: list[str], flag: str) -> InputError:
+    shown = ", ".join(_short(c, 40) for c in present) or "none"
+    return InputError(
+        f"{path}: no {what} column {column!r} (columns present: {shown}); "
+        f"rename the column or pass {flag} with the right name"
+    )
+
+
+def _read_txt(path: str, cols: _Columns) -> _Raw:
+    text = _decode(path, _read_bytes(path))
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline does not start another line
+    labels: list[Any] = []
+    texts: list[Any] = []
+    line_nos: list[int] = []
+    for i, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        if not stripped:
+            raise InputError(
+                f"{path}: line {i} is blank; remove it (each line must be 'LABEL TEXT', e.g. '1 a fine film')"
+            )
+        m = _TXT_LINE_RE.fullmatch(stripped)
+        if m is None:
+            raise InputError(
+                f"{path}: line {i}: no space separating the label from the text in {_short(stripped)}; "
+                "write each line as 'LABEL TEXT', e.g. '1 a fine film'"
+            )
+        labels.append(m.group(1))
+        texts.append(m.group(2))
+        line_nos.append(i)
+    return _Raw(
+        path=path,
+        n=len(texts),
+        columns=["label", "text"],
+        text=texts,
+        label=labels,
+        split=None,
+        ids=None,
+        locate=lambda i: f"line {line_nos[i]}",
+        text_col="text (after the first space)",
+        label_col="label (first field)",
+    )
+
+
+def _delimited_record_lines(text: str, tsv: bool) -> list[int]:
+    """1-based starting line of every record after the header, as the csv module sees them."""
+    if tsv:
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    else:
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=",")
+    starts = []
+    while True:
+        start = reader.line_num + 1
+        try:
+            next(reader)
+        except StopIteration:
+            break
+        except csv.Error:
+            return []
+        starts.append(start)
+    return starts[1:]
+
+
+def _read_delimited(path: str, cols: _Columns, tsv: bool) -> _Raw:
+    raw = _read_bytes(path)
+    text = _decode(path, raw)
+    if not text.strip():
+        raise InputError(f"{path}: the file is empty; add a header line and at least one row")
+    try:
+        df = pl.read_csv(
+            io.BytesIO(text.encode("utf-8")),
+            infer_schema=False,
+            separator="\t" if tsv else ",",
+            quote_char=None if tsv else '"',
+        )
+    except pl.exceptions.PolarsError as e:
+        # Try to point at the offending record: one with more fields than the header.
+        where = ""
+        starts = _delimited_record_lines(text, tsv)
+        if starts:
+            reader = csv.reader(
+                io.StringIO(text, newline=""),
+                delimiter="\t" if tsv else ",",
+                quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL,
+            )
+            rows = list(reader)
+            width = len(rows[0])
+            for start, row in zip(starts, rows[1:], strict=False):
+                if len(row) > width:
+                    where = f"line {start} has {len(row)} fields but the header has {width}; "
+                    break
+        kind = "TSV" if tsv else "CSV"
+        raise InputError(
+            f"{path}: cannot parse as {kind}: {where}{_first_line(e)}; fix the file"
+            + (
+                " (TSV is read without quoting; tabs and newlines cannot appear inside a field)"
+                if tsv
+                else ""
+            )
+        ) from None
+
+    cache: dict[str, list[int]] = {}
+
+    def locate(i: int) -> str:
+        if "starts" not in cache:
+            starts = _delimited_record_lines(text, tsv)
+            cache["starts"] = starts if len(starts) == df.height else []
+        starts = cache["starts"]
+        return f"line {starts[i]}" if starts else f"data row {i + 1}"
+
+    return _frame_to_raw(path, df, cols, locate)
+
+
+def _read_parquet(path: str, cols: _Columns) -> _Raw:
+    try:
+        df = pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise InputError(f"{path}: cannot read as Parquet: {_first_line(e)}; check the file") from None
+    return _frame_to_raw(path, df, cols, lambda i: f"row {i + 1}")
+
+
+def _frame_to_raw(path: str, df: pl.DataFrame, cols: _Columns, locate: Callable[[int], str]) -> _Raw:
+    present = list(df.columns)
+    for what, column, flag in (("text", cols.text, "--text-column"), ("label", cols.label, "--label-column")):
+        if column not in present:
+            raise _missing_column(path, what, column, present, flag)
+    return _Raw(
+        path=path,
+        n=df.height,
+        columns=present,
+        text=df.get_column(cols.text).to_list(),
+        label=df.get_column(cols.label).to_list(),
+        split=df.get_column(cols.split).to_list() if cols.split in present else None,
+        ids=df.get_column(cols.id).to_list() if cols.id in present else None,
+        locate=locate,
+        text_col=cols.text,
+        label_col=cols.label,
+    )
+
+
+def _read_jsonl(path: str, cols: _Columns) -> _Raw:
+    text = _decode(path, _read_bytes(path))
+    records: list[dict[str, Any]] = []
+    line_nos: list[int] = []
+    for i, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue  # blank lines (e.g. a trailing one) carry no record
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(
+                f"{path}: line {i} is not valid JSON ({e.msg} at column {e.colno}); "
+                "write one JSON object per line"
+            ) from None
+        if not isinstance(obj, dict):
+            raise InputError(
+                f"{path}: line {i} is a JSON {type(obj).__name__}, not an object; "
+                'write one object per line, e.g. {"text": "...", "label": 1}'
+            )
+        records.append(obj)
+        line_nos.append(i)
+
+    def column(name: str, what: str | None, flag: str) -> list[Any] | None:
+        """Values of ``name``; None if the first record lacks it and ``what`` is None (optional)."""
+        if not records:
+            return [] if what else None
+        if name not in records[0]:
+            if what is None:
+                return None
+            raise InputError(
+                f"{path}: line {line_nos[0]}: no {what} field {name!r} (fields present: "
+                f"{', '.join(_short(k, 40) for k in records[0]) or 'none'}); "
+                f"rename the field or pass {flag} with the right name"
+            )
+        out = []
+        for rec, line_no in zip(records, line_nos, strict=True):
+            if name not in rec:
+                raise InputError(
+                    f"{path}: line {line_no}: field {name!r} is missing (the first record has it); "
+                    "add it to every line"
+                )
+            out.append(rec[name])
+        return out
+
+    texts = column(cols.text, "text", "--text-column")
+    labels = column(cols.label, "label", "--label-column")
+    assert texts is not None and labels is not None
+    return _Raw(
+        path=path,
+        n=len(records),
+        columns=list(records[0]) if records else [],
+        text=texts,
+        label=labels,
+        split=column(cols.split, None, ""),
+        ids=column(cols.id, None, ""),
+        locate=lambda i: f"line {line_nos[i]}",
+        text_col=cols.text,
+        label_col=cols.label,
+    )
+
+
+def _read_file(path_like: str | os.PathLike, cols: _Columns) -> _Raw:
+    path = os.fspath(path_like)
+    p = Path(path)
+    if not p.exists():
+        builtin_hint = f" (the only built-in dataset is {BUILTIN_NAME!r})" if not p.suffix else ""
+        raise InputError(f"{path}: file not found{builtin_hint}; check the path")
+    if p.is_dir():
+        raise InputError(
+            f"{path}: is a directory, not a data file; pass a file (or --train/--dev/--test files)"
+        )
+    ext = p.suffix.lower()
+    if ext == ".txt":
+        return _read_txt(path, cols)
+    if ext in (".csv", ".tsv"):
+        return _read_delimited(path, cols, tsv=ext == ".tsv")
+    if ext in (".jsonl", ".ndjson"):
+        return _read_jsonl(path, cols)
+    if ext == ".parquet":
+        return _read_parquet(path, cols)
+    raise InputError(
+        f"{path}: unsupported file type {p.suffix or '(no extension)'!r}; "
+        f"use one of {', '.join(SUPPORTED_EXTENSIONS)}"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation
+
+
+@dataclass
+class _Row:
+    path: str
+    index: int  # row index within its file
+    locate: Callable[[int], str]
+    split: str
+    id: str | None
+    text: str
+    label: int | str  # int when the raw label was an integer, else the stripped string
+
+
+def _where(raw: _Raw, i: int, column: str) -> str:
+    return f"{raw.path}: {raw.locate(i)}, column {column!r}"
+
+
+def _label_value(raw: _Raw, i: int) -> int | str:
+    v = raw.label[i]
+    col = raw.label_col
+    if v is None or (isinstance(v, float) and v != v):
+        raise InputError(f"{_where(raw, i, col)}: the label is missing; fill it in or remove the row")
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float):
+        return int(v) if v.is_integer() else repr(v)
+    if isinstance(v, str):
+        s = v.strip()
+        if not s:
+            raise InputError(f"{_where(raw, i, col)}: the label is empty; fill it in or remove the row")
+        return int(s) if _INT_RE.fullmatch(s) else s
+    raise InputError(
+        f"{_where(raw, i, col)}: the label must be a number or a string, not {type(v).__name__}; fix the row"
+    )
+
+
+def _rows_of(raw: _Raw, fixed_split: str | None, cols: _Columns) -> list[_Row]:
+    rows = []
+    for i in range(raw.n):
+        t = raw.text[i]
+        if t is None:
+            raise InputError(
+                f"{_where(raw, i, raw.text_col)}: the text is missing; fill it in or remove the row"
+            )
+        if not isinstance(t, str):
+            raise InputError(
+                f"{_where(raw, i, raw.text_col)}: the text must be a string, "
+                f"not {type(t).__name__}; fix the row"
+            )
+        if not t.strip():
+            raise InputError(
+                f"{_where(raw, i, raw.text_col)}: the text is empty or whitespace only; "
+                "fill it in or remove the row"
+            )
+        label = _label_value(raw, i)
+        if fixed_split is not None:
+            split = fixed_split
+        else:
+            assert raw.split is not None
+            s = raw.split[i]
+            canonical = _canonical_split(s) if isinstance(s, str) else None
+            if canonical is None:
+                allowed = ", ".join(SPLITS + tuple(SPLIT_ALIASES))
+                raise InputError(
+                    f"{_where(raw, i, cols.split)}: unknown split {_short(s)}; use one of {allowed}"
+                )
+            split = canonical
+        row_id = None
+        if raw.ids is not None:
+            v = raw.ids[i]
+            if v is None or isinstance(v, bool) or not isinstance(v, str | int | float) or not str(v).strip():
+                raise InputError(
+                    f"{_where(raw, i, cols.id)}: the id is missing or invalid ({_short(v)}); "
+                    "give every row a unique id or drop the column"
+                )
+            row_id = str(v)
+        rows.append(_Row(raw.path, i, raw.locate, split, row_id, t, label))
+    return rows
+
+
+def _build(name: str, rows: list[_Row], builtin: bool, train_path: str, id_flag: str) -> LabelledDataset:
+    # Order: train, dev, test; file order within a split. Default ids count within a split.
+    ordered: list[_Row] = []
+    for split in SPLITS:
+        ordered.extend(r for r in rows if r.split == split)
+    counters = dict.fromkeys(SPLITS, 0)
+    ids: list[str] = []
+    seen: dict[str, _Row] = {}
+    for r in ordered:
+        row_id = r.id if r.id is not None else f"{r.split}-{counters[r.split]:06d}"
+        counters[r.split] += 1
+        if row_id in seen:
+            first = seen[row_id]
+            raise InputError(
+                f"duplicate id {_short(row_id)}: {first.path} {first.locate(first.index)} and "
+                f"{r.path} {r.locate(r.index)}; make the ids unique (column {id_flag!r})"
+            )
+        seen[row_id] = r
+        ids.append(row_id)
+
+    raw_labels = [r.label for r in ordered]
+    if all(isinstance(lab, int) for lab in raw_labels):
+        values = sorted(set(raw_labels))
+        index = {v: k for k, v in enumerate(values)}
+        label_names = tuple(str(v) for v in values)
+        labels = np.array([index[v] for v in raw_labels], dtype=np.int64)
+    else:
+        names = sorted({str(v) for v in raw_labels})
+        index_s = {v: k for k, v in enumerate(names)}
+        label_names = tuple(names)
+        labels = np.array([index_s[str(v)] for v in raw_labels], dtype=np.int64)
+
+    if builtin:
+        if label_names != ("0", "1"):
+            raise InputError(
+                f"{_builtin_dir()}: the built-in SST-2 labels must be 0 and 1, found {list(label_names)}; "
+                "restore data/sst2 from the source checkout"
+            )
+        label_names = BUILTIN_LABEL_NAMES
+
+    train_labels = {r.label for r in ordered if r.split == "train"}
+    if len(train_labels) < 2:
+        only = next(iter(train_labels))
+        raise InputError(
+            f"{train_path}: the train split has a single class (label {str(only)!r}); "
+            "a classifier needs at least two classes in train — check the label column and the split"
+        )
+
+    return LabelledDataset(
+        name=name,
+        ids=tuple(ids),
+        texts=tuple(r.text for r in ordered),
+        labels=labels,
+        splits=np.array([r.split for r in ordered], dtype=str),
+        label_names=label_names,
+    )
+
+
+def _check_nonempty_splits(
+    path_for: dict[str, str], rows: list[_Row], required: tuple[str, ...], hint: str
+) -> None:
+    present = {r.split for r in rows}
+    for split in required:
+        if split not in present:
+            raise InputError(f"{path_for[split]}: the {split} split has no rows; {hint}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Public entry point
+
+
+def load_dataset(
+    data: str | os.PathLike | None = "sst2",
+    *,
+    train: str | os.PathLike | None = None,
+    dev: str | os.PathLike | None = None,
+    test: str | os.PathLike | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    split_column: str = "split",
+    id_column: str = "id",
+) -> LabelledDataset:
+    """Load and validate a labelled dataset.
+
+    ``data="sst2"`` (or None with no split files) loads the built-in SST-2. Otherwise ``data`` is one
+    file with a ``split_column``, or ``train`` and ``dev`` (and optionally ``test``) are separate files.
+    Integer labels (ints or integer strings) are mapped in sorted order to 0..n-1 with their string
+    forms as ``label_names``; other labels use the sorted unique strings. Raises InputError (one line,
+    naming file, line/row and column) on any problem.
+    """
+    cols = _Columns(text=text_column, label=label_column, split=split_column, id=id_column)
+    split_files = {"train": train, "dev": dev, "test": test}
+    given = {k: v for k, v in split_files.items() if v is not None}
+    is_builtin = data is None or (isinstance(data, str) and data == BUILTIN_NAME)
+
+    if given:
+        if not is_builtin:
+            raise InputError(
+                f"{os.fspath(data)}: pass either one data file with a split column or --train/--dev/--test "
+                "files, not both"
+            )
+        missing = [k for k in ("train", "dev") if k not in given]
+        if missing:
+            raise InputError(
+                f"no --{missing[0]} file given; pass both --train and --dev files (--test is optional), "
+                "or one data file with a split column"
+            )
+        rows: list[_Row] = []
+        paths: dict[str, str] = {}
+        for split, path_like in given.items():
+            raw = _read_file(path_like, cols)
+            paths[split] = raw.path
+            if raw.n == 0:
+                raise InputError(f"{raw.path}: the {split} file has no rows; add examples or leave it out")
+            rows.extend(_rows_of(raw, split, cols))
+        name = "+".join(Path(paths[s]).name for s in SPLITS if s in paths)
+        return _build(name, rows, builtin=False, train_path=paths["train"], id_flag=id_column)
+
+    if is_builtin:
+        return _load_builtin(cols)
+
+    raw = _read_file(data, cols)
+    if raw.n == 0:
+        raise InputError(f"{raw.path}: the file has no rows; add examples")
+    if raw.split is None:
+        raise InputError(
+            f"{raw.path}: no split column {split_column!r}; add a {split_column!r} column "
+            f"(values {', '.join(SPLITS)}) or pass --train/--dev/--test files"
+        )
+    rows = _rows_of(raw, None, cols)
+    hint = f"give some rows that split in column {split_column!r}"
+    _check_nonempty_splits(dict.fromkeys(SPLITS, raw.path), rows, ("train", "dev"), hint)
+    return _build(Path(raw.path).name, rows, builtin=False, train_path=raw.path, id_flag=id_column)
+
+
+def _load_builtin(cols: _Columns) -> LabelledDataset:
+    root = _builtin_dir()
+    if not (root / "train.txt").is_file() or not (root / "dev.txt").is_file():
+        raise InputError(
+            f"{root}: the built-in {BUILTIN_NAME!r} dataset is not there; it ships with the source checkout "
+            "(data/sst2) — install from a checkout or pass your own --data or --train/--dev files"
+        )
+    rows: list[_Row] = []
+    for split in SPLITS:
+        path = root / f"{split}.txt"
+        if split == "test" and not path.is_file():
+            continue
+        raw = _read_txt(str(path), cols)
+        if raw.n == 0:
+            raise InputError(
+                f"{path}: the built-in {split} file has no rows; restore it from the source checkout"
+            )
+        rows.extend(_rows_of(raw, split, cols))
+    return _build(BUILTIN_NAME, rows, builtin=True, train_path=str(root / "train.txt"), id_flag=cols.id)

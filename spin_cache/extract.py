@@ -1,0 +1,460 @@
+"""Run the model once over a dataset and stream every layer's pooled activations into an ActivationStore.
+
+Rows keep the dataset's order (train, dev, test) and are cut into blocks; inside a block, examples are sorted by
+length into batches so that padding stays small. A block is pooled on the model's device, handed to a background
+writer thread and committed with a marker; a rerun skips committed blocks, so a crash loses at most the blocks in
+flight and the finished store is identical to an uninterrupted run (batches depend only on the block).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from . import __version__
+from .data import LabelledDataset, load_dataset
+from .errors import InputError, SpinCacheError, StoreMismatchError
+from .models import (
+    DEFAULT_MODEL,
+    KINDS,
+    POOLINGS,
+    LoadedModel,
+    default_poolings,
+    load_model,
+    model_identity,
+    resolve_model_path,
+    run_layers,
+)
+from .store import (
+    FORMAT_VERSION,
+    FLOAT16_MAX,
+    STORE_DTYPES,
+    ActivationStore,
+    Layout,
+    default_block_rows,
+    describe_differences,
+    fingerprint_inputs,
+    new_manifest,
+)
+
+DEFAULT_CHUNK_COLS = 64
+DEFAULT_MAX_LENGTH = 512
+DEFAULT_STORES_DIR = "stores"
+
+
+@dataclass
+class ExtractionReport:
+    """What one `extract` call did."""
+
+    store: ActivationStore
+    cache_hit: bool = False
+    resumed_blocks: int = 0
+    written_blocks: int = 0
+    seconds: float = 0.0
+    n_truncated: int = 0
+    overflow: int = 0
+    messages: list[str] = field(default_factory=list)
+
+
+def extract(
+    model: str = DEFAULT_MODEL,
+    data: str | LabelledDataset = "sst2",
+    out: str | os.PathLike | None = None,
+    **options: object,
+) -> ActivationStore:
+    """Extract pooled activations of `model` over `data` into a store at `out` and return it.
+
+    Options are those of `run_extraction` (kinds, poolings, max_length, batch_size, device, dtype, ...).
+    """
+    return run_extraction(model=model, data=data, out=out, **options).store  # type: ignore[arg-type]
+
+
+def run_extraction(
+    *,
+    model: str = DEFAULT_MODEL,
+    data: str | LabelledDataset = "sst2",
+    out: str | os.PathLike | None = None,
+    train: str | None = None,
+    dev: str | None = None,
+    test: str | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    kinds: Sequence[str] = KINDS,
+    poolings: Sequence[str] | None = None,
+    max_length: int | None = None,
+    batch_size: int = 32,
+    device: str = "auto",
+    dtype: str = "float16",
+    compute_dtype: str = "float32",
+    block_rows: int | None = None,
+    chunk_cols: int = DEFAULT_CHUNK_COLS,
+    overwrite: bool = False,
+    progress: bool = True,
+    storage_options: dict | None = None,
+) -> ExtractionReport:
+    """The extraction behind `spin-cache extract`; see `extract` for the short form."""
+    t0 = time.perf_counter()
+    _check_options(kinds, poolings, dtype, compute_dtype, batch_size, chunk_cols, block_rows)
+    dataset = data if isinstance(data, LabelledDataset) else _load_data(data, train, dev, test, text_column, label_column)
+
+    model_path = resolve_model_path(model)
+    identity = model_identity(model_path)
+    tokenizer, config = _load_tokenizer_and_config(model_path)
+    is_decoder = _is_decoder(config)
+    poolings = tuple(poolings) if poolings else default_poolings(is_decoder)
+    max_length = _resolve_max_length(max_length, tokenizer, config)
+    settings = {
+        "kinds": list(kinds),
+        "poolings": list(poolings),
+        "max_length": max_length,
+        "dtype": dtype,
+        "compute_dtype": compute_dtype,
+    }
+    dataset_info = {
+        "name": dataset.name,
+        "fingerprint": dataset.fingerprint(),
+        "n_rows": len(dataset),
+        "rows_per_split": {s: int((dataset.splits == s).sum()) for s in ("train", "dev", "test")},
+        "label_names": list(dataset.label_names),
+    }
+    dataset_info["rows_per_split"] = {k: v for k, v in dataset_info["rows_per_split"].items() if v}
+    model_info = {"name": str(model), "path": str(model_path), **identity}
+    probe_manifest = {
+        "format_version": FORMAT_VERSION,
+        "model": model_info,
+        "dataset": dataset_info,
+        "extraction": settings,
+    }
+    fingerprint = _fingerprint(probe_manifest)
+    url = str(out) if out is not None else os.path.join(DEFAULT_STORES_DIR, fingerprint[:16])
+
+    existing = _existing_store(url, probe_manifest, overwrite, storage_options)
+    if existing is not None and existing.is_complete:
+        return ExtractionReport(store=existing, cache_hit=True, seconds=time.perf_counter() - t0)
+
+    loaded = load_model(str(model_path), device=device, dtype=_torch_dtype(compute_dtype))
+    encodings, n_tokens, truncated = _tokenize(loaded, dataset, max_length)
+    if existing is None:
+        widths = {"hidden": loaded.adapter.hidden_size, "ffn": loaded.adapter.ffn_size}
+        layers = {"hidden": list(range(loaded.adapter.num_layers + 1)), "ffn": list(range(1, loaded.adapter.num_layers + 1))}
+        row_bytes = sum(widths[k] * len(layers[k]) * len(poolings) for k in kinds) * (4 if dtype == "float32" else 2)
+        layout = Layout(
+            kinds=tuple(kinds),
+            poolings=poolings,
+            layers={k: layers[k] for k in kinds},
+            widths={k: widths[k] for k in kinds},
+            n_rows=len(dataset),
+            dtype=dtype,
+            block_rows=block_rows or default_block_rows(row_bytes),
+            chunk_cols=chunk_cols,
+        )
+        model_info |= {
+            "family": loaded.adapter.family,
+            "is_decoder": loaded.adapter.is_decoder,
+            "num_layers": loaded.adapter.num_layers,
+        }
+        manifest = new_manifest(model=model_info, dataset=dataset_info, extraction=settings, layout=layout)
+        store = ActivationStore.create(
+            url,
+            manifest,
+            _examples_table(dataset, n_tokens, truncated),
+            overwrite=overwrite,
+            storage_options=storage_options,
+        )
+    else:
+        store = ActivationStore.open(url, mode="a", storage_options=storage_options)
+
+    report = ExtractionReport(store=store, n_truncated=int(truncated.sum()))
+    committed = store.committed_blocks()
+    report.resumed_blocks = len(committed)
+    todo = [b for b in range(store.layout.n_blocks) if b not in committed]
+    _extract_blocks(loaded, store, encodings, todo, batch_size, progress, report)
+    committed = store.committed_blocks()
+    report.overflow = sum(int(m.get("overflow", 0)) for m in committed.values())
+    if len(committed) == store.layout.n_blocks:
+        store.mark_complete(
+            {
+                "spin_cache_version": __version__,
+                "torch_version": torch.__version__,
+                "transformers_version": _transformers_version(),
+                "device": str(loaded.device),
+                "batch_size": batch_size,
+                "padding_side": loaded.tokenizer.padding_side,
+                "n_truncated": report.n_truncated,
+                "overflow": report.overflow,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        )
+    if report.overflow:
+        report.messages.append(
+            f"{report.overflow} values were outside float16's range and are stored as ±inf; "
+            "rerun with --dtype bfloat16 or --dtype float32 --overwrite"
+        )
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _extract_blocks(
+    loaded: LoadedModel,
+    store: ActivationStore,
+    encodings: list[list[int]],
+    blocks: list[int],
+    batch_size: int,
+    progress: bool,
+    report: ExtractionReport,
+) -> None:
+    from tqdm.auto import tqdm
+
+    layout = store.layout
+    n_rows = sum(layout.block_range(b)[1] - layout.block_range(b)[0] for b in blocks)
+    writer = _BlockWriter(store)
+    bar = tqdm(total=n_rows, desc="extract", unit="ex", disable=not progress, smoothing=0.1)
+    tokens = 0
+    t_start = time.perf_counter()
+    try:
+        for block in blocks:
+            start, stop = layout.block_range(block)
+            buffers, overflow = _pool_block(loaded, store, encodings, start, stop, batch_size, bar)
+            tokens += sum(len(encodings[i]) for i in range(start, stop))
+            writer.put(block, buffers, {"overflow": overflow})
+            report.written_blocks += 1
+            elapsed = max(time.perf_counter() - t_start, 1e-9)
+            bar.set_postfix_str(f"{tokens / elapsed:,.0f} tok/s", refresh=False)
+        writer.close()
+    finally:
+        writer.stop()
+        bar.close()
+
+
+def _pool_block(
+    loaded: LoadedModel,
+    store: ActivationStore,
+    encodings: list[list[int]],
+    start: int,
+    stop: int,
+    batch_size: int,
+    bar: object,
+) -> tuple[dict[tuple[str, str, int], np.ndarray], int]:
+    layout = store.layout
+    n = stop - start
+    out_dtype = np.uint16 if layout.dtype == "bfloat16" else np.dtype(layout.dtype)
+    buffers = {key: np.empty((n, layout.widths[key[0]]), dtype=out_dtype) for key in layout.array_keys()}
+    # Longest first: the first batch shows at once whether memory suffices.
+    order = sorted(range(start, stop), key=lambda i: (-len(encodings[i]), i))
+    overflow = 0
+    for b0 in range(0, n, batch_size):
+        rows = order[b0 : b0 + batch_size]
+        batch = loaded.tokenizer.pad(
+            {"input_ids": [encodings[i] for i in rows]}, padding=True, return_tensors="pt"
+        )
+        ids = batch["input_ids"].to(loaded.device)
+        mask = batch["attention_mask"].to(loaded.device)
+        pooled = run_layers(loaded, ids, mask, layout.poolings, kinds=layout.kinds)
+        local = np.asarray(rows) - start
+        for (kind, layer), per_pooling in pooled.items():
+            for pooling, values in per_pooling.items():
+                arr = values.float().cpu().numpy()
+                if layout.dtype == "float16":
+                    overflow += int(np.count_nonzero(np.abs(arr) > FLOAT16_MAX))
+                buffers[(kind, pooling, layer)][local] = store.encode(arr)
+        bar.update(len(rows))  # type: ignore[attr-defined]
+    return buffers, overflow
+
+
+class _BlockWriter:
+    """A background thread that writes finished blocks; the queue bound keeps memory bounded."""
+
+    def __init__(self, store: ActivationStore, max_pending: int = 1) -> None:
+        self.store = store
+        self.queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="spin-cache-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue
+            try:
+                self.store.write_block(*item)
+            except BaseException as exc:  # re-raised in the main thread
+                self.error = exc
+
+    def put(self, block: int, buffers: dict, info: dict) -> None:
+        self._raise()
+        self.queue.put((block, buffers, info))
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        self._raise()
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise SpinCacheError(f"writing to {self.store.url} failed: {self.error}") from self.error
+
+
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _check_options(
+    kinds: Sequence[str],
+    poolings: Sequence[str] | None,
+    dtype: str,
+    compute_dtype: str,
+    batch_size: int,
+    chunk_cols: int,
+    block_rows: int | None,
+) -> None:
+    bad_kinds = [k for k in kinds if k not in KINDS]
+    if not kinds or bad_kinds:
+        raise InputError(f"--kinds: {bad_kinds or 'none'} not supported; choose from {', '.join(KINDS)}")
+    bad_pool = [p for p in poolings or () if p not in POOLINGS]
+    if bad_pool:
+        raise InputError(f"--poolings: {', '.join(bad_pool)} not supported; choose from {', '.join(POOLINGS)}")
+    if dtype not in STORE_DTYPES:
+        raise InputError(f"--dtype {dtype}: choose from {', '.join(STORE_DTYPES)}")
+    if compute_dtype not in ("float32", "bfloat16", "float16"):
+        raise InputError(f"--compute-dtype {compute_dtype}: choose from float32, bfloat16, float16")
+    if batch_size < 1:
+        raise InputError(f"--batch-size {batch_size}: must be at least 1")
+    if chunk_cols < 1:
+        raise InputError(f"--chunk-cols {chunk_cols}: must be at least 1")
+    if block_rows is not None and block_rows < 1:
+        raise InputError(f"--block-rows {block_rows}: must be at least 1")
+
+
+def _load_data(
+    data: str | None, train: str | None, dev: str | None, test: str | None, text_column: str, label_column: str
+) -> LabelledDataset:
+    if train or dev or test:
+        if data not in (None, "sst2"):
+            raise InputError("--data and --train/--dev/--test are exclusive: pass one file with a split column or one per split")
+        return load_dataset(None, train=train, dev=dev, test=test, text_column=text_column, label_column=label_column)
+    return load_dataset(data, text_column=text_column, label_column=label_column)
+
+
+def _load_tokenizer_and_config(path: Path) -> tuple[object, object]:
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as exc:
+        raise InputError(f"{path}: cannot load the model's config or tokenizer ({exc})") from exc
+    return tokenizer, config
+
+
+def _is_decoder(config: object) -> bool:
+    model_type = getattr(config, "model_type", "")
+    if model_type in ("t5", "mt5", "umt5"):
+        return False
+    return bool(getattr(config, "is_decoder", False)) or model_type in (
+        "gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "gpt_neox", "opt"
+    )  # fmt: skip
+
+
+def _resolve_max_length(max_length: int | None, tokenizer: object, config: object) -> int:
+    limits = [
+        v
+        for v in (
+            getattr(config, "max_position_embeddings", None),
+            getattr(config, "n_positions", None),
+            getattr(tokenizer, "model_max_length", None),
+        )
+        if isinstance(v, int) and 0 < v < 10**7
+    ]
+    cap = min(limits) if limits else None
+    if max_length is None:
+        return min([DEFAULT_MAX_LENGTH, *([cap] if cap else [])])
+    if max_length < 2:
+        raise InputError(f"--max-length {max_length}: must be at least 2")
+    if cap is not None and max_length > cap:
+        raise InputError(f"--max-length {max_length} exceeds the model's {cap} positions; pass --max-length {cap}")
+    return max_length
+
+
+def _tokenize(loaded: LoadedModel, dataset: LabelledDataset, max_length: int) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
+    tok = loaded.tokenizer
+    full = tok(list(dataset.texts), truncation=False, verbose=False)["input_ids"]
+    n_tokens = np.array([len(x) for x in full], dtype=np.int64)
+    truncated = n_tokens > max_length
+    encodings = list(full)
+    long_rows = np.flatnonzero(truncated)
+    if long_rows.size:
+        cut = tok([dataset.texts[i] for i in long_rows], truncation=True, max_length=max_length)["input_ids"]
+        for i, ids in zip(long_rows, cut, strict=True):
+            encodings[i] = ids
+    empty = [i for i, ids in enumerate(encodings) if len(ids) == 0]
+    if empty:
+        raise InputError(f"example {dataset.ids[empty[0]]!r} tokenises to nothing; remove it or fix its text")
+    return encodings, n_tokens, truncated
+
+
+def _examples_table(dataset: LabelledDataset, n_tokens: np.ndarray, truncated: np.ndarray) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "row": np.arange(len(dataset), dtype=np.int64),
+            "example_id": list(dataset.ids),
+            "split": [str(s) for s in dataset.splits],
+            "label": dataset.labels.astype(np.int64),
+            "label_name": [dataset.label_names[i] for i in dataset.labels],
+            "text_sha256": [hashlib.sha256(t.encode()).hexdigest() for t in dataset.texts],
+            "n_tokens": n_tokens,
+            "truncated": truncated,
+        }
+    )
+
+
+def _fingerprint(partial_manifest: dict) -> str:
+    from .store import canonical_hash
+
+    return canonical_hash(fingerprint_inputs(partial_manifest))
+
+
+def _existing_store(
+    url: str, wanted: dict, overwrite: bool, storage_options: dict | None
+) -> ActivationStore | None:
+    if not ActivationStore.exists(url, storage_options):
+        return None
+    if overwrite:
+        return None
+    store = ActivationStore.open(url, mode="r", storage_options=storage_options)
+    if store.fingerprint != _fingerprint(wanted):
+        diffs = describe_differences(fingerprint_inputs(store.manifest), fingerprint_inputs(wanted))
+        raise StoreMismatchError(
+            f"{url} holds a store made from other inputs ({'; '.join(diffs[:4])}); "
+            "pass another --out, or --overwrite to replace it"
+        )
+    return store
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__

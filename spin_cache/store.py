@@ -1,0 +1,506 @@
+"""The activation store: a self-describing Zarr v3 group plus a Parquet examples table.
+
+Layout (every path relative to the store root; see README "Store layout"):
+
+    zarr.json                      root group; attributes["spin_cache"] is the manifest
+    {kind}/{pooling}/layer_{NN}    float16 array (rows, width); kind in hidden|ffn
+    examples.parquet               row, example_id, split, label, label_name, text_sha256, n_tokens, truncated
+    commits/block_{NNNNNN}.json    one marker per committed row block (written after the block's data)
+
+Rows are cut into blocks of `block_rows`; a block is one shard of every array, so each block is written by one
+writer, in one piece, and a crash loses at most the blocks whose marker was not yet written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import fsspec
+import numpy as np
+import polars as pl
+import zarr
+from zarr.codecs import BloscCodec, Crc32cCodec
+
+from . import __version__
+from .errors import InputError, IntegrityError, SpinCacheError
+
+FORMAT_VERSION = 1
+STORE_DTYPES = ("float16", "bfloat16", "float32")
+FLOAT16_MAX = 65504.0
+EXAMPLES_FILE = "examples.parquet"
+COMMITS_DIR = "commits"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Locations: local paths and URLs go through fsspec (side files) and zarr (arrays) alike.
+
+
+def _fs(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, root = fsspec.core.url_to_fs(str(url), **(storage_options or {}))
+    return fs, root.rstrip("/")
+
+
+def array_name(kind: str, pooling: str, layer: int) -> str:
+    return f"{kind}/{pooling}/layer_{layer:02d}"
+
+
+def canonical_hash(obj: Any) -> str:
+    """sha256 of a JSON-serialisable object, independent of key order."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def compressor_config(dtype: str) -> dict:
+    """Blosc(zstd, level 1, byte shuffle): chosen by measurement on MiniLM activations (BENCHMARKS.md)."""
+    typesize = 4 if dtype == "float32" else 2
+    return {"name": "blosc", "cname": "zstd", "clevel": 1, "shuffle": "shuffle", "typesize": typesize}
+
+
+def default_block_rows(row_bytes: int, target_bytes: int = 160 * 2**20) -> int:
+    """Rows per block (= shard rows): a power of two that keeps one block's buffer near `target_bytes`."""
+    rows = 4096
+    while rows > 64 and rows * row_bytes > target_bytes:
+        rows //= 2
+    return rows
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What arrays a store holds and how they are chunked."""
+
+    kinds: tuple[str, ...]
+    poolings: tuple[str, ...]
+    layers: dict[str, list[int]]  # kind -> layer indices
+    widths: dict[str, int]  # kind -> neurons per layer
+    n_rows: int
+    dtype: str
+    block_rows: int
+    chunk_cols: int
+
+    @property
+    def n_blocks(self) -> int:
+        return -(-self.n_rows // self.block_rows)
+
+    def block_range(self, block: int) -> tuple[int, int]:
+        start = block * self.block_rows
+        return start, min(start + self.block_rows, self.n_rows)
+
+    def array_keys(self) -> list[tuple[str, str, int]]:
+        return [(k, p, layer) for k in self.kinds for p in self.poolings for layer in self.layers[k]]
+
+    def to_dict(self) -> dict:
+        return {
+            "kinds": list(self.kinds),
+            "poolings": list(self.poolings),
+            "layers": {k: list(v) for k, v in self.layers.items()},
+            "widths": dict(self.widths),
+            "n_rows": self.n_rows,
+            "dtype": self.dtype,
+            "block_rows": self.block_rows,
+            "chunk_cols": self.chunk_cols,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Layout:
+        return cls(
+            kinds=tuple(d["kinds"]),
+            poolings=tuple(d["poolings"]),
+            layers={k: [int(x) for x in v] for k, v in d["layers"].items()},
+            widths={k: int(v) for k, v in d["widths"].items()},
+            n_rows=int(d["n_rows"]),
+            dtype=d["dtype"],
+            block_rows=int(d["block_rows"]),
+            chunk_cols=int(d["chunk_cols"]),
+        )
+
+
+def store_fingerprint(manifest: dict) -> str:
+    """Hash of everything that decides the store's values: model files, dataset, extraction settings."""
+    return canonical_hash(fingerprint_inputs(manifest))
+
+
+def fingerprint_inputs(manifest: dict) -> dict:
+    model = manifest["model"]
+    return {
+        "format_version": manifest["format_version"],
+        "model": {k: model[k] for k in ("config_sha256", "weights_sha256", "tokenizer_sha256")},
+        "dataset": manifest["dataset"]["fingerprint"],
+        "extraction": manifest["extraction"],
+    }
+
+
+def describe_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Flat list of 'key: old -> new' for the fingerprint inputs that differ."""
+    out: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += describe_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {_short(a)} -> {_short(b)}")
+    return out
+
+
+def _short(v: Any) -> str:
+    s = json.dumps(v) if not isinstance(v, str) else v
+    return s if len(s) <= 24 else s[:12] + "…"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class ActivationStore:
+    """A store of pooled activations, opened from a local path or URL.
+
+    Readable without spin-cache too: `zarr.open_group(path)["ffn/mean/layer_03"][:]` and
+    `polars.read_parquet(path + "/examples.parquet")`.
+    """
+
+    def __init__(self, url: str, group: zarr.Group, storage_options: dict | None = None) -> None:
+        self.url = str(url)
+        self.storage_options = storage_options or {}
+        self._group = group
+        self.manifest: dict = dict(group.attrs.get("spin_cache", {}))
+        if not self.manifest:
+            raise InputError(f"{url}: not a spin-cache store (no 'spin_cache' manifest in zarr.json)")
+        self.layout = Layout.from_dict(self.manifest["layout"])
+
+    # -- opening and creating --------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str, *, mode: str = "r", storage_options: dict | None = None) -> ActivationStore:
+        """Open an existing store; mode "r" (default) never writes."""
+        fs, root = _fs(url, storage_options)
+        if not fs.exists(f"{root}/zarr.json"):
+            raise InputError(f"{url}: no store here (zarr.json missing); run `spin-cache extract` to make one")
+        try:
+            group = zarr.open_group(str(url), mode=mode, storage_options=storage_options or None)
+        except Exception as exc:  # corrupt metadata is a damaged store, not a crash
+            raise IntegrityError(f"{url}: cannot read zarr.json ({exc}); the store is damaged") from exc
+        return cls(url, group, storage_options)
+
+    @classmethod
+    def exists(cls, url: str, storage_options: dict | None = None) -> bool:
+        fs, root = _fs(url, storage_options)
+        return fs.exists(f"{root}/zarr.json")
+
+    @classmethod
+    def create(
+        cls,
+        url: str,
+        manifest: dict,
+        examples: pl.DataFrame,
+        *,
+        overwrite: bool = False,
+        storage_options: dict | None = None,
+    ) -> ActivationStore:
+        """Create an empty, incomplete store with all arrays, the manifest and the examples table."""
+        fs, root = _fs(url, storage_options)
+        if overwrite and fs.exists(root):
+            fs.rm(root, recursive=True)
+        layout = Layout.from_dict(manifest["layout"])
+        group = zarr.open_group(
+            str(url), mode="w", storage_options=storage_options or None, attributes={"spin_cache": manifest}
+        )
+        is_bf16 = layout.dtype == "bfloat16"
+        zarr_dtype = "uint16" if is_bf16 else layout.dtype
+        comp = compressor_config(layout.dtype)
+        for kind, pooling, layer in layout.array_keys():
+            width = layout.widths[kind]
+            group.create_array(
+                array_name(kind, pooling, layer),
+                shape=(layout.n_rows, width),
+                shards=(layout.block_rows, width),
+                chunks=(layout.block_rows, min(layout.chunk_cols, width)),
+                dtype=zarr_dtype,
+                compressors=[
+                    BloscCodec(
+                        cname=comp["cname"], clevel=comp["clevel"], shuffle=comp["shuffle"], typesize=comp["typesize"]
+                    ),
+                    Crc32cCodec(),
+                ],
+                fill_value=0,
+                # bfloat16 has no Zarr v3 data type yet: stored as its raw 16 bits, said here for plain readers.
+                attributes={"kind": kind, "pooling": pooling, "layer": layer}
+                | ({"encoding": "bfloat16-bits"} if is_bf16 else {}),
+            )
+        store = cls(url, group, storage_options)
+        store.write_examples(examples)
+        return store
+
+    # -- description ---------------------------------------------------------------------------------------
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["fingerprint"]
+
+    @property
+    def status(self) -> str:
+        return self.manifest.get("status", "incomplete")
+
+    @property
+    def is_complete(self) -> bool:
+        return self.status == "complete"
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return self.layout.kinds
+
+    @property
+    def poolings(self) -> tuple[str, ...]:
+        return self.layout.poolings
+
+    def layers(self, kind: str) -> list[int]:
+        self._check_kind(kind)
+        return list(self.layout.layers[kind])
+
+    def width(self, kind: str) -> int:
+        self._check_kind(kind)
+        return self.layout.widths[kind]
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.manifest["dataset"]["label_names"])
+
+    @cached_property
+    def examples(self) -> pl.DataFrame:
+        fs, root = _fs(self.url, self.storage_options)
+        path = f"{root}/{EXAMPLES_FILE}"
+        try:
+            with fs.open(path, "rb") as f:
+                return pl.read_parquet(f)
+        except FileNotFoundError as exc:
+            raise IntegrityError(f"{self.url}: {EXAMPLES_FILE} is missing; the store is damaged") from exc
+        except Exception as exc:
+            raise IntegrityError(f"{self.url}/{EXAMPLES_FILE}: unreadable ({exc}); the store is damaged") from exc
+
+    def labels(self, split: str | None = None) -> np.ndarray:
+        ex = self.examples if split is None else self.examples.filter(pl.col("split") == split)
+        return ex["label"].to_numpy().astype(np.int64)
+
+    def split_rows(self, split: str) -> np.ndarray:
+        rows = self.examples.filter(pl.col("split") == split)["row"].to_numpy().astype(np.int64)
+        return rows
+
+    # -- reading -------------------------------------------------------------------------------------------
+
+    def array(self, kind: str, pooling: str, layer: int) -> zarr.Array:
+        self._check_kind(kind)
+        if pooling not in self.poolings:
+            raise InputError(f"pooling {pooling!r} is not in this store; it has {', '.join(self.poolings)}")
+        if layer not in self.layout.layers[kind]:
+            raise InputError(f"{kind} layer {layer} is not in this store; it has {self.layout.layers[kind]}")
+        return self._group[array_name(kind, pooling, layer)]
+
+    def read(
+        self,
+        kind: str,
+        pooling: str,
+        layer: int,
+        columns: Sequence[int] | np.ndarray | None = None,
+        split: str | None = None,
+        *,
+        rows: np.ndarray | None = None,
+        allow_incomplete: bool = False,
+    ) -> np.ndarray:
+        """Pooled values as float32 (rows, columns); only the requested columns' chunks are fetched."""
+        if not (self.is_complete or allow_incomplete):
+            raise IntegrityError(
+                f"{self.url}: the store is incomplete ({self.count_committed()}/{self.layout.n_blocks} blocks "
+                "committed); rerun the same `spin-cache extract` command to finish it"
+            )
+        arr = self.array(kind, pooling, layer)
+        if split is not None:
+            rows = self.split_rows(split)
+        col_sel: Any = slice(None) if columns is None else np.asarray(columns, dtype=np.int64)
+        if rows is None:
+            data = arr.oindex[slice(None), col_sel]
+        else:
+            data = self._read_rows(arr, np.asarray(rows, dtype=np.int64), col_sel)
+        return self._decode(data)
+
+    def _read_rows(self, arr: zarr.Array, rows: np.ndarray, col_sel: Any) -> np.ndarray:
+        # Row subsets are nearly always one contiguous run (splits are stored in order): read the span, then pick.
+        if rows.size == 0:
+            return np.empty((0, arr.shape[1] if isinstance(col_sel, slice) else len(col_sel)), arr.dtype)
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        span = arr.oindex[slice(lo, hi), col_sel]
+        return span[rows - lo]
+
+    def _decode(self, data: np.ndarray) -> np.ndarray:
+        if self.layout.dtype == "bfloat16":
+            return (data.astype(np.uint32) << 16).view(np.float32)
+        return data.astype(np.float32, copy=False)
+
+    # -- writing (extraction only) ---------------------------------------------------------------------------
+
+    def write_examples(self, examples: pl.DataFrame) -> None:
+        fs, root = _fs(self.url, self.storage_options)
+        with fs.open(f"{root}/{EXAMPLES_FILE}", "wb") as f:
+            examples.write_parquet(f)
+        self.__dict__.pop("examples", None)
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        """float32 -> the store's dtype (bfloat16 by round-to-nearest-even on the raw bits)."""
+        if self.layout.dtype == "bfloat16":
+            bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+            rounded = bits + 0x7FFF + ((bits >> 16) & 1)
+            return (rounded >> 16).astype(np.uint16)
+        return values.astype(self.layout.dtype)
+
+    def write_block(self, block: int, arrays: dict[tuple[str, str, int], np.ndarray], info: dict) -> None:
+        """Write one row block of every array, then its commit marker (the marker makes the block count)."""
+        start, stop = self.layout.block_range(block)
+        for (kind, pooling, layer), values in arrays.items():
+            self._group[array_name(kind, pooling, layer)][start:stop] = values
+        fs, root = _fs(self.url, self.storage_options)
+        fs.makedirs(f"{root}/{COMMITS_DIR}", exist_ok=True)
+        marker = {"block": block, "rows": [start, stop], **info}
+        with fs.open(f"{root}/{COMMITS_DIR}/block_{block:06d}.json", "w") as f:
+            f.write(json.dumps(marker))
+
+    def committed_blocks(self) -> dict[int, dict]:
+        """Markers of committed blocks; an unreadable (torn) marker counts as not committed."""
+        fs, root = _fs(self.url, self.storage_options)
+        out: dict[int, dict] = {}
+        try:
+            paths = fs.ls(f"{root}/{COMMITS_DIR}", detail=False)
+        except FileNotFoundError:
+            return out
+        for path in paths:
+            try:
+                with fs.open(path, "r") as f:
+                    marker = json.loads(f.read())
+                out[int(marker["block"])] = marker
+            except (ValueError, KeyError, OSError):
+                continue
+        return out
+
+    def count_committed(self) -> int:
+        return len(self.committed_blocks()) if not self.is_complete else self.layout.n_blocks
+
+    def mark_complete(self, run_info: dict) -> None:
+        self.manifest = dict(self.manifest) | {"status": "complete", "run": run_info}
+        self._group.attrs["spin_cache"] = self.manifest
+
+    # -- inspection ----------------------------------------------------------------------------------------
+
+    def nbytes_stored(self) -> dict[str, int]:
+        """Bytes on disk per kind, plus the side files."""
+        fs, root = _fs(self.url, self.storage_options)
+        sizes: dict[str, int] = {}
+        for kind in self.kinds:
+            sizes[kind] = int(fs.du(f"{root}/{kind}", total=True))
+        sizes["examples"] = int(fs.size(f"{root}/{EXAMPLES_FILE}")) if fs.exists(f"{root}/{EXAMPLES_FILE}") else 0
+        return sizes
+
+    def info(self) -> dict:
+        sizes = self.nbytes_stored()
+        n_values = sum(self.layout.widths[k] * len(self.layout.layers[k]) * len(self.poolings) for k in self.kinds)
+        return {
+            "url": self.url,
+            "status": self.status,
+            "fingerprint": self.fingerprint,
+            "committed_blocks": self.count_committed(),
+            "n_blocks": self.layout.n_blocks,
+            "bytes_stored": sizes,
+            "bytes_float32": n_values * self.layout.n_rows * 4,
+            "manifest": self.manifest,
+        }
+
+    def verify(self, progress: bool = False) -> list[str]:
+        """Re-read every chunk, check the manifest and the examples table; return one line per problem."""
+        problems: list[str] = []
+        problems += self._verify_manifest()
+        problems += self._verify_examples()
+        committed = set(self.committed_blocks()) if not self.is_complete else set(range(self.layout.n_blocks))
+        keys = self.layout.array_keys()
+        fs, root = _fs(self.url, self.storage_options)
+        bar = _progress(len(keys), "verify", progress)
+        for kind, pooling, layer in keys:
+            name = array_name(kind, pooling, layer)
+            for block in sorted(committed):
+                if not fs.exists(f"{root}/{name}/c/{block}/0"):
+                    problems.append(f"{name}: chunk c/{block}/0 (rows {self.layout.block_range(block)}) is missing")
+                    continue
+                problems += self._verify_shard(name, block)
+            bar.update(1)
+        bar.close()
+        return problems
+
+    def _verify_shard(self, name: str, block: int) -> list[str]:
+        arr = self._group[name]
+        start, stop = self.layout.block_range(block)
+        try:
+            arr[start:stop]
+            return []
+        except Exception:
+            pass  # find which inner chunks are damaged
+        bad = []
+        step = min(self.layout.chunk_cols, arr.shape[1])
+        for c0 in range(0, arr.shape[1], step):
+            try:
+                arr[start:stop, c0 : c0 + step]
+            except Exception as exc:
+                bad.append(f"{name}: chunk c/{block}/0 inner columns {c0}-{c0 + step - 1} is damaged ({exc})")
+        return bad or [f"{name}: chunk c/{block}/0 (shard index) is damaged"]
+
+    def _verify_manifest(self) -> list[str]:
+        try:
+            expected = store_fingerprint(self.manifest)
+        except KeyError as exc:
+            return [f"zarr.json: manifest lacks {exc}; the store is damaged"]
+        if expected != self.fingerprint:
+            return ["zarr.json: the manifest does not match its fingerprint (edited after extraction?)"]
+        return []
+
+    def _verify_examples(self) -> list[str]:
+        try:
+            ex = self.examples
+        except SpinCacheError as exc:
+            return [str(exc)]
+        problems = []
+        if ex.height != self.layout.n_rows:
+            problems.append(f"{EXAMPLES_FILE}: {ex.height} rows, the manifest says {self.layout.n_rows}")
+        want = self.manifest["dataset"].get("rows_per_split", {})
+        got = dict(ex.group_by("split").len().iter_rows()) if ex.height else {}
+        if want and got != want:
+            problems.append(f"{EXAMPLES_FILE}: rows per split {got} differ from the manifest's {want}")
+        return problems
+
+    def _check_kind(self, kind: str) -> None:
+        if kind not in self.kinds:
+            raise InputError(f"kind {kind!r} is not in this store; it has {', '.join(self.kinds)}")
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, unit="array")
+
+
+def new_manifest(*, model: dict, dataset: dict, extraction: dict, layout: Layout) -> dict:
+    manifest = {
+        "format": "spin-cache-store",
+        "format_version": FORMAT_VERSION,
+        "spin_cache_version": __version__,
+        "status": "incomplete",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": model,
+        "dataset": dataset,
+        "extraction": extraction,
+        "layout": layout.to_dict(),
+    }
+    manifest["fingerprint"] = store_fingerprint(manifest)
+    return manifest
+
+
+def iter_blocks(layout: Layout, skip: Iterable[int] = ()) -> list[int]:
+    done = set(skip)
+    return [b for b in range(layout.n_blocks) if b not in done]
