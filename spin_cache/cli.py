@@ -46,8 +46,7 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
             "examples:\n"
             "  spin-cache extract                                  # bundled MiniLM on bundled SST-2\n"
             "  spin-cache extract --data reviews.csv --text-column body --label-column stars\n"
-            "  spin-cache extract --model ./my-gpt2 --train tr.jsonl --dev dev.jsonl --test te.jsonl\n\n"
-            + EXIT_CODES
+            "  spin-cache extract --model ./my-gpt2 --train tr.jsonl --dev dev.jsonl --test te.jsonl\n\n" + EXIT_CODES
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -79,9 +78,7 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
         choices=["float16", "bfloat16", "float32"],
         help="stored dtype (default: float16; out-of-range values are counted and reported)",
     )
-    p.add_argument(
-        "--compute-dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype"
-    )
+    p.add_argument("--compute-dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype")
     p.add_argument("--block-rows", type=int, default=None, help="rows per committed block / shard (default: auto)")
     p.add_argument("--chunk-cols", type=int, default=64, help="neurons per inner chunk (default: 64)")
     p.add_argument("--overwrite", action="store_true", help="replace a store made from other inputs")
@@ -178,7 +175,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         f"model        {m['model']['name']} ({m['model'].get('model_type', '?')}, "
         f"{m['model'].get('num_layers', '?')} layers) weights sha256 {m['model']['weights_sha256'][:16]}",
         f"dataset      {m['dataset']['name']} {m['dataset']['rows_per_split']} labels {m['dataset']['label_names']}",
-        f"kinds        " + ", ".join(f"{k} ({lay['widths'][k]} x {len(lay['layers'][k])} layers)" for k in lay["kinds"]),
+        "kinds        " + ", ".join(f"{k} ({lay['widths'][k]} x {len(lay['layers'][k])} layers)" for k in lay["kinds"]),
         f"poolings     {', '.join(lay['poolings'])}",
         f"dtype        {lay['dtype']}, blocks of {lay['block_rows']} rows, inner chunks of {lay['chunk_cols']} cols",
         f"size         {stored / 2**20:.1f} MiB stored, {info['bytes_float32'] / 2**20:.1f} MiB as float32 "

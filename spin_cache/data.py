@@ -242,9 +242,7 @@ def _read_bytes(path: str) -> bytes:
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
-        raise InputError(
-            f"{path}: cannot read the file ({e.strerror or _first_line(e)}); check the path"
-        ) from None
+        raise InputError(f"{path}: cannot read the file ({e.strerror or _first_line(e)}); check the path") from None
 
 
 def _missing_column(path: str, what: str, column: str, present: list[str], flag: str) -> InputError:
@@ -342,11 +340,7 @@ def _read_delimited(path: str, cols: _Columns, tsv: bool) -> _Raw:
         kind = "TSV" if tsv else "CSV"
         raise InputError(
             f"{path}: cannot parse as {kind}: {where}{_first_line(e)}; fix the file"
-            + (
-                " (TSV is read without quoting; tabs and newlines cannot appear inside a field)"
-                if tsv
-                else ""
-            )
+            + (" (TSV is read without quoting; tabs and newlines cannot appear inside a field)" if tsv else "")
         ) from None
 
     cache: dict[str, list[int]] = {}
@@ -399,8 +393,7 @@ def _read_jsonl(path: str, cols: _Columns) -> _Raw:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise InputError(
-                f"{path}: line {i} is not valid JSON ({e.msg} at column {e.colno}); "
-                "write one JSON object per line"
+                f"{path}: line {i} is not valid JSON ({e.msg} at column {e.colno}); write one JSON object per line"
             ) from None
         if not isinstance(obj, dict):
             raise InputError(
@@ -426,8 +419,7 @@ def _read_jsonl(path: str, cols: _Columns) -> _Raw:
         for rec, line_no in zip(records, line_nos, strict=True):
             if name not in rec:
                 raise InputError(
-                    f"{path}: line {line_no}: field {name!r} is missing (the first record has it); "
-                    "add it to every line"
+                    f"{path}: line {line_no}: field {name!r} is missing (the first record has it); add it to every line"
                 )
             out.append(rec[name])
         return out
@@ -456,9 +448,7 @@ def _read_file(path_like: str | os.PathLike, cols: _Columns) -> _Raw:
         builtin_hint = f" (the only built-in dataset is {BUILTIN_NAME!r})" if not p.suffix else ""
         raise InputError(f"{path}: file not found{builtin_hint}; check the path")
     if p.is_dir():
-        raise InputError(
-            f"{path}: is a directory, not a data file; pass a file (or --train/--dev/--test files)"
-        )
+        raise InputError(f"{path}: is a directory, not a data file; pass a file (or --train/--dev/--test files)")
     ext = p.suffix.lower()
     if ext == ".txt":
         return _read_txt(path, cols)
@@ -469,8 +459,7 @@ def _read_file(path_like: str | os.PathLike, cols: _Columns) -> _Raw:
     if ext == ".parquet":
         return _read_parquet(path, cols)
     raise InputError(
-        f"{path}: unsupported file type {p.suffix or '(no extension)'!r}; "
-        f"use one of {', '.join(SUPPORTED_EXTENSIONS)}"
+        f"{path}: unsupported file type {p.suffix or '(no extension)'!r}; use one of {', '.join(SUPPORTED_EXTENSIONS)}"
     )
 
 
@@ -519,18 +508,14 @@ def _rows_of(raw: _Raw, fixed_split: str | None, cols: _Columns) -> list[_Row]:
     for i in range(raw.n):
         t = raw.text[i]
         if t is None:
-            raise InputError(
-                f"{_where(raw, i, raw.text_col)}: the text is missing; fill it in or remove the row"
-            )
+            raise InputError(f"{_where(raw, i, raw.text_col)}: the text is missing; fill it in or remove the row")
         if not isinstance(t, str):
             raise InputError(
-                f"{_where(raw, i, raw.text_col)}: the text must be a string, "
-                f"not {type(t).__name__}; fix the row"
+                f"{_where(raw, i, raw.text_col)}: the text must be a string, not {type(t).__name__}; fix the row"
             )
         if not t.strip():
             raise InputError(
-                f"{_where(raw, i, raw.text_col)}: the text is empty or whitespace only; "
-                "fill it in or remove the row"
+                f"{_where(raw, i, raw.text_col)}: the text is empty or whitespace only; fill it in or remove the row"
             )
         label = _label_value(raw, i)
         if fixed_split is not None:
@@ -541,9 +526,7 @@ def _rows_of(raw: _Raw, fixed_split: str | None, cols: _Columns) -> list[_Row]:
             canonical = _canonical_split(s) if isinstance(s, str) else None
             if canonical is None:
                 allowed = ", ".join(SPLITS + tuple(SPLIT_ALIASES))
-                raise InputError(
-                    f"{_where(raw, i, cols.split)}: unknown split {_short(s)}; use one of {allowed}"
-                )
+                raise InputError(f"{_where(raw, i, cols.split)}: unknown split {_short(s)}; use one of {allowed}")
             split = canonical
         row_id = None
         if raw.ids is not None:
@@ -616,9 +599,7 @@ def _build(name: str, rows: list[_Row], builtin: bool, train_path: str, id_flag:
     )
 
 
-def _check_nonempty_splits(
-    path_for: dict[str, str], rows: list[_Row], required: tuple[str, ...], hint: str
-) -> None:
+def _check_nonempty_splits(path_for: dict[str, str], rows: list[_Row], required: tuple[str, ...], hint: str) -> None:
     present = {r.split for r in rows}
     for split in required:
         if split not in present:
@@ -707,8 +688,6 @@ def _load_builtin(cols: _Columns) -> LabelledDataset:
             continue
         raw = _read_txt(str(path), cols)
         if raw.n == 0:
-            raise InputError(
-                f"{path}: the built-in {split} file has no rows; restore it from the source checkout"
-            )
+            raise InputError(f"{path}: the built-in {split} file has no rows; restore it from the source checkout")
         rows.extend(_rows_of(raw, split, cols))
     return _build(BUILTIN_NAME, rows, builtin=True, train_path=str(root / "train.txt"), id_flag=cols.id)

@@ -36,8 +36,8 @@ from .models import (
     run_layers,
 )
 from .store import (
-    FORMAT_VERSION,
     FLOAT16_MAX,
+    FORMAT_VERSION,
     STORE_DTYPES,
     ActivationStore,
     Layout,
@@ -105,7 +105,9 @@ def run_extraction(
     """The extraction behind `spin-cache extract`; see `extract` for the short form."""
     t0 = time.perf_counter()
     _check_options(kinds, poolings, dtype, compute_dtype, batch_size, chunk_cols, block_rows)
-    dataset = data if isinstance(data, LabelledDataset) else _load_data(data, train, dev, test, text_column, label_column)
+    dataset = (
+        data if isinstance(data, LabelledDataset) else _load_data(data, train, dev, test, text_column, label_column)
+    )
 
     model_path = resolve_model_path(model)
     identity = model_identity(model_path)
@@ -142,11 +144,18 @@ def run_extraction(
     if existing is not None and existing.is_complete:
         return ExtractionReport(store=existing, cache_hit=True, seconds=time.perf_counter() - t0)
 
+    if not progress:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
     loaded = load_model(str(model_path), device=device, dtype=_torch_dtype(compute_dtype))
     encodings, n_tokens, truncated = _tokenize(loaded, dataset, max_length)
     if existing is None:
         widths = {"hidden": loaded.adapter.hidden_size, "ffn": loaded.adapter.ffn_size}
-        layers = {"hidden": list(range(loaded.adapter.num_layers + 1)), "ffn": list(range(1, loaded.adapter.num_layers + 1))}
+        layers = {
+            "hidden": list(range(loaded.adapter.num_layers + 1)),
+            "ffn": list(range(1, loaded.adapter.num_layers + 1)),
+        }
         row_bytes = sum(widths[k] * len(layers[k]) * len(poolings) for k in kinds) * (4 if dtype == "float32" else 2)
         layout = Layout(
             kinds=tuple(kinds),
@@ -257,9 +266,7 @@ def _pool_block(
     overflow = 0
     for b0 in range(0, n, batch_size):
         rows = order[b0 : b0 + batch_size]
-        batch = loaded.tokenizer.pad(
-            {"input_ids": [encodings[i] for i in rows]}, padding=True, return_tensors="pt"
-        )
+        batch = loaded.tokenizer.pad({"input_ids": [encodings[i] for i in rows]}, padding=True, return_tensors="pt")
         ids = batch["input_ids"].to(loaded.device)
         mask = batch["attention_mask"].to(loaded.device)
         pooled = run_layers(loaded, ids, mask, layout.poolings, kinds=layout.kinds)
@@ -350,7 +357,9 @@ def _load_data(
 ) -> LabelledDataset:
     if train or dev or test:
         if data not in (None, "sst2"):
-            raise InputError("--data and --train/--dev/--test are exclusive: pass one file with a split column or one per split")
+            raise InputError(
+                "--data and --train/--dev/--test are exclusive: pass one file with a split column or one per split"
+            )
         return load_dataset(None, train=train, dev=dev, test=test, text_column=text_column, label_column=label_column)
     return load_dataset(data, text_column=text_column, label_column=label_column)
 
@@ -395,7 +404,9 @@ def _resolve_max_length(max_length: int | None, tokenizer: object, config: objec
     return max_length
 
 
-def _tokenize(loaded: LoadedModel, dataset: LabelledDataset, max_length: int) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
+def _tokenize(
+    loaded: LoadedModel, dataset: LabelledDataset, max_length: int
+) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
     tok = loaded.tokenizer
     full = tok(list(dataset.texts), truncation=False, verbose=False)["input_ids"]
     n_tokens = np.array([len(x) for x in full], dtype=np.int64)
@@ -433,9 +444,7 @@ def _fingerprint(partial_manifest: dict) -> str:
     return canonical_hash(fingerprint_inputs(partial_manifest))
 
 
-def _existing_store(
-    url: str, wanted: dict, overwrite: bool, storage_options: dict | None
-) -> ActivationStore | None:
+def _existing_store(url: str, wanted: dict, overwrite: bool, storage_options: dict | None) -> ActivationStore | None:
     if not ActivationStore.exists(url, storage_options):
         return None
     if overwrite:

@@ -72,9 +72,7 @@ def _check_pool_inputs(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     if states.dim() != 3:
         raise InputError(f"states must have shape (batch, tokens, dim), got {tuple(states.shape)}")
     if mask.dim() != 2 or tuple(mask.shape) != tuple(states.shape[:2]):
-        raise InputError(
-            f"mask must have shape (batch, tokens) = {tuple(states.shape[:2])}, got {tuple(mask.shape)}"
-        )
+        raise InputError(f"mask must have shape (batch, tokens) = {tuple(states.shape[:2])}, got {tuple(mask.shape)}")
     return mask.to(device=states.device) != 0
 
 
@@ -91,9 +89,7 @@ def pool_many(states: torch.Tensor, mask: torch.Tensor, poolings: Sequence[str])
     batch, tokens, _ = states.shape
     out: dict[str, torch.Tensor] = {}
     if batch == 0:
-        return {
-            p: torch.zeros(0, states.shape[2], dtype=torch.float32, device=states.device) for p in poolings
-        }
+        return {p: torch.zeros(0, states.shape[2], dtype=torch.float32, device=states.device) for p in poolings}
     if tokens == 0:
         raise InputError("every row needs at least one real token, got a batch with no tokens")
     counts = bool_mask.sum(dim=1)
@@ -303,9 +299,7 @@ def _find_bert(model: torch.nn.Module, model_type: str | None) -> Adapter | None
         if (
             isinstance(layers, torch.nn.ModuleList)
             and len(layers)
-            and all(
-                _get(b, "output.dense") is not None and _get(b, "intermediate") is not None for b in layers
-            )
+            and all(_get(b, "output.dense") is not None and _get(b, "intermediate") is not None for b in layers)
         ):
             downs = [b.output.dense for b in layers]
             return _make("bert", False, base, layers, downs, False, model_type)
@@ -360,10 +354,7 @@ def _find_t5_encoder(model: torch.nn.Module, model_type: str | None) -> Adapter 
         if (
             isinstance(blocks, torch.nn.ModuleList)
             and len(blocks)
-            and all(
-                _get(b, "layer") is not None and _get(b.layer[-1], "DenseReluDense.wo") is not None
-                for b in blocks
-            )
+            and all(_get(b, "layer") is not None and _get(b.layer[-1], "DenseReluDense.wo") is not None for b in blocks)
         ):
             downs = [b.layer[-1].DenseReluDense.wo for b in blocks]
             # T5EncoderModel: run the whole model (same output); full T5: run its encoder stack only
@@ -494,9 +485,7 @@ def load_model(
             tokenizer.pad_token = tokenizer.unk_token
         else:
             raise InputError(f"the tokenizer in {path} has no pad, eos or unk token to pad batches with")
-    return LoadedModel(
-        model=model, tokenizer=tokenizer, adapter=adapter, path=path, identity=identity, device=dev
-    )
+    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, path=path, identity=identity, device=dev)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -114,9 +114,7 @@ def test_fingerprint_stable_and_sensitive(sst2: LabelledDataset) -> None:
 
 
 def test_fingerprint_length_prefixed() -> None:
-    def ds(
-        ids: tuple[str, ...], texts: tuple[str, ...], names: tuple[str, ...] = ("a", "b")
-    ) -> LabelledDataset:
+    def ds(ids: tuple[str, ...], texts: tuple[str, ...], names: tuple[str, ...] = ("a", "b")) -> LabelledDataset:
         return LabelledDataset("x", ids, texts, np.array([0, 1]), np.array(["train", "dev"]), names)
 
     base = ds(("a", "bc"), ("t", "u"))
@@ -195,12 +193,8 @@ def test_separate_split_files(tmp_path: Path, ext: str) -> None:
 
 
 def test_string_labels_mapping_over_all_splits(tmp_path: Path) -> None:
-    train = write_jsonl(
-        tmp_path / "train.jsonl", [{"text": "a", "label": "pos"}, {"text": "b", "label": "neg"}]
-    )
-    dev = write_jsonl(
-        tmp_path / "dev.jsonl", [{"text": "c", "label": " neutral "}, {"text": "d", "label": "pos"}]
-    )
+    train = write_jsonl(tmp_path / "train.jsonl", [{"text": "a", "label": "pos"}, {"text": "b", "label": "neg"}])
+    dev = write_jsonl(tmp_path / "dev.jsonl", [{"text": "c", "label": " neutral "}, {"text": "d", "label": "pos"}])
     ds = load_dataset(train=train, dev=dev)
     assert ds.label_names == ("neg", "neutral", "pos")
     assert ds.labels.tolist() == [2, 0, 1, 2]
@@ -287,9 +281,7 @@ def test_csv_quoted_fields_and_texts_kept_as_given(tmp_path: Path) -> None:
 
 def test_tsv_is_read_without_quoting(tmp_path: Path) -> None:
     path = tmp_path / "d.tsv"
-    path.write_text(
-        'split\tlabel\ttext\ntrain\t0\t"quoted" start\ntrain\t1\tb\ndev\t1\tc\n', encoding="utf-8"
-    )
+    path.write_text('split\tlabel\ttext\ntrain\t0\t"quoted" start\ntrain\t1\tb\ndev\t1\tc\n', encoding="utf-8")
     assert load_dataset(path).texts[0] == '"quoted" start'
 
 
@@ -354,9 +346,7 @@ def test_unknown_extension(tmp_path: Path) -> None:
 @pytest.mark.parametrize("ext", [".csv", ".tsv", ".parquet"])
 def test_missing_text_or_label_column(tmp_path: Path, ext: str) -> None:
     path = write_table(tmp_path / f"d{ext}", [{"split": "train", "label": "1", "sentence": "a"}])
-    with raises_input(
-        rf"d\{ext}: no text column 'text' \(columns present: 'split', 'label', 'sentence'\)"
-    ) as e:
+    with raises_input(rf"d\{ext}: no text column 'text' \(columns present: 'split', 'label', 'sentence'\)") as e:
         load_dataset(path)
     assert "--text-column" in check_one_line(e)
     path2 = write_table(tmp_path / f"e{ext}", [{"split": "train", "y": "1", "text": "a"}])
@@ -366,9 +356,7 @@ def test_missing_text_or_label_column(tmp_path: Path, ext: str) -> None:
 
 def test_missing_column_jsonl(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "d.jsonl", [{"split": "train", "label": 1, "sentence": "a"}])
-    with raises_input(
-        r"d\.jsonl: line 1: no text field 'text' \(fields present: 'split', 'label', 'sentence'\)"
-    ):
+    with raises_input(r"d\.jsonl: line 1: no text field 'text' \(fields present: 'split', 'label', 'sentence'\)"):
         load_dataset(path)
     path = write_jsonl(
         tmp_path / "e.jsonl", [{"split": "train", "label": 1, "text": "a"}, {"split": "train", "text": "b"}]
@@ -378,15 +366,11 @@ def test_missing_column_jsonl(tmp_path: Path) -> None:
 
 
 def test_empty_text(tmp_path: Path) -> None:
-    path = write_csv(
-        tmp_path / "d.csv", ["split", "label", "text"], [["train", "0", "a"], ["train", "1", "   "]]
-    )
+    path = write_csv(tmp_path / "d.csv", ["split", "label", "text"], [["train", "0", "a"], ["train", "1", "   "]])
     with raises_input(r"d\.csv: line 3, column 'text': the text is empty or whitespace only") as e:
         load_dataset(path)
     check_one_line(e)
-    path = write_csv(
-        tmp_path / "e.csv", ["split", "label", "text"], [["train", "0", "a"], ["train", "1", ""]]
-    )
+    path = write_csv(tmp_path / "e.csv", ["split", "label", "text"], [["train", "0", "a"], ["train", "1", ""]])
     with raises_input(r"e\.csv: line 3, column 'text': the text is missing"):
         load_dataset(path)
     jl = write_jsonl(tmp_path / "f.jsonl", [{"split": "train", "label": 0, "text": "\t\n "}])
@@ -401,15 +385,11 @@ def test_empty_text(tmp_path: Path) -> None:
 
 
 def test_missing_label(tmp_path: Path) -> None:
-    path = write_csv(
-        tmp_path / "d.csv", ["split", "label", "text"], [["train", "0", "a"], ["train", "", "b"]]
-    )
+    path = write_csv(tmp_path / "d.csv", ["split", "label", "text"], [["train", "0", "a"], ["train", "", "b"]])
     with raises_input(r"d\.csv: line 3, column 'label': the label is missing") as e:
         load_dataset(path)
     check_one_line(e)
-    path = write_csv(
-        tmp_path / "e.csv", ["split", "label", "text"], [["train", "0", "a"], ["train", " ", "b"]]
-    )
+    path = write_csv(tmp_path / "e.csv", ["split", "label", "text"], [["train", "0", "a"], ["train", " ", "b"]])
     with raises_input(r"e\.csv: line 3, column 'label': the label is empty"):
         load_dataset(path)
     jl = write_jsonl(tmp_path / "f.jsonl", [{"split": "train", "label": None, "text": "a"}])
@@ -429,15 +409,11 @@ def test_csv_line_numbers_account_for_multiline_fields(tmp_path: Path) -> None:
 
 
 def test_empty_splits(tmp_path: Path) -> None:
-    only_train = write_csv(
-        tmp_path / "d.csv", ["split", "label", "text"], [["train", "0", "a"], ["train", "1", "b"]]
-    )
+    only_train = write_csv(tmp_path / "d.csv", ["split", "label", "text"], [["train", "0", "a"], ["train", "1", "b"]])
     with raises_input(r"d\.csv: the dev split has no rows") as e:
         load_dataset(only_train)
     check_one_line(e)
-    only_dev = write_csv(
-        tmp_path / "e.csv", ["split", "label", "text"], [["dev", "0", "a"], ["dev", "1", "b"]]
-    )
+    only_dev = write_csv(tmp_path / "e.csv", ["split", "label", "text"], [["dev", "0", "a"], ["dev", "1", "b"]])
     with raises_input(r"e\.csv: the train split has no rows"):
         load_dataset(only_dev)
     good = write_txt(tmp_path / "good.txt", [("0", "a"), ("1", "b")])
@@ -467,9 +443,7 @@ def test_empty_splits(tmp_path: Path) -> None:
 
 def test_single_file_without_split_column(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "d.csv", ["label", "text"], [["0", "a"]])
-    with raises_input(
-        r"d\.csv: no split column 'split'; add a 'split' column .* or pass --train/--dev/--test"
-    ) as e:
+    with raises_input(r"d\.csv: no split column 'split'; add a 'split' column .* or pass --train/--dev/--test") as e:
         load_dataset(path)
     check_one_line(e)
     txt = write_txt(tmp_path / "d.txt", [("0", "a")])
@@ -484,12 +458,8 @@ def test_data_file_and_split_files_conflict(tmp_path: Path) -> None:
 
 
 def test_bad_split_value(tmp_path: Path) -> None:
-    path = write_csv(
-        tmp_path / "d.csv", ["split", "label", "text"], [["train", "0", "a"], ["holdout", "1", "b"]]
-    )
-    with raises_input(
-        r"d\.csv: line 3, column 'split': unknown split 'holdout'; use one of train, dev, test"
-    ) as e:
+    path = write_csv(tmp_path / "d.csv", ["split", "label", "text"], [["train", "0", "a"], ["holdout", "1", "b"]])
+    with raises_input(r"d\.csv: line 3, column 'split': unknown split 'holdout'; use one of train, dev, test") as e:
         load_dataset(path)
     check_one_line(e)
     jl = write_jsonl(tmp_path / "e.jsonl", [{"split": None, "label": 0, "text": "a"}])
@@ -544,9 +514,7 @@ def test_duplicate_ids(tmp_path: Path) -> None:
     with raises_input(r"duplicate id 'm': .*train\.jsonl line 2 and .*dev\.jsonl line 2"):
         load_dataset(train=train, dev=dev)
     pq = tmp_path / "p.parquet"
-    pl.DataFrame(
-        {"id": [1, 1], "split": ["train", "dev"], "label": [0, 1], "text": ["a", "b"]}
-    ).write_parquet(pq)
+    pl.DataFrame({"id": [1, 1], "split": ["train", "dev"], "label": [0, 1], "text": ["a", "b"]}).write_parquet(pq)
     with raises_input(r"duplicate id '1': .*p\.parquet row 1 and .*p\.parquet row 2"):
         load_dataset(pq)
 

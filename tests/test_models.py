@@ -239,18 +239,14 @@ def test_run_layers_errors(minilm):
 def _loaded(model: nn.Module) -> LoadedModel:
     model.eval().requires_grad_(False)
     adapter = find_adapter(model)
-    return LoadedModel(
-        model=model, tokenizer=None, adapter=adapter, path=None, identity={}, device=torch.device("cpu")
-    )
+    return LoadedModel(model=model, tokenizer=None, adapter=adapter, path=None, identity={}, device=torch.device("cpu"))
 
 
 def _tiny_gpt2() -> nn.Module:
     from transformers import GPT2Config, GPT2Model
 
     torch.manual_seed(0)
-    cfg = GPT2Config(
-        n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=64, bos_token_id=1, eos_token_id=2
-    )
+    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=64, bos_token_id=1, eos_token_id=2)
     return GPT2Model(cfg)
 
 
@@ -283,9 +279,7 @@ def _tiny_distilbert() -> nn.Module:
     from transformers import DistilBertConfig, DistilBertModel
 
     torch.manual_seed(0)
-    cfg = DistilBertConfig(
-        vocab_size=100, dim=32, hidden_dim=44, n_layers=2, n_heads=2, max_position_embeddings=64
-    )
+    cfg = DistilBertConfig(vocab_size=100, dim=32, hidden_dim=44, n_layers=2, n_heads=2, max_position_embeddings=64)
     return DistilBertModel(cfg)
 
 
@@ -299,9 +293,7 @@ TINY = {
 LENGTHS = [5, 9, 2, 7]
 
 
-def _padded(
-    lengths: list[int], total: int, side: str, pad_id: int, seed: int = 1
-) -> tuple[torch.Tensor, ...]:
+def _padded(lengths: list[int], total: int, side: str, pad_id: int, seed: int = 1) -> tuple[torch.Tensor, ...]:
     gen = torch.Generator().manual_seed(seed)
     ids = torch.full((len(lengths), total), pad_id, dtype=torch.long)
     mask = torch.zeros((len(lengths), total), dtype=torch.long)
@@ -378,9 +370,7 @@ def test_llama_ffn_is_gated_activation():
 
         return hook
 
-    handles = [
-        layer.mlp.register_forward_pre_hook(mlp_hook(i + 1)) for i, layer in enumerate(model.model.layers)
-    ]
+    handles = [layer.mlp.register_forward_pre_hook(mlp_hook(i + 1)) for i, layer in enumerate(model.model.layers)]
     try:
         with torch.no_grad():
             model.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0))
@@ -414,9 +404,7 @@ def test_find_adapter_unsupported():
 
     with pytest.raises(InputError, match=r"supported model types: bert.*gpt2.*llama.*t5.*ADAPTERS"):
         find_adapter(nn.Linear(3, 3))
-    opt = OPTModel(
-        OPTConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2)
-    )
+    opt = OPTModel(OPTConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2))
     with pytest.raises(InputError, match=r"'opt'.*spin_cache/models.py"):
         find_adapter(opt)
 

