@@ -61,6 +61,7 @@ class ExtractionReport:
     resumed_blocks: int = 0
     written_blocks: int = 0
     seconds: float = 0.0
+    extract_seconds: float = 0.0  # forward + pooling + writing, model loading and tokenising excluded
     n_truncated: int = 0
     overflow: int = 0
     messages: list[str] = field(default_factory=list)
@@ -187,7 +188,9 @@ def run_extraction(
     committed = store.committed_blocks()
     report.resumed_blocks = len(committed)
     todo = [b for b in range(store.layout.n_blocks) if b not in committed]
+    t_blocks = time.perf_counter()
     _extract_blocks(loaded, store, encodings, todo, batch_size, progress, report)
+    report.extract_seconds = time.perf_counter() - t_blocks
     committed = store.committed_blocks()
     report.overflow = sum(int(m.get("overflow", 0)) for m in committed.values())
     if len(committed) == store.layout.n_blocks:
@@ -380,8 +383,17 @@ def _is_decoder(config: object) -> bool:
     if model_type in ("t5", "mt5", "umt5"):
         return False
     return bool(getattr(config, "is_decoder", False)) or model_type in (
-        "gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "gpt_neox", "opt"
-    )  # fmt: skip
+        "gpt2",
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "gemma",
+        "gemma2",
+        "phi3",
+        "gpt_neox",
+        "opt",
+    )
 
 
 def _resolve_max_length(max_length: int | None, tokenizer: object, config: object) -> int:

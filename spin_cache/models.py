@@ -117,9 +117,25 @@ def pool_many(states: torch.Tensor, mask: torch.Tensor, poolings: Sequence[str])
                 total = zeroed.sum(dim=1, dtype=torch.float32)
             out[p] = total / counts.unsqueeze(-1).to(torch.float32)
         else:  # max
-            lowest = torch.full((), float("-inf"), dtype=states.dtype, device=states.device)
-            out[p] = torch.where(mask3, states, lowest).amax(dim=1).to(torch.float32)
+            out[p] = _masked_max(states, bool_mask).to(torch.float32)
     return out
+
+
+def _masked_max(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Max over real tokens. On the CPU, the span of positions that are real in every row (length-sorted
+    batches make it most of the sequence) is reduced without masking; only the ragged ends are masked."""
+    lowest = torch.full((), float("-inf"), dtype=states.dtype, device=states.device)
+    everywhere = mask.all(dim=0)
+    span = torch.nonzero(everywhere).flatten() if states.device.type == "cpu" else everywhere[:0]
+    if span.numel() == 0 or int(span[-1]) + 1 - int(span[0]) != span.numel():
+        return torch.where(mask.unsqueeze(-1), states, lowest).amax(dim=1)
+    a, b = int(span[0]), int(span[-1]) + 1
+    best = states[:, a:b].amax(dim=1)
+    for lo, hi in ((0, a), (b, states.shape[1])):
+        if hi > lo:
+            ragged = torch.where(mask[:, lo:hi].unsqueeze(-1), states[:, lo:hi], lowest).amax(dim=1)
+            best = torch.maximum(best, ragged)
+    return best
 
 
 def pool(states: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:

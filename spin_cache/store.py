@@ -26,6 +26,7 @@ import numpy as np
 import polars as pl
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
+from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
 from . import __version__
 from .errors import InputError, IntegrityError, SpinCacheError
@@ -44,6 +45,38 @@ COMMITS_DIR = "commits"
 def _fs(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     fs, root = fsspec.core.url_to_fs(str(url), **(storage_options or {}))
     return fs, root.rstrip("/")
+
+
+class CountingStore(WrapperStore):
+    """Wraps a zarr store and counts the bytes and requests its reads return (for benchmarks and sweeps)."""
+
+    def __init__(self, store: Any) -> None:
+        super().__init__(store)
+        self.bytes_read = 0
+        self.requests = 0
+
+    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+        buf = await super().get(key, prototype, byte_range)
+        self._count(buf)
+        return buf
+
+    async def get_partial_values(self, prototype: Any, key_ranges: Any) -> list:
+        bufs = await super().get_partial_values(prototype, key_ranges)
+        for buf in bufs:
+            self._count(buf)
+        return bufs
+
+    def _count(self, buf: Any) -> None:
+        self.requests += 1
+        if buf is not None:
+            self.bytes_read += len(buf)
+
+
+def zarr_store(url: str, *, read_only: bool, storage_options: dict | None = None) -> Any:
+    """The zarr store object for a local path or a URL."""
+    if "://" not in str(url) or str(url).startswith("file://"):
+        return LocalStore(str(url).removeprefix("file://"), read_only=read_only)
+    return FsspecStore.from_url(str(url), storage_options=storage_options or None, read_only=read_only)
 
 
 def array_name(kind: str, pooling: str, layer: int) -> str:
@@ -170,20 +203,28 @@ class ActivationStore:
         if not self.manifest:
             raise InputError(f"{url}: not a spin-cache store (no 'spin_cache' manifest in zarr.json)")
         self.layout = Layout.from_dict(self.manifest["layout"])
+        self.counter: CountingStore | None = None
 
     # -- opening and creating --------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, url: str, *, mode: str = "r", storage_options: dict | None = None) -> ActivationStore:
-        """Open an existing store; mode "r" (default) never writes."""
+    def open(
+        cls, url: str, *, mode: str = "r", storage_options: dict | None = None, count_bytes: bool = False
+    ) -> ActivationStore:
+        """Open an existing store; mode "r" (default) never writes. `count_bytes` counts array bytes read."""
         fs, root = _fs(url, storage_options)
         if not fs.exists(f"{root}/zarr.json"):
             raise InputError(f"{url}: no store here (zarr.json missing); run `spin-cache extract` to make one")
+        zstore = zarr_store(url, read_only=mode == "r", storage_options=storage_options)
+        if count_bytes:
+            zstore = CountingStore(zstore)
         try:
-            group = zarr.open_group(str(url), mode=mode, storage_options=storage_options or None)
+            group = zarr.open_group(zstore, mode=mode)
         except Exception as exc:  # corrupt metadata is a damaged store, not a crash
             raise IntegrityError(f"{url}: cannot read zarr.json ({exc}); the store is damaged") from exc
-        return cls(url, group, storage_options)
+        store = cls(url, group, storage_options)
+        store.counter = zstore if count_bytes else None
+        return store
 
     @classmethod
     def exists(cls, url: str, storage_options: dict | None = None) -> bool:

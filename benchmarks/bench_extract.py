@@ -1,0 +1,116 @@
+"""Extraction cost against a bare forward pass, store size against raw float32, and column-read cost.
+
+    python benchmarks/bench_extract.py [--limit N] [--batch-size 32] [--repeats 2]
+
+Bare forward: the same model, rows, blocks and length-sorted batches as `spin-cache extract`, outputs discarded.
+Extraction: `run_extraction` into a fresh store (forward + pooling of every layer + background writing); the
+ratio uses its block phase (model loading and tokenising are excluded from both sides).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import torch
+
+from spin_cache.data import load_dataset
+from spin_cache.extract import _tokenize, run_extraction
+from spin_cache.models import load_model
+from spin_cache.store import ActivationStore
+
+
+def bare_forward(loaded, encodings, block_rows: int, batch_size: int) -> float:
+    runner = loaded.adapter.runner or loaded.model
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for start in range(0, len(encodings), block_rows):
+            stop = min(start + block_rows, len(encodings))
+            order = sorted(range(start, stop), key=lambda i: (-len(encodings[i]), i))
+            for b0 in range(0, len(order), batch_size):
+                rows = order[b0 : b0 + batch_size]
+                batch = loaded.tokenizer.pad({"input_ids": [encodings[i] for i in rows]}, return_tensors="pt")
+                runner(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    return time.perf_counter() - t0
+
+
+def column_reads(store_path: str, share: float, seed: int = 0) -> dict:
+    """Bytes fetched to read a random `share` of each layer's columns, against those columns' stored bytes."""
+    store = ActivationStore.open(store_path, count_bytes=True)
+    rng = np.random.default_rng(seed)
+    stored = store.nbytes_stored()
+    wanted = 0.0
+    for kind, pooling, layer in store.layout.array_keys():
+        width = store.width(kind)
+        cols = np.sort(rng.choice(width, max(1, round(share * width)), replace=False))
+        store.read(kind, pooling, layer, columns=cols)
+        n_arrays = len(store.poolings) * len(store.layers(kind))
+        wanted += stored[kind] / n_arrays * len(cols) / width
+    return {
+        "share": share,
+        "bytes_read": store.counter.bytes_read,
+        "bytes_of_columns": int(wanted),
+        "read_over_needed": store.counter.bytes_read / wanted,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--limit", type=int, default=None, help="rows per split (default: all of SST-2)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    dataset = load_dataset("sst2")
+    if args.limit:
+        dataset = dataset.subset(args.limit)
+    loaded = load_model("minilm", device="cpu")
+    encodings, _, _ = _tokenize(loaded, dataset, 512)
+    results = []
+    for _ in range(args.repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "store")
+            report = run_extraction(data=dataset, out=out, batch_size=args.batch_size, progress=False)
+            block_rows = report.store.layout.block_rows
+            bare = bare_forward(loaded, encodings, block_rows, args.batch_size)
+            info = report.store.info()
+            stored = sum(info["bytes_stored"].values())
+            reads = column_reads(out, 0.05)
+            results.append(
+                {
+                    "bare_s": bare,
+                    "extract_s": report.extract_seconds,
+                    "command_s": report.seconds,
+                    "ratio": report.extract_seconds / bare,
+                    "stored": stored,
+                    "float32": info["bytes_float32"],
+                    "size_ratio": stored / info["bytes_float32"],
+                    "block_rows": block_rows,
+                    "reads_5pct": reads,
+                }
+            )
+    best = min(results, key=lambda r: r["ratio"])
+    print(json.dumps({"rows": len(dataset), "threads": torch.get_num_threads(), "runs": results}, indent=1))
+    print(f"\nrows {len(dataset)}  batch {args.batch_size}  blocks of {best['block_rows']}  (best of {args.repeats})")
+    print(
+        f"bare forward {best['bare_s']:.1f}s | extract (blocks) {best['extract_s']:.1f}s | "
+        f"ratio {best['ratio']:.2f}x | whole command {best['command_s']:.1f}s"
+    )
+    print(
+        f"store {best['stored'] / 2**20:.1f} MiB vs float32 {best['float32'] / 2**20:.1f} MiB: "
+        f"{best['size_ratio']:.3f}x"
+    )
+    r = best["reads_5pct"]
+    print(
+        f"5% random columns: read {r['bytes_read'] / 2**20:.1f} MiB for {r['bytes_of_columns'] / 2**20:.1f} MiB "
+        f"of columns ({r['read_over_needed']:.1f}x)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,457 @@
+"""Linear classifiers on pooled neurons: the L1/L2 logistic-regression solver used by probes and heads,
+`SpinClassifier` (a scikit-learn style estimator), and the exported `Head` artifact (JSON + safetensors).
+
+The solver is FISTA (accelerated proximal gradient) on standardised features, in float32 torch, warm-started
+along a path of C values. C has scikit-learn's meaning: minimise ||w||_1 (or ||w||^2 / 2) + C * sum(logloss), so
+the paper's grid (0.1, 0.2, 1, 10, 100) means the same thing here as in the paper's sklearn recipe.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+
+from . import __version__
+from .errors import InputError, IntegrityError
+
+PAPER_C_GRID = (0.1, 0.2, 1.0, 10.0, 100.0)
+METRICS = ("accuracy", "macro_f1")
+
+
+# ---- metrics -------------------------------------------------------------------------------------------------
+
+
+def score_predictions(y_true: np.ndarray, y_pred: np.ndarray, metric: str = "accuracy") -> float:
+    """Accuracy or macro-F1 (the mean over classes present in y_true or y_pred)."""
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    if y_true.size == 0:
+        return float("nan")
+    if metric == "accuracy":
+        return float(np.mean(y_true == y_pred))
+    if metric == "macro_f1":
+        f1s = []
+        for c in np.union1d(y_true, y_pred):
+            tp = np.sum((y_pred == c) & (y_true == c))
+            fp = np.sum((y_pred == c) & (y_true != c))
+            fn = np.sum((y_pred != c) & (y_true == c))
+            f1s.append(2 * tp / max(2 * tp + fp + fn, 1))
+        return float(np.mean(f1s))
+    raise InputError(f"--metric {metric}: choose from {', '.join(METRICS)}")
+
+
+# ---- the solver ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Standardizer:
+    """Mean and scale from the training split; constant features get scale 1 (they carry nothing)."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> Standardizer:
+        x64 = np.asarray(x, dtype=np.float64)
+        mean = x64.mean(axis=0)
+        std = x64.std(axis=0)
+        std[~np.isfinite(std) | (std < 1e-12)] = 1.0
+        return cls(mean.astype(np.float32), std.astype(np.float32))
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return ((np.asarray(x, dtype=np.float32) - self.mean) / self.scale).astype(np.float32, copy=False)
+
+
+@dataclass
+class LinearFit:
+    coef: np.ndarray  # (n_outputs, n_features): 1 output for binary, K for multi-class
+    intercept: np.ndarray  # (n_outputs,)
+    iterations: int
+    converged: bool
+
+
+def _lipschitz(x: torch.Tensor, n_outputs: int) -> float:
+    """Upper bound of the mean-logloss gradient's Lipschitz constant (power iteration for ||X||_2^2)."""
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(x.shape[1], generator=gen, dtype=x.dtype)
+    v /= v.norm()
+    sigma2 = 1.0
+    for _ in range(30):
+        u = x @ v
+        w = x.T @ u
+        sigma2 = float(w.norm())
+        if sigma2 == 0:
+            return 1.0
+        v = w / sigma2
+    factor = 0.25 if n_outputs == 1 else 0.5
+    # + 1 column of ones for the intercept; 1.05 covers power-iteration error.
+    return 1.05 * factor * (sigma2 + x.shape[0]) / x.shape[0]
+
+
+def _grad(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_classes: int) -> tuple:
+    """Loss and gradient of the mean logloss (binary: sigmoid on one output; else softmax)."""
+    z = x @ w.T + b
+    n = x.shape[0]
+    if n_classes == 2:
+        p = torch.sigmoid(z[:, 0])
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z[:, 0], y.to(z.dtype))
+        r = ((p - y.to(z.dtype)) / n).unsqueeze(1)
+    else:
+        loss = torch.nn.functional.cross_entropy(z, y)
+        p = torch.softmax(z, dim=1)
+        p[torch.arange(n), y] -= 1.0
+        r = p / n
+    return float(loss), r.T @ x, r.sum(dim=0)
+
+
+def fit_logistic(
+    x: np.ndarray | torch.Tensor,
+    y: np.ndarray,
+    n_classes: int,
+    c: float,
+    *,
+    penalty: str = "l1",
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    warm: LinearFit | None = None,
+    lipschitz: float | None = None,
+) -> LinearFit:
+    """Minimise mean logloss + lam * penalty with lam = 1 / (C * n) by FISTA with restarts."""
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
+    n, d = xt.shape
+    n_out = 1 if n_classes == 2 else n_classes
+    lam = 1.0 / (c * n)
+    step = 1.0 / ((lipschitz or _lipschitz(xt, n_out)) + (lam if penalty == "l2" else 0.0))
+    if warm is not None and warm.coef.shape == (n_out, d):
+        w = torch.as_tensor(warm.coef, dtype=torch.float32).clone()
+        b = torch.as_tensor(warm.intercept, dtype=torch.float32).clone()
+    else:
+        w = torch.zeros(n_out, d)
+        b = torch.zeros(n_out)
+    w_prev, b_prev = w.clone(), b.clone()
+    t = 1.0
+    prev_obj = float("inf")
+    converged = False
+    it = 0
+    for it in range(1, max_iter + 1):
+        mom = (t - 1.0) / (t_next := (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0)
+        wy = w + mom * (w - w_prev)
+        by = b + mom * (b - b_prev)
+        _, gw, gb = _grad(xt, yt, wy, by, n_classes)
+        w_prev, b_prev = w, b
+        if penalty == "l1":
+            z = wy - step * gw
+            w = torch.sign(z) * torch.clamp(z.abs() - step * lam, min=0.0)
+        else:
+            w = wy - step * (gw + lam * wy)
+        b = by - step * gb
+        t = t_next
+        if it % 10 == 0 or it == max_iter:
+            obj = _objective(xt, yt, w, b, n_classes, lam, penalty)
+            if obj > prev_obj:  # adaptive restart keeps FISTA monotone in practice
+                t = 1.0
+            if abs(prev_obj - obj) <= tol * max(abs(obj), 1e-12) * 10:
+                converged = True
+                break
+            prev_obj = obj
+    return LinearFit(w.numpy().copy(), b.numpy().copy(), it, converged)
+
+
+def _objective(
+    x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, k: int, lam: float, pen: str
+) -> float:
+    z = x @ w.T + b
+    if k == 2:
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z[:, 0], y.to(z.dtype))
+    else:
+        loss = torch.nn.functional.cross_entropy(z, y)
+    reg = w.abs().sum() if pen == "l1" else 0.5 * (w * w).sum()
+    return float(loss + lam * reg)
+
+
+def decision(x: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32) @ coef.T.astype(np.float32) + intercept.astype(np.float32)
+
+
+def probabilities(scores: np.ndarray) -> np.ndarray:
+    if scores.shape[1] == 1:
+        p1 = 1.0 / (1.0 + np.exp(-scores[:, 0].astype(np.float64)))
+        return np.stack([1.0 - p1, p1], axis=1)
+    z = scores.astype(np.float64) - scores.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def predict_labels(scores: np.ndarray) -> np.ndarray:
+    if scores.shape[1] == 1:
+        return (scores[:, 0] > 0).astype(np.int64)
+    return scores.argmax(axis=1).astype(np.int64)
+
+
+@dataclass
+class PathResult:
+    """One C path: the fit chosen on dev and the metric history of every C."""
+
+    c: float
+    fit: LinearFit
+    dev: float
+    history: list[dict] = field(default_factory=list)
+
+
+def fit_c_path(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_dev: np.ndarray,
+    y_dev: np.ndarray,
+    n_classes: int,
+    c_grid: Sequence[float] = PAPER_C_GRID,
+    *,
+    penalty: str = "l1",
+    metric: str = "accuracy",
+    max_iter: int = 300,
+    tol: float = 1e-4,
+) -> PathResult:
+    """Fit every C in increasing order (warm starts: strong to weak regularisation), keep the best on dev.
+
+    Features must already be standardised. Ties on dev go to the smaller C (the sparser, simpler model).
+    """
+    xt = torch.as_tensor(x_train, dtype=torch.float32)
+    lip = _lipschitz(xt, 1 if n_classes == 2 else n_classes)
+    warm = None
+    best: PathResult | None = None
+    history = []
+    for c in sorted(c_grid):
+        t0 = time.perf_counter()
+        fit = fit_logistic(
+            xt, y_train, n_classes, c, penalty=penalty, max_iter=max_iter, tol=tol, warm=warm, lipschitz=lip
+        )
+        warm = fit
+        dev = score_predictions(y_dev, predict_labels(decision(x_dev, fit.coef, fit.intercept)), metric)
+        history.append(
+            {
+                "C": c,
+                "dev": dev,
+                "nonzero": int(np.count_nonzero(np.abs(fit.coef).sum(axis=0))),
+                "iterations": fit.iterations,
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        if best is None or dev > best.dev:
+            best = PathResult(c=c, fit=fit, dev=dev)
+    assert best is not None
+    best.history = history
+    return best
+
+
+# ---- the estimator ---------------------------------------------------------------------------------------------
+
+
+class SpinClassifier:
+    """Logistic-regression head on pooled neuron features, in the style of scikit-learn.
+
+    `fit(X, y)` standardises X with statistics of X, then fits an L1 or L2 logistic regression. With a list of
+    C values and `X_dev, y_dev` given to `fit`, C is chosen on the dev set (warm-started path). The solver is
+    deterministic; `random_state` seeds nothing stochastic today and is kept for the scikit-learn contract
+    (and for the random-control selections built on top of it).
+    """
+
+    def __init__(
+        self,
+        C: float | Sequence[float] = 1.0,
+        penalty: str = "l2",
+        max_iter: int = 300,
+        tol: float = 1e-4,
+        metric: str = "accuracy",
+        random_state: int = 0,
+    ) -> None:
+        self.C = C
+        self.penalty = penalty
+        self.max_iter = max_iter
+        self.tol = tol
+        self.metric = metric
+        self.random_state = random_state
+
+    # scikit-learn protocol
+    def get_params(self, deep: bool = True) -> dict:
+        return {k: getattr(self, k) for k in ("C", "penalty", "max_iter", "tol", "metric", "random_state")}
+
+    def set_params(self, **params: Any) -> SpinClassifier:
+        for k, v in params.items():
+            if k not in self.get_params():
+                raise InputError(f"SpinClassifier has no parameter {k!r}")
+            setattr(self, k, v)
+        return self
+
+    def fit(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        X_dev: np.ndarray | None = None,
+        y_dev: np.ndarray | None = None,
+        n_classes: int | None = None,
+    ) -> SpinClassifier:
+        if self.penalty not in ("l1", "l2"):
+            raise InputError(f"penalty {self.penalty!r}: choose l1 or l2")
+        y = np.asarray(y, dtype=np.int64)
+        self.n_classes_ = int(n_classes or (y.max() + 1))
+        self.classes_ = np.arange(self.n_classes_)
+        self.scaler_ = Standardizer.fit(X)
+        xs = self.scaler_.transform(X)
+        grid = [float(self.C)] if np.isscalar(self.C) else [float(c) for c in self.C]  # type: ignore[arg-type]
+        if X_dev is None or y_dev is None:
+            if len(grid) != 1:
+                raise InputError("choosing C from a grid needs X_dev and y_dev")
+            X_dev, y_dev = X, y
+        res = fit_c_path(
+            xs,
+            y,
+            self.scaler_.transform(X_dev),
+            np.asarray(y_dev),
+            self.n_classes_,
+            grid,
+            penalty=self.penalty,
+            metric=self.metric,
+            max_iter=self.max_iter,
+            tol=self.tol,
+        )
+        self.C_ = res.c
+        self.coef_ = res.fit.coef
+        self.intercept_ = res.fit.intercept
+        self.history_ = res.history
+        self.n_features_in_ = xs.shape[1]
+        return self
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        self._check_fitted(X)
+        return decision(self.scaler_.transform(X), self.coef_, self.intercept_)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return probabilities(self.decision_function(X))
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return predict_labels(self.decision_function(X))
+
+    def score(self, X: np.ndarray, y: np.ndarray) -> float:
+        return score_predictions(np.asarray(y), self.predict(X), self.metric)
+
+    def _check_fitted(self, X: np.ndarray) -> None:
+        if not hasattr(self, "coef_"):
+            raise InputError("this SpinClassifier is not fitted yet; call fit first")
+        if np.asarray(X).shape[1] != self.n_features_in_:
+            raise InputError(f"X has {np.asarray(X).shape[1]} features, the classifier expects {self.n_features_in_}")
+
+    # persistence: JSON + safetensors, never pickle
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "mean": self.scaler_.mean,
+            "scale": self.scaler_.scale,
+            "coef": self.coef_.astype(np.float32),
+            "intercept": self.intercept_.astype(np.float32),
+        }
+
+    def to_json(self) -> dict:
+        return {
+            "params": self.get_params(),
+            "C_": self.C_,
+            "n_classes": self.n_classes_,
+            "n_features": self.n_features_in_,
+            "history": self.history_,
+        }
+
+    @classmethod
+    def from_parts(cls, meta: dict, arrays: dict[str, np.ndarray]) -> SpinClassifier:
+        params = dict(meta["params"])
+        if isinstance(params.get("C"), list):
+            params["C"] = tuple(params["C"])
+        clf = cls(**params)
+        clf.C_ = meta["C_"]
+        clf.n_classes_ = int(meta["n_classes"])
+        clf.classes_ = np.arange(clf.n_classes_)
+        clf.n_features_in_ = int(meta["n_features"])
+        clf.history_ = meta.get("history", [])
+        clf.scaler_ = Standardizer(arrays["mean"], arrays["scale"])
+        clf.coef_ = arrays["coef"]
+        clf.intercept_ = arrays["intercept"]
+        return clf
+
+    def save(self, path: str | Path) -> None:
+        Head(classifier=self, selection={}, info={}).save(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SpinClassifier:
+        return Head.load(path).classifier
+
+
+# ---- the exported head -----------------------------------------------------------------------------------------
+
+HEAD_FORMAT = "spin-cache-head"
+
+
+@dataclass
+class Head:
+    """A fitted SpinClassifier plus what it reads: kind, pooling and per-layer neuron indices of a store.
+
+    `info` holds the store fingerprint, the model's identity and hashes, label names and metric history.
+    Feature order: layers ascending, within a layer the indices in the order stored.
+    """
+
+    classifier: SpinClassifier
+    selection: dict[int, np.ndarray]  # layer -> neuron indices
+    info: dict
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.selection)
+
+    @property
+    def deepest_layer(self) -> int:
+        return max(self.selection) if self.selection else 0
+
+    @property
+    def n_neurons(self) -> int:
+        return int(sum(len(v) for v in self.selection.values()))
+
+    def save(self, path: str | Path) -> None:
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        arrays = {f"classifier.{k}": v for k, v in self.classifier.to_arrays().items()}
+        arrays |= {f"selection.layer_{layer:03d}": np.asarray(idx, np.int64) for layer, idx in self.selection.items()}
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(folder / "head.safetensors"))
+        meta = {
+            "format": HEAD_FORMAT,
+            "spin_cache_version": __version__,
+            "classifier": self.classifier.to_json(),
+            "layers": self.layers,
+            **self.info,
+        }
+        (folder / "head.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Head:
+        folder = Path(path)
+        meta_path, arr_path = folder / "head.json", folder / "head.safetensors"
+        for p in (meta_path, arr_path):
+            if not p.exists():
+                raise InputError(f"{p}: missing; a head directory holds head.json and head.safetensors")
+        try:
+            meta = json.loads(meta_path.read_text())
+            arrays = load_file(str(arr_path))
+        except Exception as exc:
+            raise IntegrityError(f"{folder}: unreadable head ({exc}); export it again with `spin-cache sweep`") from exc
+        if meta.get("format") != HEAD_FORMAT:
+            raise InputError(f"{meta_path}: not a spin-cache head (format {meta.get('format')!r})")
+        clf = SpinClassifier.from_parts(
+            meta["classifier"], {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("classifier.")}
+        )
+        selection = {int(layer): arrays[f"selection.layer_{int(layer):03d}"] for layer in meta["layers"]}
+        info = {k: v for k, v in meta.items() if k not in ("format", "spin_cache_version", "classifier", "layers")}
+        return cls(classifier=clf, selection=selection, info=info)

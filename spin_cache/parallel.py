@@ -1,0 +1,131 @@
+"""Run model-free jobs (probes, sweep groups) as Dask tasks, locally or on a `dask.distributed` cluster.
+
+Tasks are module-level functions that take a store URL and small arguments and open the store themselves, so no
+array is ever shipped from the client. Each task caps its BLAS/torch threads so that workers do not oversubscribe
+the cores they were given.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from .errors import InputError, SpinCacheError
+
+SCHEDULER_ENV = "SPIN_CACHE_SCHEDULER"
+LOCAL_SCHEDULERS = ("sync", "threads", "processes")
+
+
+def resolve_scheduler(scheduler: str | None) -> str:
+    """--scheduler, else $SPIN_CACHE_SCHEDULER, else the local default (see BENCHMARKS.md for the choice)."""
+    chosen = scheduler or os.environ.get(SCHEDULER_ENV) or "processes"
+    if chosen not in LOCAL_SCHEDULERS and not chosen.startswith(("tcp://", "tls://", "inproc://")):
+        raise InputError(
+            f"--scheduler {chosen}: use sync, threads, processes or a dask.distributed address like tcp://HOST:8786"
+        )
+    return chosen
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+@contextmanager
+def thread_limit(n: int) -> Iterator[None]:
+    """Cap torch and BLAS threads inside one task."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        with threadpool_limits(limits=max(1, n)):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def call_limited(fn: Callable, threads: int, *args: Any) -> Any:
+    """What a worker runs: `fn(*args)` with its threads capped."""
+    with thread_limit(threads):
+        return fn(*args)
+
+
+def run_tasks(
+    fn: Callable,
+    tasks: Sequence[tuple],
+    *,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    desc: str = "tasks",
+    progress: bool = True,
+) -> Iterator[tuple[int, Any]]:
+    """Yield (index, result) for each task as it completes. A failed task is retried once, then raises."""
+    from tqdm.auto import tqdm
+
+    chosen = resolve_scheduler(scheduler)
+    bar = tqdm(total=len(tasks), desc=desc, unit="task", disable=not progress)
+    try:
+        if chosen == "sync" or not tasks:
+            for i, args in enumerate(tasks):
+                yield i, call_limited(fn, default_workers(), *args)
+                bar.update(1)
+            return
+        with _client(chosen, workers) as (client, threads_per_task):
+            from dask.distributed import as_completed
+
+            futures = {
+                client.submit(call_limited, fn, threads_per_task, *args, pure=False, retries=1): i
+                for i, args in enumerate(tasks)
+            }
+            for future in as_completed(futures):
+                try:
+                    result = future.result()
+                except SpinCacheError:
+                    raise
+                except Exception as exc:
+                    raise SpinCacheError(
+                        f"{desc}: a task failed on the Dask cluster ({type(exc).__name__}: {exc}); "
+                        "rerun to continue from the results already saved"
+                    ) from exc
+                yield futures[future], result
+                bar.update(1)
+    finally:
+        bar.close()
+
+
+@contextmanager
+def _client(scheduler: str, workers: int | None) -> Iterator[tuple[Any, int]]:
+    import logging
+
+    from dask.distributed import Client, LocalCluster
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    n = workers or default_workers()
+    if scheduler in ("threads", "processes"):
+        processes = scheduler == "processes"
+        cluster = LocalCluster(
+            n_workers=n if processes else 1,
+            threads_per_worker=1 if processes else n,
+            processes=processes,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+        client = Client(cluster)
+        try:
+            # threads share one process: each task gets one thread so n tasks run side by side.
+            yield client, 1
+        finally:
+            client.close()
+            cluster.close()
+    else:
+        try:
+            client = Client(scheduler, timeout="10s")
+        except OSError as exc:
+            raise SpinCacheError(f"--scheduler {scheduler}: cannot connect ({exc}); is the scheduler running?") from exc
+        try:
+            yield client, 1
+        finally:
+            client.close()

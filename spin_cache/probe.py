@@ -1,0 +1,253 @@
+"""Probe every layer of a store: one L1 logistic regression per (kind, pooling, layer), C chosen on dev,
+saliency = squared weight summed over classes.
+
+A probe run is a directory:
+
+    run.json               store fingerprint and URL, the probe settings, status
+    parts/*.parquet        one file per finished probe (committed as it lands; a rerun skips them)
+    probes.parquet         kind, pooling, layer, C, dev_metric, test_metric, train_metric, n_nonzero, n_neurons,
+                           fit_seconds
+    neuron_scores.parquet  kind, pooling, layer, neuron, saliency, rank (0 = most salient in its layer)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from . import __version__
+from .errors import InputError, IntegrityError, StoreMismatchError
+from .head import METRICS, PAPER_C_GRID, Standardizer, decision, fit_c_path, predict_labels, score_predictions
+from .parallel import run_tasks
+from .store import ActivationStore
+
+PROBE_FORMAT = "spin-cache-probes"
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    c_grid: tuple[float, ...] = PAPER_C_GRID
+    metric: str = "accuracy"
+    max_iter: int = 300
+    tol: float = 1e-4
+
+    def check(self) -> None:
+        if self.metric not in METRICS:
+            raise InputError(f"--metric {self.metric}: choose from {', '.join(METRICS)}")
+        if not self.c_grid or any(c <= 0 for c in self.c_grid):
+            raise InputError(f"--C {','.join(map(str, self.c_grid))}: give one or more positive values")
+
+
+def saliency_from_coef(coef: np.ndarray) -> np.ndarray:
+    """Squared weight per neuron, summed over classes (one row for binary probes, one per class otherwise)."""
+    return (np.asarray(coef, dtype=np.float64) ** 2).sum(axis=0)
+
+
+def rank_neurons(saliency: np.ndarray) -> np.ndarray:
+    """Rank 0 = most salient; ties broken by the lower neuron index, so ranks are deterministic."""
+    order = np.lexsort((np.arange(len(saliency)), -np.asarray(saliency)))
+    ranks = np.empty(len(saliency), dtype=np.int64)
+    ranks[order] = np.arange(len(saliency))
+    return ranks
+
+
+def probe_layer(
+    store_url: str, kind: str, pooling: str, layer: int, settings: ProbeSettings, storage_options: dict | None = None
+) -> dict:
+    """One probe (a Dask task): read the layer, standardise on train, fit the C path, score every neuron."""
+    t0 = time.perf_counter()
+    store = ActivationStore.open(store_url, storage_options=storage_options)
+    x = store.read(kind, pooling, layer)
+    ex = store.examples
+    split = ex["split"].to_numpy()
+    y = ex["label"].to_numpy().astype(np.int64)
+    n_classes = len(store.label_names)
+    tr, dv, te = (split == "train"), (split == "dev"), (split == "test")
+    scaler = Standardizer.fit(x[tr])
+    xs = scaler.transform(x)
+    res = fit_c_path(
+        xs[tr],
+        y[tr],
+        xs[dv],
+        y[dv],
+        n_classes,
+        settings.c_grid,
+        penalty="l1",
+        metric=settings.metric,
+        max_iter=settings.max_iter,
+        tol=settings.tol,
+    )
+
+    def metric(mask: np.ndarray) -> float:
+        if not mask.any():
+            return float("nan")
+        return score_predictions(
+            y[mask], predict_labels(decision(xs[mask], res.fit.coef, res.fit.intercept)), settings.metric
+        )
+
+    saliency = saliency_from_coef(res.fit.coef)
+    return {
+        "kind": kind,
+        "pooling": pooling,
+        "layer": int(layer),
+        "C": float(res.c),
+        "dev_metric": res.dev,
+        "test_metric": metric(te),
+        "train_metric": metric(tr),
+        "n_nonzero": int(np.count_nonzero(saliency)),
+        "n_neurons": int(x.shape[1]),
+        "iterations": int(sum(h["iterations"] for h in res.history)),
+        "fit_seconds": time.perf_counter() - t0,
+        "saliency": saliency.astype(np.float64),
+    }
+
+
+class ProbeRun:
+    """The results of `run_probes`, read back from its directory."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        meta_path = self.path / "run.json"
+        if not meta_path.exists():
+            raise InputError(f"{self.path}: not a probe run (run.json missing); make one with `spin-cache probe`")
+        self.meta = json.loads(meta_path.read_text())
+        if self.meta.get("format") != PROBE_FORMAT:
+            raise InputError(f"{meta_path}: not a spin-cache probe run")
+        if self.meta.get("status") != "complete":
+            raise IntegrityError(f"{self.path}: the probe run is incomplete; rerun the same `spin-cache probe`")
+        self.probes = pl.read_parquet(self.path / "probes.parquet")
+        self.scores = pl.read_parquet(self.path / "neuron_scores.parquet")
+
+    @property
+    def store_fingerprint(self) -> str:
+        return self.meta["store_fingerprint"]
+
+    @property
+    def settings(self) -> ProbeSettings:
+        s = self.meta["settings"]
+        return ProbeSettings(tuple(s["c_grid"]), s["metric"], s["max_iter"], s["tol"])
+
+    def saliency(self, kind: str, pooling: str, layer: int) -> np.ndarray:
+        sub = self.scores.filter((pl.col("kind") == kind) & (pl.col("pooling") == pooling) & (pl.col("layer") == layer))
+        if sub.height == 0:
+            raise InputError(f"{self.path}: no neuron scores for {kind}/{pooling}/layer {layer}")
+        return sub.sort("neuron")["saliency"].to_numpy()
+
+    def check_store(self, store: ActivationStore) -> None:
+        if store.fingerprint != self.store_fingerprint:
+            raise StoreMismatchError(
+                f"{self.path} was probed on store {self.store_fingerprint[:16]}, not on {store.url} "
+                f"({store.fingerprint[:16]}); probe this store first"
+            )
+
+
+def run_probes(
+    store_url: str,
+    out: str | Path,
+    settings: ProbeSettings | None = None,
+    *,
+    kinds: Sequence[str] | None = None,
+    poolings: Sequence[str] | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    storage_options: dict | None = None,
+) -> ProbeRun:
+    """Probe every (kind, pooling, layer) of the store; finished probes are kept across reruns."""
+    settings = settings or ProbeSettings()
+    settings.check()
+    store = ActivationStore.open(store_url, storage_options=storage_options)
+    if not store.is_complete:
+        raise IntegrityError(f"{store_url}: the store is incomplete; finish it with the same `spin-cache extract`")
+    keys = [
+        (k, p, layer)
+        for k, p, layer in store.layout.array_keys()
+        if (not kinds or k in kinds) and (not poolings or p in poolings)
+    ]
+    if not keys:
+        raise InputError(f"no layers to probe: the store has kinds {store.kinds} and poolings {store.poolings}")
+    out = Path(out)
+    meta = {
+        "format": PROBE_FORMAT,
+        "spin_cache_version": __version__,
+        "store": str(store_url),
+        "store_fingerprint": store.fingerprint,
+        "settings": asdict(settings) | {"c_grid": list(settings.c_grid)},
+        "keys": [list(k) for k in keys],
+        "status": "incomplete",
+    }
+    _start_run(out, meta)
+    parts = out / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    todo = [k for k in keys if not _part_path(parts, *k).exists()]
+    tasks = [(str(store_url), k, p, layer, settings, storage_options) for k, p, layer in todo]
+    for _, result in run_tasks(
+        probe_layer, tasks, scheduler=scheduler, workers=workers, desc="probe", progress=progress
+    ):
+        _write_part(parts, result)
+    _combine(out, keys)
+    meta["status"] = "complete"
+    (out / "run.json").write_text(json.dumps(meta, indent=2))
+    return ProbeRun(out)
+
+
+def _start_run(out: Path, meta: dict) -> None:
+    meta_path = out / "run.json"
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        same = all(old.get(k) == meta[k] for k in ("store_fingerprint", "settings", "keys"))
+        if not same:
+            raise StoreMismatchError(
+                f"{out} holds probes made from another store or settings; pass another --out or delete it"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path.write_text(json.dumps(meta, indent=2))
+
+
+def _part_path(parts: Path, kind: str, pooling: str, layer: int) -> Path:
+    return parts / f"{kind}-{pooling}-{layer:03d}.parquet"
+
+
+def _write_part(parts: Path, result: dict) -> None:
+    saliency = result.pop("saliency")
+    n = len(saliency)
+    frame = pl.DataFrame(
+        {
+            "neuron": np.arange(n, dtype=np.int64),
+            "saliency": saliency,
+            "rank": rank_neurons(saliency),
+        }
+    ).with_columns(**{k: pl.lit(v) for k, v in result.items()})
+    frame = frame.with_columns(pl.col(["layer", "n_nonzero", "n_neurons", "iterations"]).cast(pl.Int64))
+    final = _part_path(parts, result["kind"], result["pooling"], result["layer"])
+    tmp = final.with_suffix(".tmp")
+    frame.write_parquet(tmp)
+    tmp.replace(final)  # atomic: a part either exists whole or not at all
+
+
+def _combine(out: Path, keys: list[tuple[str, str, int]]) -> None:
+    frames = [pl.read_parquet(_part_path(out / "parts", *k)) for k in keys]
+    allp = pl.concat(frames, how="vertical")
+    probe_cols = [
+        "kind",
+        "pooling",
+        "layer",
+        "C",
+        "dev_metric",
+        "test_metric",
+        "train_metric",
+        "n_nonzero",
+        "n_neurons",
+        "iterations",
+        "fit_seconds",
+    ]
+    probes = allp.group_by(["kind", "pooling", "layer"], maintain_order=True).first().select(probe_cols)
+    probes.write_parquet(out / "probes.parquet")
+    scores = allp.select(["kind", "pooling", "layer", "neuron", "saliency", "rank"])
+    scores.write_parquet(out / "neuron_scores.parquet")

@@ -1,0 +1,343 @@
+"""Select and integrate: for every (kind, pooling, rule value, K) fit a head on the selected neurons of the first
+K layers, choose the configuration on dev, report it against Base, the best single-layer probe and a random
+control, and export the chosen head.
+
+One Dask task per (kind, pooling) group reads the union of the columns any of its configurations needs, once
+(plus, for hidden states, the last layer in full for Base), and fits every configuration from memory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from . import __version__
+from .errors import InputError
+from .head import PAPER_C_GRID, Head, SpinClassifier
+from .parallel import run_tasks
+from .probe import ProbeRun
+from .select import RULES, random_like, select
+from .store import ActivationStore
+
+DEFAULT_ETAS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8)
+SWEEP_FORMAT = "spin-cache-sweep"
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    rule: str = "eta"
+    values: tuple[float, ...] = DEFAULT_ETAS
+    c_grid: tuple[float, ...] = PAPER_C_GRID
+    penalty: str = "l2"
+    metric: str = "accuracy"
+    max_iter: int = 300
+    tol: float = 1e-4
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.rule not in RULES:
+            raise InputError(f"selection rule {self.rule!r}: choose from {', '.join(RULES)}")
+        if not self.values:
+            raise InputError("give at least one rule value (e.g. --eta 0.1,0.5)")
+        if self.penalty not in ("l1", "l2"):
+            raise InputError(f"--head-penalty {self.penalty}: choose l1 or l2")
+
+
+@dataclass
+class Config:
+    kind: str
+    pooling: str
+    value: float
+    k: int  # number of layers integrated, from the kind's first layer
+
+
+def _fit(x: dict[str, np.ndarray], y: dict[str, np.ndarray], n_classes: int, s: SweepSettings) -> SpinClassifier:
+    clf = SpinClassifier(
+        C=tuple(s.c_grid), penalty=s.penalty, max_iter=s.max_iter, tol=s.tol, metric=s.metric, random_state=s.seed
+    )
+    return clf.fit(x["train"], y["train"], x["dev"], y["dev"], n_classes=n_classes)
+
+
+def _metrics(clf: SpinClassifier, x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> tuple[float, float]:
+    test = clf.score(x["test"], y["test"]) if len(y["test"]) else float("nan")
+    return clf.score(x["dev"], y["dev"]), test
+
+
+def sweep_group(
+    store_url: str,
+    kind: str,
+    pooling: str,
+    saliency: dict[int, np.ndarray],
+    settings: SweepSettings,
+    storage_options: dict | None = None,
+) -> dict:
+    """One Dask task: every (value, K) configuration of one (kind, pooling), from one read of its columns."""
+    t0 = time.perf_counter()
+    store = ActivationStore.open(store_url, storage_options=storage_options, count_bytes=True)
+    layers = store.layers(kind)
+    selections = {v: {layer: select(saliency[layer], settings.rule, v) for layer in layers} for v in settings.values}
+    need = {layer: set() for layer in layers}
+    for sel in selections.values():
+        for layer, idx in sel.items():
+            need[layer].update(int(i) for i in idx)
+    base_layer = layers[-1] if kind == "hidden" else None
+    if base_layer is not None:
+        need[base_layer] = set(range(store.width(kind)))
+    split = store.examples["split"].to_numpy()
+    labels = store.examples["label"].to_numpy().astype(np.int64)
+    masks = {s: split == s for s in ("train", "dev", "test")}
+    y = {s: labels[m] for s, m in masks.items()}
+    n_classes = len(store.label_names)
+    cols: dict[int, np.ndarray] = {}
+    data: dict[int, np.ndarray] = {}
+    for layer in layers:
+        cols[layer] = np.array(sorted(need[layer]), dtype=np.int64)
+        data[layer] = store.read(kind, pooling, layer, columns=cols[layer])
+    bytes_read = store.counter.bytes_read if store.counter else 0
+
+    def features(sel: dict[int, np.ndarray], upto: Sequence[int]) -> dict[str, np.ndarray]:
+        parts = [data[layer][:, np.searchsorted(cols[layer], sel[layer])] for layer in upto]
+        full = np.concatenate(parts, axis=1)
+        return {s: full[m] for s, m in masks.items()}
+
+    total = store.width(kind) * len(layers)
+    rows, best = [], None
+    for value, sel in selections.items():
+        for k in range(1, len(layers) + 1):
+            t1 = time.perf_counter()
+            x = features(sel, layers[:k])
+            clf = _fit(x, y, n_classes, settings)
+            dev, test = _metrics(clf, x, y)
+            n = x["train"].shape[1]
+            row = {
+                "kind": kind,
+                "pooling": pooling,
+                "rule": settings.rule,
+                "value": float(value),
+                "k": k,
+                "layers": [int(v) for v in layers[:k]],
+                "n_neurons": n,
+                "share": n / total,
+                "C": clf.C_,
+                "dev_metric": dev,
+                "test_metric": test,
+                "group_bytes_read": bytes_read,
+                "seconds": time.perf_counter() - t1,
+            }
+            rows.append(row)
+            # Ties on dev go to fewer neurons, then to fewer layers (cheaper at prediction time).
+            if best is None or (dev, -n, -k) > (best[0]["dev_metric"], -best[0]["n_neurons"], -best[0]["k"]):
+                best = (row, clf, {layer: sel[layer] for layer in layers[:k]})
+    out = {"rows": rows, "best": _pack(best), "bytes_read": bytes_read, "seconds": time.perf_counter() - t0}
+    if base_layer is not None:
+        x = features({base_layer: np.arange(store.width(kind))}, [base_layer])
+        clf = _fit(x, y, n_classes, settings)
+        dev, test = _metrics(clf, x, y)
+        out["base"] = {
+            "kind": kind,
+            "pooling": pooling,
+            "layer": base_layer,
+            "dev": dev,
+            "test": test,
+            "n_neurons": store.width(kind),
+            "share": store.width(kind) / total,
+            "C": clf.C_,
+        }
+    return out
+
+
+def _pack(best: tuple | None) -> dict | None:
+    if best is None:
+        return None
+    row, clf, sel = best
+    return {"row": row, "classifier": (clf.to_json(), clf.to_arrays()), "selection": sel}
+
+
+def random_control(
+    store_url: str, spin: dict, seed: int, settings: SweepSettings, storage_options: dict | None = None
+) -> dict:
+    """The same per-layer neuron counts as SPIN's choice, drawn at random (seeded), fitted the same way."""
+    store = ActivationStore.open(store_url, storage_options=storage_options, count_bytes=True)
+    kind, pooling = spin["row"]["kind"], spin["row"]["pooling"]
+    counts = {int(layer): len(idx) for layer, idx in spin["selection"].items()}
+    chosen = random_like(counts, {layer: store.width(kind) for layer in counts}, seed)
+    split = store.examples["split"].to_numpy()
+    labels = store.examples["label"].to_numpy().astype(np.int64)
+    full = np.concatenate([store.read(kind, pooling, layer, columns=idx) for layer, idx in chosen.items()], axis=1)
+    x = {s: full[split == s] for s in ("train", "dev", "test")}
+    y = {s: labels[split == s] for s in ("train", "dev", "test")}
+    clf = _fit(x, y, len(store.label_names), settings)
+    dev, test = _metrics(clf, x, y)
+    n = full.shape[1]
+    return {
+        "dev": dev,
+        "test": test,
+        "n_neurons": n,
+        "share": spin["row"]["share"],
+        "C": clf.C_,
+        "bytes_read": store.counter.bytes_read if store.counter else 0,
+    }
+
+
+@dataclass
+class SweepResult:
+    path: Path
+    table: dict
+    sweep: pl.DataFrame
+
+
+def run_sweep(
+    store_url: str,
+    probes: str | Path,
+    out: str | Path,
+    settings: SweepSettings | None = None,
+    *,
+    kinds: Sequence[str] | None = None,
+    poolings: Sequence[str] | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    storage_options: dict | None = None,
+) -> SweepResult:
+    """Evaluate every configuration, write sweep.parquet and summary.json, and export the best head."""
+    run = ProbeRun(probes)
+    settings = settings or SweepSettings(metric=run.settings.metric)
+    settings.check()
+    store = ActivationStore.open(store_url, storage_options=storage_options)
+    run.check_store(store)
+    groups = [
+        (k, p)
+        for k in store.kinds
+        for p in store.poolings
+        if (not kinds or k in kinds) and (not poolings or p in poolings)
+    ]
+    if not groups:
+        raise InputError(f"nothing to sweep: the store has kinds {store.kinds} and poolings {store.poolings}")
+    tasks = [
+        (
+            str(store_url),
+            k,
+            p,
+            {layer: run.saliency(k, p, layer) for layer in store.layers(k)},
+            settings,
+            storage_options,
+        )
+        for k, p in groups
+    ]
+    results = [None] * len(tasks)
+    for i, res in run_tasks(sweep_group, tasks, scheduler=scheduler, workers=workers, desc="sweep", progress=progress):
+        results[i] = res
+    rows = [row for res in results for row in res["rows"]]
+    bests = [res["best"] for res in results if res["best"] is not None]
+    spin = max(bests, key=lambda b: (b["row"]["dev_metric"], -b["row"]["n_neurons"], -b["row"]["k"]))
+    bases = [res["base"] for res in results if "base" in res]
+    control = random_control(str(store_url), spin, settings.seed, settings, storage_options)
+    table = _table(store, run, spin, bases, control)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sweep = pl.DataFrame(rows).sort(["kind", "pooling", "value", "k"])
+    sweep.write_parquet(out / "sweep.parquet")
+    head_dir = out / "head"
+    _export_head(store, run, spin, settings, table, head_dir)
+    table["head"] = str(head_dir)
+    table["bytes_read"] = int(sum(r["bytes_read"] for r in results)) + int(control["bytes_read"])
+    summary = {
+        "format": SWEEP_FORMAT,
+        "spin_cache_version": __version__,
+        "store": str(store_url),
+        "store_fingerprint": store.fingerprint,
+        "probes": str(probes),
+        "settings": asdict(settings),
+        "table": table,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=_jsonable))
+    return SweepResult(out, table, sweep)
+
+
+def _table(store: ActivationStore, run: ProbeRun, spin: dict, bases: list[dict], control: dict) -> dict:
+    row = spin["row"]
+    base = max(bases, key=lambda b: b["dev"]) if bases else None
+    probes = run.probes.sort(["dev_metric", "layer"], descending=[True, False])
+    single = probes.row(0, named=True)
+    single_total = store.width(single["kind"]) * len(store.layers(single["kind"]))
+    return {
+        "base": None
+        if base is None
+        else {
+            "dev": base["dev"],
+            "test": base["test"],
+            "n_neurons": base["n_neurons"],
+            "share": base["share"],
+            "pooling": base["pooling"],
+            "layer": base["layer"],
+            "C": base["C"],
+        },
+        "best_single_layer": {
+            "dev": single["dev_metric"],
+            "test": single["test_metric"],
+            "n_neurons": single["n_neurons"],
+            "share": single["n_neurons"] / single_total,
+            "kind": single["kind"],
+            "pooling": single["pooling"],
+            "layer": single["layer"],
+            "C": single["C"],
+        },
+        "spin": {
+            "dev": row["dev_metric"],
+            "test": row["test_metric"],
+            "n_neurons": row["n_neurons"],
+            "share": row["share"],
+            "kind": row["kind"],
+            "pooling": row["pooling"],
+            "rule": row["rule"],
+            "value": row["value"],
+            "layers": row["layers"],
+            "C": row["C"],
+        },
+        "random_control": {
+            "dev": control["dev"],
+            "test": control["test"],
+            "n_neurons": control["n_neurons"],
+            "share": control["share"],
+            "C": control["C"],
+        },
+    }
+
+
+def _export_head(
+    store: ActivationStore, run: ProbeRun, spin: dict, settings: SweepSettings, table: dict, path: Path
+) -> None:
+    meta, arrays = spin["classifier"]
+    clf = SpinClassifier.from_parts(meta, arrays)
+    model = store.manifest["model"]
+    info = {
+        "store_fingerprint": store.fingerprint,
+        "model": {
+            k: model.get(k)
+            for k in ("name", "path", "model_type", "family", "config_sha256", "weights_sha256", "tokenizer_sha256")
+        },
+        "max_length": store.manifest["extraction"]["max_length"],
+        "kind": spin["row"]["kind"],
+        "pooling": spin["row"]["pooling"],
+        "rule": spin["row"]["rule"],
+        "value": spin["row"]["value"],
+        "label_names": store.label_names,
+        "metrics": {k: v for k, v in table.items() if k != "head"},
+    }
+    Head(classifier=clf, selection={int(k): np.asarray(v) for k, v in spin["selection"].items()}, info=info).save(path)
+
+
+def _jsonable(obj: object) -> object:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
