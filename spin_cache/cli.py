@@ -7,9 +7,11 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from . import __version__
 from .errors import SpinCacheError
+from .head import HEAD_C_GRID, PROBE_C_GRID
 
 EXIT_CODES = """exit codes:
   0  success (for verify: no damage found)
@@ -217,9 +219,260 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- probe / sweep / predict ---------------------------------------------------------------------------------
+
+
+def _floats(value: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in _csv(value))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {value!r}") from exc
+
+
+def _add_scheduler(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        help="sync, threads, processes (default) or a dask.distributed address tcp://HOST:PORT "
+        "(also $SPIN_CACHE_SCHEDULER)",
+    )
+    p.add_argument("--workers", type=int, default=None, help="local workers (default: one per core)")
+
+
+def _add_probe(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "probe",
+        help="fit one L1 logistic-regression probe per layer and score every neuron",
+        description=(
+            "Fit one L1 logistic regression per (kind, pooling, layer) of a store on standardised features, "
+            "choosing C on the dev split, and score each neuron by its squared weight (summed over classes). "
+            "Finished probes are kept: rerunning after a crash continues where it stopped."
+        ),
+        epilog="outputs: RUN/probes.parquet, RUN/neuron_scores.parquet, RUN/run.json\n\n" + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("store", help="store path or URL")
+    p.add_argument("--out", required=True, help="directory for the probe run")
+    p.add_argument(
+        "--C",
+        dest="c_grid",
+        type=_floats,
+        default=PROBE_C_GRID,
+        help="C grid, chosen on dev (default: the paper's 0.1,0.2,1,10,100 plus 0.01,0.02,0.05; see BENCHMARKS.md)",
+    )
+    p.add_argument("--metric", default="accuracy", choices=["accuracy", "macro_f1"], help="default: accuracy")
+    p.add_argument("--kinds", type=_csv, default=None, help="only these kinds (default: all in the store)")
+    p.add_argument("--poolings", type=_csv, default=None, help="only these poolings (default: all in the store)")
+    _add_scheduler(p)
+    p.add_argument("--json", action="store_true", help="print the probes table as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    p.set_defaults(func=_cmd_probe)
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from .probe import ProbeSettings, run_probes
+
+    run = run_probes(
+        args.store,
+        args.out,
+        ProbeSettings(c_grid=args.c_grid, metric=args.metric),
+        kinds=args.kinds,
+        poolings=args.poolings,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    best = run.probes.sort("dev_metric", descending=True).row(0, named=True)
+    _say(
+        args,
+        f"{run.probes.height} probes in {run.path}; best on dev: {best['kind']}/{best['pooling']}/"
+        f"layer {best['layer']} dev {best['dev_metric']:.4f} test {best['test_metric']:.4f}",
+    )
+    if args.json:
+        print(run.probes.write_json())
+    return 0
+
+
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="select salient neurons, integrate layers, pick the best on dev, export the head",
+        description=(
+            "For every kind, pooling, rule value and K, keep each layer's salient neurons (by the probes' "
+            "saliency), concatenate the first K layers, fit a logistic-regression head with C chosen on dev, and "
+            "report Base, the best single-layer probe, SPIN (best on dev) and a random control with SPIN's "
+            "neuron counts. Reads only the selected columns of the store."
+        ),
+        epilog="outputs: SWEEP/sweep.parquet, SWEEP/summary.json, SWEEP/head/\n\n" + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("store", help="store path or URL")
+    p.add_argument("--probes", required=True, help="probe run directory (from `spin-cache probe`)")
+    p.add_argument("--out", required=True, help="directory for the sweep results and the exported head")
+    rule = p.add_mutually_exclusive_group()
+    rule.add_argument(
+        "--eta",
+        type=_floats,
+        default=None,
+        help="cumulative saliency shares (default: 0.001,0.01,0.05,0.1,0.2,0.3,0.5,0.8)",
+    )
+    rule.add_argument("--top-k", type=_floats, default=None, help="neurons per layer, e.g. 1,8,64")
+    rule.add_argument("--top-percent", type=_floats, default=None, help="percent of each layer, e.g. 1,5,10")
+    p.add_argument(
+        "--C",
+        dest="c_grid",
+        type=_floats,
+        default=HEAD_C_GRID,
+        help="head C grid, chosen on dev (default: " + ",".join(f"{c:g}" for c in HEAD_C_GRID) + ")",
+    )
+    p.add_argument("--head-penalty", default="l2", choices=["l1", "l2"], help="head regularisation (default: l2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random control (default: 0)")
+    p.add_argument("--kinds", type=_csv, default=None, help="only these kinds")
+    p.add_argument("--poolings", type=_csv, default=None, help="only these poolings")
+    _add_scheduler(p)
+    p.add_argument("--json", action="store_true", help="print the result table as one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    p.set_defaults(func=_cmd_sweep)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .probe import ProbeRun
+    from .sweep import DEFAULT_ETAS, SweepSettings, run_sweep
+
+    if args.top_k:
+        rule, values = "top-k", args.top_k
+    elif args.top_percent:
+        rule, values = "top-percent", args.top_percent
+    else:
+        rule, values = "eta", args.eta or DEFAULT_ETAS
+    metric = ProbeRun(args.probes).settings.metric
+    settings = SweepSettings(
+        rule=rule, values=tuple(values), c_grid=args.c_grid, penalty=args.head_penalty, metric=metric, seed=args.seed
+    )
+    result = run_sweep(
+        args.store,
+        args.probes,
+        args.out,
+        settings,
+        kinds=args.kinds,
+        poolings=args.poolings,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    if args.json:
+        print(json.dumps(result.table, default=float))
+    elif not args.quiet:
+        print(format_table(result.table, metric))
+    return 0
+
+
+def format_table(table: dict, metric: str = "accuracy") -> str:
+    """The Base / best single layer / SPIN / random control table, for people."""
+    rows = [
+        ("Base (last layer, all neurons)", table.get("base")),
+        ("Best single-layer probe", table.get("best_single_layer")),
+        ("SPIN (best on dev)", table.get("spin")),
+        ("Random control (SPIN's counts)", table.get("random_control")),
+    ]
+    lines = [f"{'':32s} {'dev ' + metric:>16s} {'test ' + metric:>16s} {'neurons':>9s} {'share':>8s}"]
+    for name, r in rows:
+        if r is None:
+            continue
+        lines.append(
+            f"{name:32s} {100 * r['dev']:16.2f} {100 * r['test']:16.2f} {r['n_neurons']:9d} {100 * r['share']:7.2f}%"
+        )
+    s = table["spin"]
+    lines.append(
+        f"SPIN: {s['kind']}/{s['pooling']}, {s['rule']} {s['value']:g}, layers {s['layers'][0]}-"
+        f"{s['layers'][-1]}, C {s['C']:g}; head exported to {table.get('head')}"
+    )
+    return "\n".join(lines)
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="classify text with an exported head (early exit at its deepest layer)",
+        description=(
+            "Load a head exported by `spin-cache sweep` and its model (checked against the head's hashes), run "
+            "the model only up to the deepest selected layer and print labels and class probabilities."
+        ),
+        epilog="examples:\n  spin-cache predict runs/sweep/head --text 'a gripping, funny film'\n"
+        "  spin-cache predict runs/sweep/head --data new.csv --out preds.csv\n\n" + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("head", help="head directory")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", action="append", help="a text to classify (repeatable)")
+    src.add_argument("--data", help=".txt (one text per line), .csv, .tsv, .jsonl or .parquet file")
+    p.add_argument("--text-column", default="text", help="column holding the text (default: text)")
+    p.add_argument("--model", default=None, help="model directory (default: the one recorded in the head)")
+    p.add_argument("--out", default=None, help="output file (.jsonl or .csv; default: JSON Lines on stdout)")
+    p.add_argument("--format", choices=["jsonl", "csv"], default=None, help="output format (default: from --out)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import Predictor, format_predictions, read_texts
+
+    texts = args.text if args.text else read_texts(args.data, args.text_column)
+    predictor = Predictor(args.head, args.model, device=args.device, batch_size=args.batch_size)
+    probs = predictor.predict_proba(texts)
+    fmt = args.format or ("csv" if args.out and args.out.endswith(".csv") else "jsonl")
+    text = format_predictions(texts, probs, predictor.label_names, fmt)
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+# ---- run ---------------------------------------------------------------------------------------------------
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="the whole pipeline (extract, probe, sweep) from one TOML file",
+        description=(
+            "Run extract, probe and sweep from one config file, skipping stages whose outputs already match "
+            "their inputs, and print Base vs SPIN. Without CONFIG: the bundled default (MiniLM + SST-2)."
+        ),
+        epilog="example config: pipelines/minilm-sst2.toml\n\n" + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", nargs="?", default=None, help="TOML config (default: the bundled default run)")
+    p.add_argument("--json", action="store_true", help="print the result table as one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    p.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import PipelineConfig, load_config, run_pipeline
+
+    cfg = load_config(args.config) if args.config else PipelineConfig()
+    result = run_pipeline(cfg, progress=not args.quiet, say=lambda text: _say(args, text))
+    if args.json:
+        print(json.dumps(result, default=float))
+    elif not args.quiet:
+        print(format_table(result["table"]))
+    return 0
+
+
 # ---- entry point ---------------------------------------------------------------------------------------------
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_extract, _add_info, _add_verify]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_extract,
+    _add_info,
+    _add_verify,
+    _add_probe,
+    _add_sweep,
+    _add_predict,
+    _add_run,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,6 @@ the paper's grid (0.1, 0.2, 1, 10, 100) means the same thing here as in the pape
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,11 @@ from . import __version__
 from .errors import InputError, IntegrityError
 
 PAPER_C_GRID = (0.1, 0.2, 1.0, 10.0, 100.0)
+# The paper's grid plus three stronger values: on MiniLM/SST-2, 20 of 39 probes chose the paper grid's smallest C
+# (0.1), i.e. the optimum lay below the grid; with these added, C = 0.05 is chosen most (BENCHMARKS.md).
+PROBE_C_GRID = (0.01, 0.02, 0.05, *PAPER_C_GRID)
+# Heads see hundreds of correlated neurons from several layers and want stronger L2 regularisation (same source).
+HEAD_C_GRID = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 1.0)
 METRICS = ("accuracy", "macro_f1")
 
 
@@ -230,7 +234,6 @@ def fit_c_path(
     best: PathResult | None = None
     history = []
     for c in sorted(c_grid):
-        t0 = time.perf_counter()
         fit = fit_logistic(
             xt, y_train, n_classes, c, penalty=penalty, max_iter=max_iter, tol=tol, warm=warm, lipschitz=lip
         )
@@ -242,7 +245,6 @@ def fit_c_path(
                 "dev": dev,
                 "nonzero": int(np.count_nonzero(np.abs(fit.coef).sum(axis=0))),
                 "iterations": fit.iterations,
-                "seconds": time.perf_counter() - t0,
             }
         )
         if best is None or dev > best.dev:

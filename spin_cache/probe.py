@@ -23,7 +23,7 @@ import polars as pl
 
 from . import __version__
 from .errors import InputError, IntegrityError, StoreMismatchError
-from .head import METRICS, PAPER_C_GRID, Standardizer, decision, fit_c_path, predict_labels, score_predictions
+from .head import METRICS, PROBE_C_GRID, Standardizer, decision, fit_c_path, predict_labels, score_predictions
 from .parallel import run_tasks
 from .store import ActivationStore
 
@@ -32,7 +32,7 @@ PROBE_FORMAT = "spin-cache-probes"
 
 @dataclass(frozen=True)
 class ProbeSettings:
-    c_grid: tuple[float, ...] = PAPER_C_GRID
+    c_grid: tuple[float, ...] = PROBE_C_GRID
     metric: str = "accuracy"
     max_iter: int = 300
     tol: float = 1e-4

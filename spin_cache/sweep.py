@@ -19,7 +19,7 @@ import polars as pl
 
 from . import __version__
 from .errors import InputError
-from .head import PAPER_C_GRID, Head, SpinClassifier
+from .head import HEAD_C_GRID, Head, SpinClassifier
 from .parallel import run_tasks
 from .probe import ProbeRun
 from .select import RULES, random_like, select
@@ -33,7 +33,7 @@ SWEEP_FORMAT = "spin-cache-sweep"
 class SweepSettings:
     rule: str = "eta"
     values: tuple[float, ...] = DEFAULT_ETAS
-    c_grid: tuple[float, ...] = PAPER_C_GRID
+    c_grid: tuple[float, ...] = HEAD_C_GRID
     penalty: str = "l2"
     metric: str = "accuracy"
     max_iter: int = 300
@@ -323,6 +323,7 @@ def _export_head(
             for k in ("name", "path", "model_type", "family", "config_sha256", "weights_sha256", "tokenizer_sha256")
         },
         "max_length": store.manifest["extraction"]["max_length"],
+        "store_dtype": store.layout.dtype,
         "kind": spin["row"]["kind"],
         "pooling": spin["row"]["pooling"],
         "rule": spin["row"]["rule"],

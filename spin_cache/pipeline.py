@@ -1,0 +1,122 @@
+"""One command, one file: extract -> probe -> sweep from a TOML config, skipping stages whose outputs already
+match their inputs (the store by its fingerprint, probes and sweeps by the store fingerprint and settings)."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .errors import InputError
+from .extract import run_extraction
+from .probe import ProbeRun, ProbeSettings, run_probes
+from .sweep import DEFAULT_ETAS, SweepSettings, run_sweep
+
+SECTIONS = {"extract", "probe", "sweep"}
+
+
+@dataclass
+class PipelineConfig:
+    """Everything a run needs. Paths are relative to the working directory."""
+
+    name: str = "minilm-sst2"
+    model: str = "minilm"
+    data: str = "sst2"
+    train: str | None = None
+    dev: str | None = None
+    test: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    store: str | None = None  # default: stores/<fingerprint>
+    out: str | None = None  # default: runs/<name>
+    scheduler: str | None = None
+    workers: int | None = None
+    extract: dict = field(default_factory=dict)  # options of run_extraction
+    probe: dict = field(default_factory=dict)  # c_grid, metric, max_iter, tol
+    sweep: dict = field(default_factory=dict)  # rule, values, c_grid, penalty, seed, max_iter, tol
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out or f"runs/{self.name}")
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: config file not found")
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{p}: invalid TOML ({exc})") from exc
+    known = {f.name for f in fields(PipelineConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise InputError(f"{p}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
+    for section in SECTIONS & set(raw):
+        if not isinstance(raw[section], dict):
+            raise InputError(f"{p}: [{section}] must be a table")
+    _check_section(p, "probe", raw.get("probe", {}), ProbeSettings)
+    _check_section(p, "sweep", raw.get("sweep", {}), SweepSettings)
+    return PipelineConfig(**raw)
+
+
+def _check_section(path: Path, name: str, section: dict, cls: type) -> None:
+    allowed = {f.name for f in fields(cls)}
+    bad = sorted(set(section) - allowed)
+    if bad:
+        raise InputError(f"{path}: [{name}] has unknown key {bad[0]!r}; known keys: {', '.join(sorted(allowed))}")
+
+
+def run_pipeline(cfg: PipelineConfig, *, progress: bool = True, say: object = print) -> dict:
+    """Run every stage; return the sweep's result table plus the paths of what was made."""
+    report = run_extraction(
+        model=cfg.model, data=cfg.data, out=cfg.store, train=cfg.train, dev=cfg.dev, test=cfg.test,
+        text_column=cfg.text_column, label_column=cfg.label_column, progress=progress, **cfg.extract,
+    )  # fmt: skip
+    store = report.store
+    say(f"[extract] {'cache hit' if report.cache_hit else 'done'}: {store.url}")  # type: ignore[operator]
+    out = cfg.out_dir
+    probe_settings = ProbeSettings(**_tuples(cfg.probe))
+    probe_dir = out / "probes"
+    probes = _finished_probes(probe_dir, store.fingerprint, probe_settings)
+    if probes is None:
+        probes = run_probes(store.url, probe_dir, probe_settings, scheduler=cfg.scheduler, workers=cfg.workers,
+                            progress=progress)  # fmt: skip
+        say(f"[probe] done: {probes.probes.height} probes in {probe_dir}")  # type: ignore[operator]
+    else:
+        say(f"[probe] up to date: {probe_dir}")  # type: ignore[operator]
+    sweep_settings = SweepSettings(**({"metric": probe_settings.metric, "values": DEFAULT_ETAS} | _tuples(cfg.sweep)))
+    sweep_dir = out / "sweep"
+    table = _finished_sweep(sweep_dir, store.fingerprint, sweep_settings)
+    if table is None:
+        table = run_sweep(store.url, probe_dir, sweep_dir, sweep_settings, scheduler=cfg.scheduler,
+                          workers=cfg.workers, progress=progress).table  # fmt: skip
+        say(f"[sweep] done: {sweep_dir}")  # type: ignore[operator]
+    else:
+        say(f"[sweep] up to date: {sweep_dir}")  # type: ignore[operator]
+    return {"store": store.url, "probes": str(probe_dir), "sweep": str(sweep_dir), "table": table}
+
+
+def _tuples(section: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
+
+
+def _finished_probes(path: Path, fingerprint: str, settings: ProbeSettings) -> ProbeRun | None:
+    try:
+        run = ProbeRun(path)
+    except Exception:
+        return None
+    same = run.store_fingerprint == fingerprint and run.settings == settings
+    return run if same else None
+
+
+def _finished_sweep(path: Path, fingerprint: str, settings: SweepSettings) -> dict | None:
+    try:
+        summary = json.loads((path / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    want = json.loads(json.dumps(asdict(settings)))
+    if summary.get("store_fingerprint") == fingerprint and summary.get("settings") == want:
+        return summary["table"]
+    return None
