@@ -193,7 +193,7 @@ def test_l1_solver_matches_sklearn_on_planted_signal():
     x = rng.standard_normal((400, 30)).astype(np.float32)
     y = (x[:, 3] - 2 * x[:, 17] + 0.3 * rng.standard_normal(400) > 0).astype(np.int64)
     ours = fit_logistic(x, y, 2, c=0.05, penalty="l1", max_iter=3000, tol=1e-8)
-    ref = LogisticRegression(penalty="l1", solver="liblinear", C=0.05, tol=1e-8, max_iter=10000,
+    ref = LogisticRegression(l1_ratio=1.0, solver="liblinear", C=0.05, tol=1e-8, max_iter=10000,
                              intercept_scaling=100).fit(x, y)  # fmt: skip
     assert set(np.flatnonzero(np.abs(ours.coef[0]) > 1e-3)) == set(np.flatnonzero(np.abs(ref.coef_[0]) > 1e-3))
     np.testing.assert_allclose(ours.coef[0], ref.coef_[0], atol=0.05)
