@@ -20,12 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import zarr
 
 from . import __version__
 from .errors import InputError, IntegrityError, StoreMismatchError
 from .head import METRICS, PROBE_C_GRID, Standardizer, decision, fit_c_path, predict_labels, score_predictions
 from .parallel import run_tasks
-from .store import ActivationStore
+from .select import rank_order
+from .store import ActivationStore, array_name, create_array
 
 PROBE_FORMAT = "spin-cache-probes"
 
@@ -51,16 +53,23 @@ def saliency_from_coef(coef: np.ndarray) -> np.ndarray:
 
 def rank_neurons(saliency: np.ndarray) -> np.ndarray:
     """Rank 0 = most salient; ties broken by the lower neuron index, so ranks are deterministic."""
-    order = np.lexsort((np.arange(len(saliency)), -np.asarray(saliency)))
+    order = rank_order(saliency)
     ranks = np.empty(len(saliency), dtype=np.int64)
     ranks[order] = np.arange(len(saliency))
     return ranks
 
 
 def probe_layer(
-    store_url: str, kind: str, pooling: str, layer: int, settings: ProbeSettings, storage_options: dict | None = None
+    store_url: str,
+    kind: str,
+    pooling: str,
+    layer: int,
+    settings: ProbeSettings,
+    storage_options: dict | None = None,
+    ordered_url: str | None = None,
 ) -> dict:
-    """One probe (a Dask task): read the layer, standardise on train, fit the C path, score every neuron."""
+    """One probe (a Dask task): read the layer, standardise on train, fit the C path, score every neuron, and
+    write the layer's salient columns in rank order into the run's ordered copy."""
     t0 = time.perf_counter()
     store = ActivationStore.open(store_url, storage_options=storage_options)
     x = store.read(kind, pooling, layer)
@@ -92,6 +101,8 @@ def probe_layer(
         )
 
     saliency = saliency_from_coef(res.fit.coef)
+    if ordered_url is not None:
+        write_ordered_columns(ordered_url, store, kind, pooling, layer, x, saliency)
     return {
         "kind": kind,
         "pooling": pooling,
@@ -106,6 +117,36 @@ def probe_layer(
         "fit_seconds": time.perf_counter() - t0,
         "saliency": saliency.astype(np.float64),
     }
+
+
+ORDERED_DIR = "ordered.zarr"
+ORDERED_CHUNK_COLS = 16
+
+
+def write_ordered_columns(
+    url: str, store: ActivationStore, kind: str, pooling: str, layer: int, values: np.ndarray, saliency: np.ndarray
+) -> None:
+    """The layer's neurons with non-zero saliency, most salient first: any eta or top-k selection is then a
+    contiguous prefix of this array, so a sweep reads only (about) the bytes of the columns it uses."""
+    order = rank_order(saliency)
+    keep = order[: max(1, int(np.count_nonzero(saliency)))]
+    group = zarr.open_group(url, mode="a")
+    arr = create_array(
+        group,
+        array_name(kind, pooling, layer),
+        shape=(values.shape[0], len(keep)),
+        block_rows=store.layout.block_rows,
+        chunk_cols=ORDERED_CHUNK_COLS,
+        dtype=store.layout.dtype,
+        attributes={
+            "kind": kind,
+            "pooling": pooling,
+            "layer": layer,
+            "neurons": [int(i) for i in keep],
+            "store_fingerprint": store.fingerprint,
+        },
+    )
+    arr[:] = store.encode(values[:, keep])
 
 
 class ProbeRun:
@@ -186,7 +227,9 @@ def run_probes(
     parts = out / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     todo = [k for k in keys if not _part_path(parts, *k).exists()]
-    tasks = [(str(store_url), k, p, layer, settings, storage_options) for k, p, layer in todo]
+    ordered = str(out.resolve() / ORDERED_DIR)
+    zarr.open_group(ordered, mode="a", attributes={"store_fingerprint": store.fingerprint})
+    tasks = [(str(store_url), k, p, layer, settings, storage_options, ordered) for k, p, layer in todo]
     for _, result in run_tasks(
         probe_layer, tasks, scheduler=scheduler, workers=workers, desc="probe", progress=progress
     ):

@@ -79,6 +79,11 @@ def zarr_store(url: str, *, read_only: bool, storage_options: dict | None = None
     return FsspecStore.from_url(str(url), storage_options=storage_options or None, read_only=read_only)
 
 
+def array_stored_bytes(url: str, name: str, storage_options: dict | None = None) -> int:
+    fs, root = _fs(url, storage_options)
+    return int(fs.du(f"{root}/{name}", total=True))
+
+
 def array_name(kind: str, pooling: str, layer: int) -> str:
     return f"{kind}/{pooling}/layer_{layer:02d}"
 
@@ -249,27 +254,16 @@ class ActivationStore:
         group = zarr.open_group(
             str(url), mode="w", storage_options=storage_options or None, attributes={"spin_cache": manifest}
         )
-        is_bf16 = layout.dtype == "bfloat16"
-        zarr_dtype = "uint16" if is_bf16 else layout.dtype
-        comp = compressor_config(layout.dtype)
         for kind, pooling, layer in layout.array_keys():
             width = layout.widths[kind]
-            group.create_array(
+            create_array(
+                group,
                 array_name(kind, pooling, layer),
                 shape=(layout.n_rows, width),
-                shards=(layout.block_rows, width),
-                chunks=(layout.block_rows, min(layout.chunk_cols, width)),
-                dtype=zarr_dtype,
-                compressors=[
-                    BloscCodec(
-                        cname=comp["cname"], clevel=comp["clevel"], shuffle=comp["shuffle"], typesize=comp["typesize"]
-                    ),
-                    Crc32cCodec(),
-                ],
-                fill_value=0,
-                # bfloat16 has no Zarr v3 data type yet: stored as its raw 16 bits, said here for plain readers.
-                attributes={"kind": kind, "pooling": pooling, "layer": layer}
-                | ({"encoding": "bfloat16-bits"} if is_bf16 else {}),
+                block_rows=layout.block_rows,
+                chunk_cols=layout.chunk_cols,
+                dtype=layout.dtype,
+                attributes={"kind": kind, "pooling": pooling, "layer": layer},
             )
         store = cls(url, group, storage_options)
         store.write_examples(examples)
@@ -364,7 +358,7 @@ class ActivationStore:
             data = arr.oindex[slice(None), col_sel]
         else:
             data = self._read_rows(arr, np.asarray(rows, dtype=np.int64), col_sel)
-        return self._decode(data)
+        return self.decode(data)
 
     def _read_rows(self, arr: zarr.Array, rows: np.ndarray, col_sel: Any) -> np.ndarray:
         # Row subsets are nearly always one contiguous run (splits are stored in order): read the span, then pick.
@@ -374,7 +368,8 @@ class ActivationStore:
         span = arr.oindex[slice(lo, hi), col_sel]
         return span[rows - lo]
 
-    def _decode(self, data: np.ndarray) -> np.ndarray:
+    def decode(self, data: np.ndarray) -> np.ndarray:
+        """Stored values (float16, float32 or bfloat16 bits) -> float32."""
         if self.layout.dtype == "bfloat16":
             return (data.astype(np.uint32) << 16).view(np.float32)
         return data.astype(np.float32, copy=False)
@@ -431,6 +426,10 @@ class ActivationStore:
         self._group.attrs["spin_cache"] = self.manifest
 
     # -- inspection ----------------------------------------------------------------------------------------
+
+    def array_nbytes_stored(self, kind: str, pooling: str, layer: int) -> int:
+        """Bytes on disk of one array (listed, not read: reads through the byte counter would count them)."""
+        return array_stored_bytes(self.url, array_name(kind, pooling, layer), self.storage_options)
 
     def nbytes_stored(self) -> dict[str, int]:
         """Bytes on disk per kind, plus the side files."""
@@ -524,6 +523,38 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled, unit="array")
+
+
+def create_array(
+    group: zarr.Group,
+    name: str,
+    *,
+    shape: tuple[int, int],
+    block_rows: int,
+    chunk_cols: int,
+    dtype: str,
+    attributes: dict,
+) -> zarr.Array:
+    """A (rows, neurons) array sharded by row block, inner chunks of `chunk_cols` neurons, each chunk
+    compressed and checksummed (crc32c), so damage is detected on read."""
+    comp = compressor_config(dtype)
+    is_bf16 = dtype == "bfloat16"
+    inner = max(1, min(chunk_cols, shape[1]))
+    return group.create_array(
+        name,
+        shape=shape,
+        shards=(block_rows, -(-shape[1] // inner) * inner),  # a whole number of inner chunks
+        chunks=(block_rows, inner),
+        # bfloat16 has no Zarr v3 data type yet: stored as its raw 16 bits, said in the attributes.
+        dtype="uint16" if is_bf16 else dtype,
+        compressors=[
+            BloscCodec(cname=comp["cname"], clevel=comp["clevel"], shuffle=comp["shuffle"], typesize=comp["typesize"]),
+            Crc32cCodec(),
+        ],
+        fill_value=0,
+        attributes=attributes | ({"encoding": "bfloat16-bits"} if is_bf16 else {}),
+        overwrite=True,
+    )
 
 
 def new_manifest(*, model: dict, dataset: dict, extraction: dict, layout: Layout) -> dict:

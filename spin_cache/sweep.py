@@ -16,14 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import zarr
 
 from . import __version__
 from .errors import InputError
 from .head import HEAD_C_GRID, Head, SpinClassifier
 from .parallel import run_tasks
-from .probe import ProbeRun
+from .probe import ORDERED_DIR, ProbeRun
 from .select import RULES, random_like, select
-from .store import ActivationStore
+from .store import ActivationStore, array_name, array_stored_bytes
 
 DEFAULT_ETAS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8)
 SWEEP_FORMAT = "spin-cache-sweep"
@@ -76,8 +77,12 @@ def sweep_group(
     saliency: dict[int, np.ndarray],
     settings: SweepSettings,
     storage_options: dict | None = None,
+    ordered_url: str | None = None,
 ) -> dict:
-    """One Dask task: every (value, K) configuration of one (kind, pooling), from one read of its columns."""
+    """One Dask task: every (value, K) configuration of one (kind, pooling), from one read of its columns.
+
+    Columns come from the probe run's saliency-ordered copy when it holds them (a contiguous prefix read),
+    else from the store."""
     t0 = time.perf_counter()
     store = ActivationStore.open(store_url, storage_options=storage_options, count_bytes=True)
     layers = store.layers(kind)
@@ -94,12 +99,15 @@ def sweep_group(
     masks = {s: split == s for s in ("train", "dev", "test")}
     y = {s: labels[m] for s, m in masks.items()}
     n_classes = len(store.label_names)
+    ordered = open_ordered(ordered_url) if ordered_url else None
     cols: dict[int, np.ndarray] = {}
     data: dict[int, np.ndarray] = {}
+    col_bytes = 0.0
     for layer in layers:
         cols[layer] = np.array(sorted(need[layer]), dtype=np.int64)
-        data[layer] = store.read(kind, pooling, layer, columns=cols[layer])
-    bytes_read = store.counter.bytes_read if store.counter else 0
+        data[layer], nbytes = _read_columns(store, ordered, kind, pooling, layer, cols[layer])
+        col_bytes += nbytes
+    bytes_read = (store.counter.bytes_read if store.counter else 0) + (ordered.bytes_read if ordered else 0)
 
     def features(sel: dict[int, np.ndarray], upto: Sequence[int]) -> dict[str, np.ndarray]:
         parts = [data[layer][:, np.searchsorted(cols[layer], sel[layer])] for layer in upto]
@@ -134,7 +142,13 @@ def sweep_group(
             # Ties on dev go to fewer neurons, then to fewer layers (cheaper at prediction time).
             if best is None or (dev, -n, -k) > (best[0]["dev_metric"], -best[0]["n_neurons"], -best[0]["k"]):
                 best = (row, clf, {layer: sel[layer] for layer in layers[:k]})
-    out = {"rows": rows, "best": _pack(best), "bytes_read": bytes_read, "seconds": time.perf_counter() - t0}
+    out = {
+        "rows": rows,
+        "best": _pack(best),
+        "bytes_read": bytes_read,
+        "bytes_of_columns": col_bytes,
+        "seconds": time.perf_counter() - t0,
+    }
     if base_layer is not None:
         x = features({base_layer: np.arange(store.width(kind))}, [base_layer])
         clf = _fit(x, y, n_classes, settings)
@@ -150,6 +164,52 @@ def sweep_group(
             "C": clf.C_,
         }
     return out
+
+
+class OrderedCopy:
+    """A probe run's saliency-ordered columns (see probe.write_ordered_columns), with read counting."""
+
+    def __init__(self, url: str) -> None:
+        from zarr.storage import LocalStore
+
+        from .store import CountingStore
+
+        self.url = url
+        self.counter = CountingStore(LocalStore(url, read_only=True))
+        self.group = zarr.open_group(self.counter, mode="r")
+
+    @property
+    def bytes_read(self) -> int:
+        return self.counter.bytes_read
+
+    def array(self, kind: str, pooling: str, layer: int) -> tuple[zarr.Array, np.ndarray] | None:
+        try:
+            arr = self.group[array_name(kind, pooling, layer)]
+        except KeyError:
+            return None
+        return arr, np.asarray(arr.attrs["neurons"], dtype=np.int64)
+
+
+def open_ordered(url: str) -> OrderedCopy | None:
+    return OrderedCopy(url) if Path(url, "zarr.json").exists() else None
+
+
+def _read_columns(
+    store: ActivationStore, ordered: OrderedCopy | None, kind: str, pooling: str, layer: int, cols: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """Float32 values of `cols` (sorted neuron ids) and the stored bytes those columns occupy."""
+    found = ordered.array(kind, pooling, layer) if ordered else None
+    if found is not None:
+        arr, neurons = found
+        position = {int(n): i for i, n in enumerate(neurons)}
+        if all(int(c) in position for c in cols):
+            idx = np.array([position[int(c)] for c in cols], dtype=np.int64)
+            prefix = arr[:, : int(idx.max()) + 1]
+            values = store.decode(prefix)[:, idx]
+            stored = array_stored_bytes(ordered.url, array_name(kind, pooling, layer))  # type: ignore[union-attr]
+            return values, stored / arr.shape[1] * len(cols)
+    values = store.read(kind, pooling, layer, columns=cols)
+    return values, store.array_nbytes_stored(kind, pooling, layer) / store.width(kind) * len(cols)
 
 
 def _pack(best: tuple | None) -> dict | None:
@@ -219,6 +279,7 @@ def run_sweep(
     ]
     if not groups:
         raise InputError(f"nothing to sweep: the store has kinds {store.kinds} and poolings {store.poolings}")
+    ordered_url = str(Path(probes).resolve() / ORDERED_DIR)
     tasks = [
         (
             str(store_url),
@@ -227,6 +288,7 @@ def run_sweep(
             {layer: run.saliency(k, p, layer) for layer in store.layers(k)},
             settings,
             storage_options,
+            ordered_url,
         )
         for k, p in groups
     ]
@@ -246,7 +308,9 @@ def run_sweep(
     head_dir = out / "head"
     _export_head(store, run, spin, settings, table, head_dir)
     table["head"] = str(head_dir)
-    table["bytes_read"] = int(sum(r["bytes_read"] for r in results)) + int(control["bytes_read"])
+    table["bytes_read"] = int(sum(r["bytes_read"] for r in results))
+    table["bytes_of_columns"] = int(sum(r["bytes_of_columns"] for r in results))
+    table["random_control"]["bytes_read"] = int(control["bytes_read"])
     summary = {
         "format": SWEEP_FORMAT,
         "spin_cache_version": __version__,
