@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -282,6 +283,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.quiet,
     )
+    _record_command(args, args.out)
     best = run.probes.sort("dev_metric", descending=True).row(0, named=True)
     _say(
         args,
@@ -360,6 +362,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.quiet,
     )
+    _record_command(args, args.out)
     if args.json:
         print(json.dumps(result.table, default=float))
     elif not args.quiet:
@@ -430,6 +433,142 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- report / explain / synth -------------------------------------------------------------------------------
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="an HTML report with plots of a sweep (self-contained, opens offline)",
+        description=(
+            "Write one self-contained HTML page (images embedded) and its PNG figures: probe metric per layer, "
+            "metric against neurons kept (SPIN, random control, Base), the chosen head's neurons per layer and "
+            "saliency distribution, early exit, and the manifest and command lines that produced the run."
+        ),
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("sweep", help="sweep directory (from `spin-cache sweep` or `spin-cache run`)")
+    p.add_argument("--out", required=True, help="directory for report.html and the PNGs")
+    p.add_argument("--json", action="store_true", help="print the report's path as JSON")
+    p.add_argument("--quiet", action="store_true", help="no messages")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    path = write_report(args.sweep, args.out, commands=[_command_line(args)])
+    if args.json:
+        print(json.dumps({"report": str(path)}))
+    else:
+        _say(args, f"report: {path}")
+    return 0
+
+
+def _add_explain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "explain",
+        help="which tokens (and layers) a prediction rests on",
+        description=(
+            "Split the head's logit for a text into per-token and per-layer contributions. For mean pooling the "
+            "split is exact (the contributions and the constant add up to the logit); for max pooling each "
+            "neuron is credited to the token that gave its maximum; for first/last pooling one token carries all."
+        ),
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("head", help="head directory")
+    p.add_argument("--text", required=True, help="the text to explain")
+    p.add_argument("--model", default=None, help="model directory (default: the one recorded in the head)")
+    p.add_argument("--label", default=None, help="explain this class's logit (default: the predicted class)")
+    p.add_argument("--html", default=None, help="also write a small HTML page to this file")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: cpu)")
+    p.add_argument("--json", action="store_true", help="print the explanation as JSON")
+    p.add_argument("--no-color", action="store_true", help="no ANSI colours (also when $NO_COLOR is set)")
+    p.set_defaults(func=_cmd_explain)
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import explain
+
+    result = explain(args.head, args.text, model=args.model, device=args.device, label=args.label)
+    if args.html:
+        Path(args.html).write_text(result.to_html(), encoding="utf-8")
+    if args.json:
+        print(result.to_json())
+    else:
+        color = not args.no_color and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+        print(result.to_terminal(color=color))
+    return 0
+
+
+def _informative(value: str) -> dict[int, int]:
+    try:
+        pairs = [item.split(":") for item in _csv(value)]
+        return {int(layer): int(n) for layer, n in pairs}
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected LAYER:COUNT pairs like 3:4,5:4, got {value!r}") from exc
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "synth",
+        help="write a synthetic store with planted informative neurons (for scale tests)",
+        description=(
+            "Write a complete store of Gaussian noise in which a few neurons of chosen layers carry the class "
+            "signal. Probing must find exactly those neurons; use it to test scale without a model."
+        ),
+        epilog="example: spin-cache synth --out stores/synth-1m --rows 1000000 --width 1024\n\n" + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", required=True, help="store path or URL")
+    p.add_argument("--rows", type=int, default=10000, help="examples (default: 10000)")
+    p.add_argument("--layers", type=int, default=6, help="layers (default: 6)")
+    p.add_argument("--width", type=int, default=512, help="neurons per layer (default: 512)")
+    p.add_argument("--kinds", type=_csv, default=["hidden", "ffn"], help="default: hidden,ffn")
+    p.add_argument("--poolings", type=_csv, default=["mean"], help="default: mean")
+    p.add_argument("--informative", type=_informative, default=None, help="LAYER:COUNT pairs (default: 3:4,5:4)")
+    p.add_argument("--classes", type=int, default=2, help="number of classes (default: 2)")
+    p.add_argument("--signal", type=float, default=1.0, help="signal strength in noise units (default: 1.0)")
+    p.add_argument("--seed", type=int, default=0, help="default: 0")
+    p.add_argument("--overwrite", action="store_true", help="replace a store made from other arguments")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_synth)
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from .synth import make_synthetic_store
+
+    store = make_synthetic_store(
+        args.out,
+        n_rows=args.rows,
+        n_layers=args.layers,
+        width=args.width,
+        kinds=args.kinds,
+        poolings=args.poolings,
+        informative=args.informative,
+        n_classes=args.classes,
+        signal=args.signal,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    _say(args, f"synthetic store: {store.url} ({store.layout.n_rows} rows, fingerprint {store.fingerprint[:16]})")
+    return 0
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    return shlex.join(["spin-cache", *getattr(args, "argv", [])])
+
+
+def _record_command(args: argparse.Namespace, out: str | Path) -> None:
+    """Each stage's output directory keeps the command line that made it (the report shows them)."""
+    path = Path(out)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "command.txt").write_text(_command_line(args) + "\n")
+
+
 # ---- run ---------------------------------------------------------------------------------------------------
 
 
@@ -455,6 +594,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config) if args.config else PipelineConfig()
     result = run_pipeline(cfg, progress=not args.quiet, say=lambda text: _say(args, text))
+    for stage in ("probes", "sweep"):
+        _record_command(args, result[stage])
     if args.json:
         print(json.dumps(result, default=float))
     elif not args.quiet:
@@ -472,6 +613,9 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_sweep,
     _add_predict,
     _add_run,
+    _add_report,
+    _add_explain,
+    _add_synth,
 ]
 
 
@@ -496,6 +640,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args))
     except SpinCacheError as exc:

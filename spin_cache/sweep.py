@@ -271,11 +271,12 @@ def run_sweep(
     settings.check()
     store = ActivationStore.open(store_url, storage_options=storage_options)
     run.check_store(store)
+    probed = set(run.probes.select("kind", "pooling").unique().iter_rows())
     groups = [
         (k, p)
         for k in store.kinds
         for p in store.poolings
-        if (not kinds or k in kinds) and (not poolings or p in poolings)
+        if (k, p) in probed and (not kinds or k in kinds) and (not poolings or p in poolings)
     ]
     if not groups:
         raise InputError(f"nothing to sweep: the store has kinds {store.kinds} and poolings {store.poolings}")
