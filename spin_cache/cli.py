@@ -262,6 +262,12 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
         help="C grid, chosen on dev (default: the paper's 0.1,0.2,1,10,100 plus 0.01,0.02,0.05; see BENCHMARKS.md)",
     )
     p.add_argument("--metric", default="accuracy", choices=["accuracy", "macro_f1"], help="default: accuracy")
+    p.add_argument(
+        "--memory-budget",
+        default=None,
+        help="memory for all probes running at once, e.g. 8G (default: half the machine); a layer that does not "
+        "fit its task's share is streamed in row blocks",
+    )
     p.add_argument("--kinds", type=_csv, default=None, help="only these kinds (default: all in the store)")
     p.add_argument("--poolings", type=_csv, default=None, help="only these poolings (default: all in the store)")
     _add_scheduler(p)
@@ -271,6 +277,7 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
+    from .parallel import parse_bytes
     from .probe import ProbeSettings, run_probes
 
     run = run_probes(
@@ -281,9 +288,13 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         poolings=args.poolings,
         scheduler=args.scheduler,
         workers=args.workers,
+        memory_budget=parse_bytes(args.memory_budget) if args.memory_budget else None,
         progress=not args.quiet,
     )
     _record_command(args, args.out)
+    streamed = run.probes.filter(run.probes["mode"] == "streamed").height
+    if streamed:
+        _say(args, f"note: {streamed} layer(s) did not fit the memory budget and were streamed in row blocks")
     best = run.probes.sort("dev_metric", descending=True).row(0, named=True)
     _say(
         args,

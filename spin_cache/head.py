@@ -9,7 +9,7 @@ the paper's grid (0.1, 0.2, 1, 10, 100) means the same thing here as in the pape
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,43 +82,73 @@ class LinearFit:
     converged: bool
 
 
-def _lipschitz(x: torch.Tensor, n_outputs: int) -> float:
+class Design:
+    """Rows (standardised features and labels) for the solver: one in-memory block, or row blocks produced on
+    demand by `blocks()` (out of core: each pass over the data reads them again, memory stays one block)."""
+
+    def __init__(
+        self, blocks: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], n_rows: int, n_features: int
+    ) -> None:
+        self.blocks = blocks
+        self.n_rows = n_rows
+        self.n_features = n_features
+
+    @classmethod
+    def of(cls, x: np.ndarray | torch.Tensor, y: np.ndarray) -> Design:
+        xt = torch.as_tensor(x, dtype=torch.float32)
+        yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
+        return cls(lambda: [(xt, yt)], int(xt.shape[0]), int(xt.shape[1]))
+
+
+def _lipschitz(data: Design, n_outputs: int) -> float:
     """Upper bound of the mean-logloss gradient's Lipschitz constant (power iteration for ||X||_2^2)."""
     gen = torch.Generator().manual_seed(0)
-    v = torch.randn(x.shape[1], generator=gen, dtype=x.dtype)
+    v = torch.randn(data.n_features, generator=gen)
     v /= v.norm()
     sigma2 = 1.0
     for _ in range(30):
-        u = x @ v
-        w = x.T @ u
+        w = torch.zeros_like(v)
+        for x, _ in data.blocks():
+            w += x.T @ (x @ v)
         sigma2 = float(w.norm())
         if sigma2 == 0:
             return 1.0
         v = w / sigma2
     factor = 0.25 if n_outputs == 1 else 0.5
     # + 1 column of ones for the intercept; 1.05 covers power-iteration error.
-    return 1.05 * factor * (sigma2 + x.shape[0]) / x.shape[0]
+    return 1.05 * factor * (sigma2 + data.n_rows) / data.n_rows
 
 
-def _grad(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_classes: int) -> tuple:
-    """Loss and gradient of the mean logloss (binary: sigmoid on one output; else softmax)."""
-    z = x @ w.T + b
-    n = x.shape[0]
+def _block_loss(z: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
     if n_classes == 2:
-        p = torch.sigmoid(z[:, 0])
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(z[:, 0], y.to(z.dtype))
-        r = ((p - y.to(z.dtype)) / n).unsqueeze(1)
-    else:
-        loss = torch.nn.functional.cross_entropy(z, y)
-        p = torch.softmax(z, dim=1)
-        p[torch.arange(n), y] -= 1.0
-        r = p / n
-    return float(loss), r.T @ x, r.sum(dim=0)
+        return torch.nn.functional.binary_cross_entropy_with_logits(z[:, 0], y.to(z.dtype), reduction="sum")
+    return torch.nn.functional.cross_entropy(z, y, reduction="sum")
+
+
+def _grad(data: Design, w: torch.Tensor, b: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of the mean logloss (binary: sigmoid on one output; else softmax), summed over row blocks."""
+    gw = torch.zeros_like(w)
+    gb = torch.zeros_like(b)
+    for x, y in data.blocks():
+        z = x @ w.T + b
+        if n_classes == 2:
+            r = (torch.sigmoid(z[:, 0]) - y.to(z.dtype)).unsqueeze(1)
+        else:
+            r = torch.softmax(z, dim=1)
+            r[torch.arange(len(y)), y] -= 1.0
+        gw += r.T @ x
+        gb += r.sum(dim=0)
+    return gw / data.n_rows, gb / data.n_rows
+
+
+def _objective(data: Design, w: torch.Tensor, b: torch.Tensor, k: int, lam: float, pen: str) -> float:
+    loss = sum(float(_block_loss(x @ w.T + b, y, k)) for x, y in data.blocks()) / data.n_rows
+    reg = w.abs().sum() if pen == "l1" else 0.5 * (w * w).sum()
+    return float(loss + lam * reg)
 
 
 def fit_logistic(
-    x: np.ndarray | torch.Tensor,
-    y: np.ndarray,
+    data: Design,
     n_classes: int,
     c: float,
     *,
@@ -128,13 +158,11 @@ def fit_logistic(
     warm: LinearFit | None = None,
     lipschitz: float | None = None,
 ) -> LinearFit:
-    """Minimise mean logloss + lam * penalty with lam = 1 / (C * n) by FISTA with restarts."""
-    xt = torch.as_tensor(x, dtype=torch.float32)
-    yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
-    n, d = xt.shape
+    """Minimise mean logloss + lam * penalty with lam = 1 / (C * n) by FISTA with adaptive restarts."""
+    n, d = data.n_rows, data.n_features
     n_out = 1 if n_classes == 2 else n_classes
     lam = 1.0 / (c * n)
-    step = 1.0 / ((lipschitz or _lipschitz(xt, n_out)) + (lam if penalty == "l2" else 0.0))
+    step = 1.0 / ((lipschitz or _lipschitz(data, n_out)) + (lam if penalty == "l2" else 0.0))
     if warm is not None and warm.coef.shape == (n_out, d):
         w = torch.as_tensor(warm.coef, dtype=torch.float32).clone()
         b = torch.as_tensor(warm.intercept, dtype=torch.float32).clone()
@@ -150,7 +178,7 @@ def fit_logistic(
         mom = (t - 1.0) / (t_next := (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0)
         wy = w + mom * (w - w_prev)
         by = b + mom * (b - b_prev)
-        _, gw, gb = _grad(xt, yt, wy, by, n_classes)
+        gw, gb = _grad(data, wy, by, n_classes)
         w_prev, b_prev = w, b
         if penalty == "l1":
             z = wy - step * gw
@@ -160,7 +188,7 @@ def fit_logistic(
         b = by - step * gb
         t = t_next
         if it % 10 == 0 or it == max_iter:
-            obj = _objective(xt, yt, w, b, n_classes, lam, penalty)
+            obj = _objective(data, w, b, n_classes, lam, penalty)
             if obj > prev_obj:  # adaptive restart keeps FISTA monotone in practice
                 t = 1.0
             if abs(prev_obj - obj) <= tol * max(abs(obj), 1e-12) * 10:
@@ -170,16 +198,13 @@ def fit_logistic(
     return LinearFit(w.numpy().copy(), b.numpy().copy(), it, converged)
 
 
-def _objective(
-    x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, k: int, lam: float, pen: str
-) -> float:
-    z = x @ w.T + b
-    if k == 2:
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(z[:, 0], y.to(z.dtype))
-    else:
-        loss = torch.nn.functional.cross_entropy(z, y)
-    reg = w.abs().sum() if pen == "l1" else 0.5 * (w * w).sum()
-    return float(loss + lam * reg)
+def predict_design(data: Design, coef: np.ndarray, intercept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, predictions) over every block of `data`."""
+    ys, preds = [], []
+    for x, y in data.blocks():
+        preds.append(predict_labels(decision(x.numpy(), coef, intercept)))
+        ys.append(y.numpy())
+    return np.concatenate(ys), np.concatenate(preds)
 
 
 def decision(x: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
@@ -212,10 +237,8 @@ class PathResult:
 
 
 def fit_c_path(
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_dev: np.ndarray,
-    y_dev: np.ndarray,
+    train: Design,
+    dev: Design,
     n_classes: int,
     c_grid: Sequence[float] = PAPER_C_GRID,
     *,
@@ -228,27 +251,24 @@ def fit_c_path(
 
     Features must already be standardised. Ties on dev go to the smaller C (the sparser, simpler model).
     """
-    xt = torch.as_tensor(x_train, dtype=torch.float32)
-    lip = _lipschitz(xt, 1 if n_classes == 2 else n_classes)
+    lip = _lipschitz(train, 1 if n_classes == 2 else n_classes)
     warm = None
     best: PathResult | None = None
     history = []
     for c in sorted(c_grid):
-        fit = fit_logistic(
-            xt, y_train, n_classes, c, penalty=penalty, max_iter=max_iter, tol=tol, warm=warm, lipschitz=lip
-        )
+        fit = fit_logistic(train, n_classes, c, penalty=penalty, max_iter=max_iter, tol=tol, warm=warm, lipschitz=lip)
         warm = fit
-        dev = score_predictions(y_dev, predict_labels(decision(x_dev, fit.coef, fit.intercept)), metric)
+        dev_score = score_predictions(*predict_design(dev, fit.coef, fit.intercept), metric)
         history.append(
             {
                 "C": c,
-                "dev": dev,
+                "dev": dev_score,
                 "nonzero": int(np.count_nonzero(np.abs(fit.coef).sum(axis=0))),
                 "iterations": fit.iterations,
             }
         )
-        if best is None or dev > best.dev:
-            best = PathResult(c=c, fit=fit, dev=dev)
+        if best is None or dev_score > best.dev:
+            best = PathResult(c=c, fit=fit, dev=dev_score)
     assert best is not None
     best.history = history
     return best
@@ -314,10 +334,8 @@ class SpinClassifier:
                 raise InputError("choosing C from a grid needs X_dev and y_dev")
             X_dev, y_dev = X, y
         res = fit_c_path(
-            xs,
-            y,
-            self.scaler_.transform(X_dev),
-            np.asarray(y_dev),
+            Design.of(xs, y),
+            Design.of(self.scaler_.transform(X_dev), np.asarray(y_dev)),
             self.n_classes_,
             grid,
             penalty=self.penalty,

@@ -32,6 +32,36 @@ def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
+def default_memory_budget() -> int:
+    """Half of this machine's memory."""
+    import psutil
+
+    return int(psutil.virtual_memory().total // 2)
+
+
+def task_memory_budget(budget: int | None, scheduler: str | None, workers: int | None) -> int:
+    """One task's share of the budget: tasks that may run at the same time split it."""
+    total = budget or default_memory_budget()
+    concurrent = 1 if resolve_scheduler(scheduler) == "sync" else (workers or default_workers())
+    return max(1, total // concurrent)
+
+
+def parse_bytes(text: str) -> int:
+    """'8G', '512MiB', '1e9' -> bytes."""
+    units = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20,
+             "g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12, "tib": 2**40}  # fmt: skip
+    s = text.strip().lower()
+    number = s.rstrip("abcdefghijklmnopqrstuvwxyz ")
+    unit = s[len(number) :].strip()
+    try:
+        value = float(number) * units[unit]
+    except (ValueError, KeyError) as exc:
+        raise InputError(f"--memory-budget {text}: give a size like 8G, 512MiB or 2000000000") from exc
+    if value <= 0:
+        raise InputError(f"--memory-budget {text}: must be positive")
+    return int(value)
+
+
 @contextmanager
 def thread_limit(n: int) -> Iterator[None]:
     """Cap torch and BLAS threads inside one task."""

@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import torch
 import zarr
 
 from . import __version__
 from .errors import InputError, IntegrityError, StoreMismatchError
-from .head import METRICS, PROBE_C_GRID, Standardizer, decision, fit_c_path, predict_labels, score_predictions
-from .parallel import run_tasks
+from .head import METRICS, PROBE_C_GRID, Design, Standardizer, fit_c_path, predict_design, score_predictions
+from .parallel import run_tasks, task_memory_budget
 from .select import rank_order
 from .store import ActivationStore, array_name, create_array
 
@@ -59,6 +60,10 @@ def rank_neurons(saliency: np.ndarray) -> np.ndarray:
     return ranks
 
 
+# In-memory probing holds about three float32 copies of a layer (values, standardised values, split copies).
+IN_MEMORY_COPIES = 3
+
+
 def probe_layer(
     store_url: str,
     kind: str,
@@ -67,65 +72,113 @@ def probe_layer(
     settings: ProbeSettings,
     storage_options: dict | None = None,
     ordered_url: str | None = None,
+    memory_budget: int | None = None,
 ) -> dict:
     """One probe (a Dask task): read the layer, standardise on train, fit the C path, score every neuron, and
-    write the layer's salient columns in rank order into the run's ordered copy."""
+    write the layer's salient columns in rank order into the run's ordered copy.
+
+    A layer whose in-memory footprint exceeds `memory_budget` bytes is streamed in row blocks instead: one pass
+    for the standardisation statistics, then every solver iteration reads the blocks again."""
     t0 = time.perf_counter()
     store = ActivationStore.open(store_url, storage_options=storage_options)
-    x = store.read(kind, pooling, layer)
-    ex = store.examples
-    split = ex["split"].to_numpy()
-    y = ex["label"].to_numpy().astype(np.int64)
-    n_classes = len(store.label_names)
-    tr, dv, te = (split == "train"), (split == "dev"), (split == "test")
-    scaler = Standardizer.fit(x[tr])
-    xs = scaler.transform(x)
-    res = fit_c_path(
-        xs[tr],
-        y[tr],
-        xs[dv],
-        y[dv],
-        n_classes,
-        settings.c_grid,
-        penalty="l1",
-        metric=settings.metric,
-        max_iter=settings.max_iter,
-        tol=settings.tol,
-    )
+    rows = _LayerRows(store, kind, pooling, layer)
+    streamed = memory_budget is not None and rows.in_memory_bytes() > memory_budget
+    if not streamed:
+        rows.load()
+    scaler = rows.standardizer()
+    designs = {s: rows.design(s, scaler) for s in ("train", "dev", "test")}
+    res = fit_c_path(designs["train"], designs["dev"], rows.n_classes, settings.c_grid, penalty="l1",
+                     metric=settings.metric, max_iter=settings.max_iter, tol=settings.tol)  # fmt: skip
 
-    def metric(mask: np.ndarray) -> float:
-        if not mask.any():
+    def metric(split: str) -> float:
+        if designs[split].n_rows == 0:
             return float("nan")
-        return score_predictions(
-            y[mask], predict_labels(decision(xs[mask], res.fit.coef, res.fit.intercept)), settings.metric
-        )
+        return score_predictions(*predict_design(designs[split], res.fit.coef, res.fit.intercept), settings.metric)
 
     saliency = saliency_from_coef(res.fit.coef)
     if ordered_url is not None:
-        write_ordered_columns(ordered_url, store, kind, pooling, layer, x, saliency)
+        write_ordered_columns(ordered_url, store, rows, saliency)
     return {
         "kind": kind,
         "pooling": pooling,
         "layer": int(layer),
         "C": float(res.c),
         "dev_metric": res.dev,
-        "test_metric": metric(te),
-        "train_metric": metric(tr),
+        "test_metric": metric("test"),
+        "train_metric": metric("train"),
         "n_nonzero": int(np.count_nonzero(saliency)),
-        "n_neurons": int(x.shape[1]),
+        "n_neurons": store.width(kind),
         "iterations": int(sum(h["iterations"] for h in res.history)),
+        "mode": "streamed" if streamed else "in-memory",
         "fit_seconds": time.perf_counter() - t0,
         "saliency": saliency.astype(np.float64),
     }
+
+
+class _LayerRows:
+    """One layer's rows by split: loaded once, or read from the store in row blocks on every pass."""
+
+    def __init__(self, store: ActivationStore, kind: str, pooling: str, layer: int) -> None:
+        self.store, self.kind, self.pooling, self.layer = store, kind, pooling, layer
+        ex = store.examples
+        split = ex["split"].to_numpy()
+        self.labels = ex["label"].to_numpy().astype(np.int64)
+        self.rows = {s: np.flatnonzero(split == s) for s in ("train", "dev", "test")}
+        self.n_classes = len(store.label_names)
+        self.width = store.width(kind)
+        self.values: np.ndarray | None = None
+
+    def in_memory_bytes(self) -> int:
+        return IN_MEMORY_COPIES * 4 * self.store.layout.n_rows * self.width
+
+    def load(self) -> None:
+        self.values = self.store.read(self.kind, self.pooling, self.layer)
+
+    def chunks(self, split: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(float32 values, labels) of a split, one shard-aligned row block at a time."""
+        rows = self.rows[split]
+        if self.values is not None:
+            yield self.values[rows], self.labels[rows]
+            return
+        block_rows = self.store.layout.block_rows
+        for block in np.unique(rows // block_rows):
+            part = rows[(rows // block_rows) == block]
+            yield self.store.read(self.kind, self.pooling, self.layer, rows=part), self.labels[part]
+
+    def standardizer(self) -> Standardizer:
+        if self.values is not None:
+            return Standardizer.fit(self.values[self.rows["train"]])
+        total = np.zeros(self.width)
+        squares = np.zeros(self.width)
+        n = 0
+        for x, _ in self.chunks("train"):
+            x64 = x.astype(np.float64)
+            total += x64.sum(axis=0)
+            squares += (x64 * x64).sum(axis=0)
+            n += len(x64)
+        mean = total / max(n, 1)
+        std = np.sqrt(np.maximum(squares / max(n, 1) - mean * mean, 0.0))
+        std[std < 1e-12] = 1.0
+        return Standardizer(mean.astype(np.float32), std.astype(np.float32))
+
+    def design(self, split: str, scaler: Standardizer) -> Design:
+        n = len(self.rows[split])
+        if self.values is not None:
+            x, y = next(self.chunks(split))
+            return Design.of(scaler.transform(x), y)
+
+        def blocks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for x, y in self.chunks(split):
+                yield torch.as_tensor(scaler.transform(x)), torch.as_tensor(y)
+
+        return Design(blocks, n, self.width)
 
 
 ORDERED_DIR = "ordered.zarr"
 ORDERED_CHUNK_COLS = 16
 
 
-def write_ordered_columns(
-    url: str, store: ActivationStore, kind: str, pooling: str, layer: int, values: np.ndarray, saliency: np.ndarray
-) -> None:
+def write_ordered_columns(url: str, store: ActivationStore, rows: _LayerRows, saliency: np.ndarray) -> None:
     """The layer's neurons with non-zero saliency, most salient first: any eta or top-k selection is then a
     contiguous prefix of this array, so a sweep reads only (about) the bytes of the columns it uses."""
     order = rank_order(saliency)
@@ -133,20 +186,23 @@ def write_ordered_columns(
     group = zarr.open_group(url, mode="a")
     arr = create_array(
         group,
-        array_name(kind, pooling, layer),
-        shape=(values.shape[0], len(keep)),
+        array_name(rows.kind, rows.pooling, rows.layer),
+        shape=(store.layout.n_rows, len(keep)),
         block_rows=store.layout.block_rows,
         chunk_cols=ORDERED_CHUNK_COLS,
         dtype=store.layout.dtype,
-        attributes={
-            "kind": kind,
-            "pooling": pooling,
-            "layer": layer,
-            "neurons": [int(i) for i in keep],
-            "store_fingerprint": store.fingerprint,
-        },
-    )
-    arr[:] = store.encode(values[:, keep])
+        attributes={"kind": rows.kind, "pooling": rows.pooling, "layer": rows.layer,
+                    "neurons": [int(i) for i in keep], "store_fingerprint": store.fingerprint},
+    )  # fmt: skip
+    if rows.values is not None:
+        arr[:] = store.encode(rows.values[:, keep])
+        return
+    ascending = np.sort(keep)
+    back = np.searchsorted(ascending, keep)
+    for block in range(store.layout.n_blocks):  # one shard per write: one writer per shard
+        start, stop = store.layout.block_range(block)
+        values = store.read(rows.kind, rows.pooling, rows.layer, rows=np.arange(start, stop), columns=ascending)
+        arr[start:stop] = store.encode(values[:, back])
 
 
 class ProbeRun:
@@ -197,10 +253,14 @@ def run_probes(
     poolings: Sequence[str] | None = None,
     scheduler: str | None = None,
     workers: int | None = None,
+    memory_budget: int | None = None,
     progress: bool = True,
     storage_options: dict | None = None,
 ) -> ProbeRun:
-    """Probe every (kind, pooling, layer) of the store; finished probes are kept across reruns."""
+    """Probe every (kind, pooling, layer) of the store; finished probes are kept across reruns.
+
+    `memory_budget` (bytes, default half the machine's memory) is shared by the tasks that run at once; a
+    layer that does not fit its share is streamed in row blocks (the probes table says which, column `mode`)."""
     settings = settings or ProbeSettings()
     settings.check()
     store = ActivationStore.open(store_url, storage_options=storage_options)
@@ -229,7 +289,8 @@ def run_probes(
     todo = [k for k in keys if not _part_path(parts, *k).exists()]
     ordered = str(out.resolve() / ORDERED_DIR)
     zarr.open_group(ordered, mode="a", attributes={"store_fingerprint": store.fingerprint})
-    tasks = [(str(store_url), k, p, layer, settings, storage_options, ordered) for k, p, layer in todo]
+    per_task = task_memory_budget(memory_budget, scheduler, workers)
+    tasks = [(str(store_url), k, p, layer, settings, storage_options, ordered, per_task) for k, p, layer in todo]
     for _, result in run_tasks(
         probe_layer, tasks, scheduler=scheduler, workers=workers, desc="probe", progress=progress
     ):
@@ -288,6 +349,7 @@ def _combine(out: Path, keys: list[tuple[str, str, int]]) -> None:
         "n_nonzero",
         "n_neurons",
         "iterations",
+        "mode",
         "fit_seconds",
     ]
     probes = allp.group_by(["kind", "pooling", "layer"], maintain_order=True).first().select(probe_cols)

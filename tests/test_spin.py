@@ -13,9 +13,9 @@ import pytest
 from spin_cache.cli import main
 from spin_cache.errors import InputError, StoreMismatchError
 from spin_cache.extract import run_extraction
-from spin_cache.head import PROBE_C_GRID, Head, SpinClassifier, fit_logistic
+from spin_cache.head import PROBE_C_GRID, Design, Head, SpinClassifier, fit_logistic
 from spin_cache.predict import Predictor
-from spin_cache.probe import run_probes
+from spin_cache.probe import ProbeSettings, run_probes
 from spin_cache.store import ActivationStore
 from spin_cache.sweep import SweepSettings, run_sweep
 
@@ -41,7 +41,7 @@ def test_probe_outputs_schema(probed):
     store_path, run = probed
     store = ActivationStore.open(store_path)
     assert run.probes.columns == ["kind", "pooling", "layer", "C", "dev_metric", "test_metric", "train_metric",
-                                  "n_nonzero", "n_neurons", "iterations", "fit_seconds"]  # fmt: skip
+                                  "n_nonzero", "n_neurons", "iterations", "mode", "fit_seconds"]  # fmt: skip
     assert run.probes.height == len(store.layout.array_keys())
     assert run.scores.columns == ["kind", "pooling", "layer", "neuron", "saliency", "rank"]
     assert run.scores.height == sum(store.width(k) * len(store.layers(k)) * 3 for k in store.kinds)
@@ -192,7 +192,7 @@ def test_l1_solver_matches_sklearn_on_planted_signal():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((400, 30)).astype(np.float32)
     y = (x[:, 3] - 2 * x[:, 17] + 0.3 * rng.standard_normal(400) > 0).astype(np.int64)
-    ours = fit_logistic(x, y, 2, c=0.05, penalty="l1", max_iter=3000, tol=1e-8)
+    ours = fit_logistic(Design.of(x, y), 2, c=0.05, penalty="l1", max_iter=3000, tol=1e-8)
     ref = LogisticRegression(l1_ratio=1.0, solver="liblinear", C=0.05, tol=1e-8, max_iter=10000,
                              intercept_scaling=100).fit(x, y)  # fmt: skip
     assert set(np.flatnonzero(np.abs(ours.coef[0]) > 1e-3)) == set(np.flatnonzero(np.abs(ref.coef_[0]) > 1e-3))
@@ -214,3 +214,20 @@ def test_spin_classifier_sklearn_contract(tmp_path):
     again = SpinClassifier.load(tmp_path / "clf")
     np.testing.assert_array_equal(again.predict_proba(x), clf.predict_proba(x))
     assert not list(tmp_path.glob("**/*.pkl"))
+
+
+def test_streamed_probe_matches_in_memory(tmp_path):
+    """A budget smaller than a layer streams it in row blocks; the probe finds the same neurons."""
+    from spin_cache.synth import make_synthetic_store, planted_neurons
+
+    store = make_synthetic_store(tmp_path / "synth", n_rows=1200, n_layers=2, width=48, kinds=("ffn",),
+                                 informative={2: 3}, block_rows=256, seed=1)  # fmt: skip
+    grid = ProbeSettings(c_grid=(0.05, 0.2))
+    mem = run_probes(store.url, tmp_path / "mem", grid, scheduler="sync", progress=False)
+    low = run_probes(store.url, tmp_path / "low", grid, scheduler="sync", memory_budget=100_000, progress=False)
+    assert set(mem.probes["mode"]) == {"in-memory"} and set(low.probes["mode"]) == {"streamed"}
+    for run in (mem, low):
+        top = run.scores.filter((pl.col("layer") == 2) & (pl.col("rank") < 3))["neuron"].to_list()
+        assert sorted(top) == sorted(planted_neurons(store)["ffn"][2])
+    np.testing.assert_allclose(low.scores["saliency"], mem.scores["saliency"], rtol=1e-3, atol=1e-6)
+    assert low.probes["C"].to_list() == mem.probes["C"].to_list()
