@@ -85,9 +85,27 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block-rows", type=int, default=None, help="rows per committed block / shard (default: auto)")
     p.add_argument("--chunk-cols", type=int, default=64, help="neurons per inner chunk (default: 64)")
     p.add_argument("--overwrite", action="store_true", help="replace a store made from other inputs")
+    p.add_argument(
+        "--workers", type=int, default=1, help="local worker processes, one model each (one GPU each if several)"
+    )
+    p.add_argument(
+        "--shard",
+        type=_shard,
+        default=None,
+        metavar="I/N",
+        help="be worker I of N (launch by hand on several machines or GPUs; shard 0 creates the store)",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     p.set_defaults(func=_cmd_extract)
+
+
+def _shard(value: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in value.split("/"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected I/N like 0/4, got {value!r}") from exc
+    return i, n
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
@@ -113,6 +131,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         chunk_cols=args.chunk_cols,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        workers=args.workers,
+        shard=args.shard,
     )
     store = report.store
     for message in report.messages:

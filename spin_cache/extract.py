@@ -102,10 +102,19 @@ def run_extraction(
     overwrite: bool = False,
     progress: bool = True,
     storage_options: dict | None = None,
+    workers: int = 1,
+    shard: tuple[int, int] | None = None,
 ) -> ExtractionReport:
-    """The extraction behind `spin-cache extract`; see `extract` for the short form."""
+    """The extraction behind `spin-cache extract`; see `extract` for the short form.
+
+    `workers=N` runs N local processes (one model each, on cuda:i when there are several GPUs), each writing a
+    disjoint set of row blocks; `shard=(i, n)` is one such worker, for launching by hand on several machines
+    (shard 0 creates the store, the others wait for it). The store is complete once every block is committed.
+    """
+    options = {k: v for k, v in locals().items() if k not in ("workers", "shard")}
     t0 = time.perf_counter()
     _check_options(kinds, poolings, dtype, compute_dtype, batch_size, chunk_cols, block_rows)
+    _check_parallel(workers, shard)
     dataset = (
         data if isinstance(data, LabelledDataset) else _load_data(data, train, dev, test, text_column, label_column)
     )
@@ -149,6 +158,10 @@ def run_extraction(
         import transformers
 
         transformers.utils.logging.disable_progress_bar()
+    if existing is None and shard is not None and shard[0] != 0:
+        existing = _wait_for_store(url, probe_manifest, storage_options)
+    if shard is not None:
+        device = _shard_device(device, shard)
     loaded = load_model(str(model_path), device=device, dtype=_torch_dtype(compute_dtype))
     encodings, n_tokens, truncated = _tokenize(loaded, dataset, max_length)
     if existing is None:
@@ -188,20 +201,30 @@ def run_extraction(
     committed = store.committed_blocks()
     report.resumed_blocks = len(committed)
     todo = [b for b in range(store.layout.n_blocks) if b not in committed]
+    if shard is not None:
+        todo = [b for b in todo if b % shard[1] == shard[0]]
     t_blocks = time.perf_counter()
-    _extract_blocks(loaded, store, encodings, todo, batch_size, progress, report)
+    if workers > 1:
+        del loaded  # each worker loads its own copy
+        _run_workers(options, url, workers, store, len(todo), progress)
+        loaded = None
+    else:
+        _extract_blocks(loaded, store, encodings, todo, batch_size, progress, report)
     report.extract_seconds = time.perf_counter() - t_blocks
+    report.written_blocks = len(todo) if workers > 1 else report.written_blocks
     committed = store.committed_blocks()
     report.overflow = sum(int(m.get("overflow", 0)) for m in committed.values())
-    if len(committed) == store.layout.n_blocks:
+    store = ActivationStore.open(url, mode="a", storage_options=storage_options)  # a worker may have finished it
+    report.store = store
+    if len(committed) == store.layout.n_blocks and not store.is_complete:
         store.mark_complete(
             {
                 "spin_cache_version": __version__,
                 "torch_version": torch.__version__,
                 "transformers_version": _transformers_version(),
-                "device": str(loaded.device),
+                "device": str(loaded.device) if loaded is not None else f"{workers} workers on {device}",
                 "batch_size": batch_size,
-                "padding_side": loaded.tokenizer.padding_side,
+                "padding_side": tokenizer.padding_side,
                 "n_truncated": report.n_truncated,
                 "overflow": report.overflow,
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -326,6 +349,67 @@ class _BlockWriter:
 
 
 # ------------------------------------------------------------------------------------------------------------
+
+
+def _check_parallel(workers: int, shard: tuple[int, int] | None) -> None:
+    if workers < 1:
+        raise InputError(f"--workers {workers}: must be at least 1")
+    if shard is not None:
+        i, n = shard
+        if workers != 1:
+            raise InputError("--workers and --shard are exclusive: --shard I/N is one worker of N")
+        if not (n >= 1 and 0 <= i < n):
+            raise InputError(f"--shard {i}/{n}: I must be between 0 and N-1")
+
+
+def _shard_device(device: str, shard: tuple[int, int]) -> str:
+    """One GPU per worker when there are several; on the CPU, the cores are shared out."""
+    if device in ("auto", "cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        return f"cuda:{shard[0] % torch.cuda.device_count()}"
+    if device == "cpu" or not torch.cuda.is_available():
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // shard[1]))
+    return device
+
+
+def _wait_for_store(url: str, wanted: dict, storage_options: dict | None, timeout: float = 600) -> ActivationStore:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = _existing_store(url, wanted, False, storage_options)
+        if found is not None:
+            return found
+        time.sleep(0.5)
+    raise SpinCacheError(f"{url}: no store after {timeout:.0f}s; start shard 0 first (it creates the store)")
+
+
+def _worker(options: dict, shard: tuple[int, int]) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    report = run_extraction(**(options | {"progress": False, "overwrite": False}), shard=shard)
+    return report.written_blocks
+
+
+def _run_workers(options: dict, url: str, workers: int, store: ActivationStore, n_blocks: int, progress: bool) -> None:
+    """Start `workers` processes on disjoint row blocks and follow their commits."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, wait
+
+    from tqdm.auto import tqdm
+
+    options = options | {"out": url}
+    ctx = mp.get_context("spawn")  # CUDA and torch threads do not survive fork
+    bar = tqdm(total=n_blocks, desc=f"extract ({workers} workers)", unit="block", disable=not progress)
+    start = len(store.committed_blocks())
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = [pool.submit(_worker, options, (i, workers)) for i in range(workers)]
+        while True:
+            _, pending = wait(futures, timeout=1.0)
+            bar.n = len(store.committed_blocks()) - start
+            bar.refresh()
+            if not pending:
+                break
+        bar.close()
+        for future in futures:
+            future.result()  # re-raise a worker's error here
 
 
 def _check_options(

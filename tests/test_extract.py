@@ -259,3 +259,27 @@ def test_bad_options_are_named(tiny_sst2, tmp_path, capsys):
     assert main([*base, "--model", "no/such-model", "--quiet"]) == 2
     assert "no/such-model" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_two_worker_processes_equal_a_single_worker(tmp_path, small_store, tiny_sst2):
+    out = str(tmp_path / "two")
+    report = run_extraction(**tiny_sst2, out=out, block_rows=32, batch_size=8, workers=2, progress=False)
+    assert report.store.is_complete and report.written_blocks == 3
+    a, b = _store_arrays(out), _store_arrays(small_store)
+    assert a.keys() == b.keys()
+    for key in a:
+        # Each worker gets half the cores, so BLAS sums in another order: equal up to float16's last bit.
+        np.testing.assert_allclose(a[key], b[key], rtol=2e-3, atol=1e-4, err_msg=key)
+    assert ActivationStore.open(out).fingerprint == ActivationStore.open(small_store).fingerprint
+
+
+def test_shards_by_hand(tmp_path, tiny_sst2, capsys):
+    out = str(tmp_path / "sharded")
+    base = ["extract", "--train", tiny_sst2["train"], "--dev", tiny_sst2["dev"], "--test", tiny_sst2["test"],
+            "--out", out, "--block-rows", "32", "--kinds", "hidden", "--poolings", "mean", "--quiet"]  # fmt: skip
+    assert main([*base, "--shard", "0/2"]) == 4  # incomplete until the other shard lands
+    assert len(ActivationStore.open(out).committed_blocks()) == 2  # blocks 0 and 2
+    assert main([*base, "--shard", "1/2"]) == 0
+    assert ActivationStore.open(out).is_complete
+    assert main([*base, "--shard", "2/2"]) == 2
+    assert "--shard 2/2" in capsys.readouterr().err
