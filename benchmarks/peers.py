@@ -1,0 +1,583 @@
+"""spin-cache against the tools people would use instead, stage by stage, on the same model, data and machine.
+
+    python benchmarks/peers.py [--limit N] [--repeats 3] [--kinds hidden,ffn] [--poolings mean] [--scale 4]
+                               [--tools spin-cache,paper-pickle,hf-datasets,neurox] [--stages extract,probe,sweep]
+
+Tools:
+  spin-cache    run_extraction -> Zarr store; run_probes (FISTA, default scheduler); run_sweep.
+  paper-pickle  the SPIN paper's code path: pooled features of every layer kept as float32 in memory, pickled per
+                split; probes and heads with the paper's saga recipe (benchmarks/paper_recipe.py).
+  hf-datasets   `datasets.Dataset.map(batched=True)` computing the same pooled features into its Arrow cache file;
+                probes and heads with the same saga recipe, reading columns from the Arrow file.
+  neurox        NeuroX's extraction / linear probe / neuron ranking, if it installs and imports; else the error.
+
+Every stage of every tool runs in a fresh child process (`python peers.py --child ...`) and reports its own peak
+RSS (max of RUSAGE_SELF and RUSAGE_CHILDREN, so Dask worker processes count). Figures are medians over --repeats.
+Outputs: benchmarks/results/peers.md and benchmarks/results/peers.csv (or --out-dir).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import datetime as dt
+import json
+import os
+import pickle
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+ETAS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8)
+TOOLS = ("spin-cache", "paper-pickle", "hf-datasets", "neurox")
+STAGES = ("extract", "probe", "sweep")
+COLUMNS = (
+    "input",
+    "stage",
+    "tool",
+    "status",
+    "wall_s",
+    "peak_rss_mb",
+    "bytes_on_disk",
+    "bytes_read",
+    "reloads",
+    "resumable",
+    "dev_acc",
+    "base_test",
+    "spin_test",
+    "n_runs",
+    "wall_ratio_vs_spin_cache",
+    "rss_ratio_vs_spin_cache",
+    "note",
+)
+RESUMABLE = {
+    "spin-cache": "yes (committed blocks are skipped on rerun)",
+    "paper-pickle": "no (features live in memory until the pickle is written)",
+    "hf-datasets": "no (Dataset.map writes its cache file only when the map finishes)",
+    "neurox": "no",
+}
+
+
+# ---- data and features ----------------------------------------------------------------------------------------
+
+
+def make_dataset(limit: int | None, scale: int):
+    import numpy as np
+
+    from spin_cache.data import LabelledDataset, load_dataset
+
+    ds = load_dataset("sst2")
+    if limit:
+        ds = ds.subset(limit)
+    if scale <= 1:
+        return ds
+    ids, texts, labels, splits = [], [], [], []
+    for split in ("train", "dev", "test"):
+        rows = ds.split_indices(split)
+        for r in range(scale):
+            for i in rows:
+                ids.append(f"{ds.ids[i]}#{r}")
+                texts.append(ds.texts[i])
+                labels.append(int(ds.labels[i]))
+                splits.append(split)
+    return LabelledDataset(f"{ds.name}x{scale}", ids, texts, np.array(labels), np.array(splits), ds.label_names)
+
+
+def pooled_batch(loaded, texts: list[str], kinds, poolings) -> dict:
+    """The same pooled features spin-cache stores, for one batch: {(kind, pooling, layer): (B, D) float32}."""
+    import torch
+
+    from spin_cache.models import run_layers
+
+    enc = loaded.tokenizer(list(texts), padding=True, truncation=True, max_length=512, return_tensors="pt")
+    with torch.inference_mode():
+        out = run_layers(loaded, enc["input_ids"], enc["attention_mask"], poolings, kinds)
+    return {(k, p, layer): v.float().numpy() for (k, layer), pooled in out.items() for p, v in pooled.items()}
+
+
+def du(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+# ---- the tools' stages (run inside a child process) ------------------------------------------------------------
+
+
+def spin_extract(cfg: dict, work: Path) -> dict:
+    from spin_cache.extract import run_extraction
+
+    ds = make_dataset(cfg["limit"], cfg["scale"])
+    out = work / "spin" / "store"
+    shutil.rmtree(out, ignore_errors=True)
+    rep = run_extraction(
+        data=ds, out=str(out), kinds=cfg["kinds"], poolings=cfg["poolings"], batch_size=32, progress=False
+    )
+    return {"bytes_on_disk": du(out), "note": f"store float16, {rep.extract_seconds:.1f}s in blocks"}
+
+
+def spin_probe(cfg: dict, work: Path) -> dict:
+    from spin_cache.probe import run_probes
+
+    out = work / "spin" / "probes"
+    shutil.rmtree(out, ignore_errors=True)
+    run = run_probes(str(work / "spin" / "store"), out, progress=False)
+    dev = run.probes["dev_metric"].to_numpy()
+    return {"dev_acc": float(dev.mean()), "note": f"best layer dev {dev.max():.4f}; default scheduler"}
+
+
+def spin_sweep(cfg: dict, work: Path) -> dict:
+    from spin_cache.sweep import SweepSettings, run_sweep
+
+    out = work / "spin" / "sweep"
+    shutil.rmtree(out, ignore_errors=True)
+    res = run_sweep(
+        str(work / "spin" / "store"), work / "spin" / "probes", out, SweepSettings(values=ETAS), progress=False
+    )
+    t = res.table
+    base = t.get("base") or {}
+    return {
+        "bytes_read": int(t["bytes_read"]),
+        "reloads": 0,
+        "base_test": base.get("test"),
+        "spin_test": t["spin"]["test"],
+        "dev_acc": t["spin"]["dev"],
+        "note": f"SPIN {t['spin'].get('n_neurons')} neurons",
+    }
+
+
+def _forward_all(cfg: dict, texts: list[str]):
+    from spin_cache.models import load_model
+
+    loaded = load_model("minilm", device="cpu")
+    for b0 in range(0, len(texts), 32):
+        yield pooled_batch(loaded, texts[b0 : b0 + 32], cfg["kinds"], cfg["poolings"])
+
+
+def pickle_extract(cfg: dict, work: Path) -> dict:
+    import numpy as np
+
+    ds = make_dataset(cfg["limit"], cfg["scale"])
+    out = work / "pickle"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for split in ("train", "dev", "test"):
+        rows = ds.split_indices(split)
+        acc: dict = {}
+        for feats in _forward_all(cfg, [ds.texts[i] for i in rows]):
+            for key, v in feats.items():
+                acc.setdefault(key, []).append(v)
+        blob = {
+            "features": {k: np.concatenate(v).astype(np.float32) for k, v in acc.items()},
+            "labels": ds.labels[rows],
+        }
+        with open(out / f"{split}.pkl", "wb") as f:
+            pickle.dump(blob, f, protocol=pickle.HIGHEST_PROTOCOL)
+        del acc, blob
+    return {"bytes_on_disk": du(out), "note": "float32 pickles per split"}
+
+
+def _load_pickles(work: Path) -> tuple[dict, dict, int]:
+    data, nbytes = {}, 0
+    for split in ("train", "dev", "test"):
+        path = work / "pickle" / f"{split}.pkl"
+        nbytes += path.stat().st_size
+        with open(path, "rb") as f:
+            data[split] = pickle.load(f)
+    return data, {s: data[s]["labels"] for s in data}, nbytes
+
+
+def _paper_probes(keys, get_x, y) -> tuple[dict, list[float]]:
+    import paper_recipe as pr
+
+    sal, devs = {}, []
+    for key in keys:
+        res = pr.probe({s: get_x(key, s) for s in ("train", "dev", "test")}, y)
+        sal[key] = res["saliency"]
+        devs.append(res["dev_metric"])
+    return sal, devs
+
+
+def pickle_probe(cfg: dict, work: Path) -> dict:
+    import numpy as np
+
+    data, y, _ = _load_pickles(work)
+    keys = sorted(data["train"]["features"])
+    sal, devs = _paper_probes(keys, lambda k, s: data[s]["features"][k], y)
+    with open(work / "pickle" / "saliency.pkl", "wb") as f:
+        pickle.dump(sal, f)
+    return {"dev_acc": float(np.mean(devs)), "note": f"best layer dev {max(devs):.4f}; saga recipe"}
+
+
+def _paper_sweep(keys, get_layer, y, sal: dict) -> dict:
+    """8 eta values x every K per (kind, pooling), heads with the saga recipe; Base = last hidden layer in full."""
+    import numpy as np
+    import paper_recipe as pr
+
+    groups: dict = {}
+    for kind, pooling, layer in keys:
+        groups.setdefault((kind, pooling), []).append(layer)
+    best, bases = None, []
+    for (kind, pooling), layers in groups.items():
+        layers = sorted(layers)
+        for eta in ETAS:
+            sel = {layer: pr.select_eta(sal[(kind, pooling, layer)], eta) for layer in layers}
+            for k in range(1, len(layers) + 1):
+                x = {
+                    s: np.concatenate([get_layer((kind, pooling, lay), s)[:, sel[lay]] for lay in layers[:k]], axis=1)
+                    for s in ("train", "dev", "test")
+                }
+                res = pr.probe(x, y)
+                n = x["train"].shape[1]
+                if best is None or (res["dev_metric"], -n, -k) > (best["dev_metric"], -best["n"], -best["k"]):
+                    best = res | {"n": n, "k": k}
+        if kind == "hidden":
+            res = pr.probe({s: get_layer((kind, pooling, layers[-1]), s) for s in ("train", "dev", "test")}, y)
+            bases.append(res)
+    base = max(bases, key=lambda r: r["dev_metric"]) if bases else {}
+    return {
+        "base_test": base.get("test_metric"),
+        "spin_test": best["test_metric"],
+        "dev_acc": best["dev_metric"],
+        "note": f"SPIN {best['n']} neurons",
+    }
+
+
+def pickle_sweep(cfg: dict, work: Path) -> dict:
+    data, y, nbytes = _load_pickles(work)
+    with open(work / "pickle" / "saliency.pkl", "rb") as f:
+        sal = pickle.load(f)
+    out = _paper_sweep(sorted(sal), lambda k, s: data[s]["features"][k], y, sal)
+    return out | {"bytes_read": nbytes, "reloads": 1}
+
+
+def _col(key) -> str:
+    return "{}_{}_{}".format(*key)
+
+
+def hf_extract(cfg: dict, work: Path) -> dict:
+    import datasets
+
+    datasets.disable_progress_bars()
+    from spin_cache.models import load_model
+
+    ds = make_dataset(cfg["limit"], cfg["scale"])
+    loaded = load_model("minilm", device="cpu")
+    out = work / "hf"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    raw = datasets.Dataset.from_dict({"text": list(ds.texts), "label": ds.labels.tolist(), "split": ds.splits.tolist()})
+
+    def fn(batch: dict) -> dict:
+        feats = pooled_batch(loaded, batch["text"], cfg["kinds"], cfg["poolings"])
+        return {_col(k): v for k, v in feats.items()}
+
+    mapped = raw.map(fn, batched=True, batch_size=32, cache_file_name=str(out / "features.arrow"))
+    del mapped
+    return {"bytes_on_disk": du(out), "note": "Arrow cache, float32 lists"}
+
+
+def _hf_open(work: Path):
+    import datasets
+    import numpy as np
+
+    datasets.disable_progress_bars()
+    ds = datasets.Dataset.from_file(str(work / "hf" / "features.arrow"))
+    split = np.array(ds["split"])
+    labels = np.array(ds["label"], dtype=np.int64)
+    masks = {s: split == s for s in ("train", "dev", "test")}
+    y = {s: labels[m] for s, m in masks.items()}
+    return ds, masks, y
+
+
+def hf_probe(cfg: dict, work: Path) -> dict:
+    import numpy as np
+
+    ds, masks, y = _hf_open(work)
+    keys = [tuple(c.split("_")) for c in ds.column_names if c.count("_") == 2]
+    keys = [(k, p, int(layer)) for k, p, layer in keys]
+    cache: dict = {}
+
+    def get_x(key, s):
+        if key not in cache:
+            cache.clear()
+            cache[key] = np.asarray(ds.with_format("numpy")[_col(key)], dtype=np.float32)
+        return cache[key][masks[s]]
+
+    sal, devs = _paper_probes(keys, get_x, y)
+    with open(work / "hf" / "saliency.pkl", "wb") as f:
+        pickle.dump(sal, f)
+    return {"dev_acc": float(np.mean(devs)), "note": f"best layer dev {max(devs):.4f}; saga recipe"}
+
+
+def hf_sweep(cfg: dict, work: Path) -> dict:
+    import numpy as np
+
+    ds, masks, y = _hf_open(work)
+    with open(work / "hf" / "saliency.pkl", "rb") as f:
+        sal = pickle.load(f)
+    loaded: dict = {}
+    counter = {"bytes": 0, "reads": 0}
+
+    def get_layer(key, s):
+        if key not in loaded:
+            arr = np.asarray(ds.with_format("numpy")[_col(key)], dtype=np.float32)
+            counter["bytes"] += arr.nbytes
+            counter["reads"] += 1
+            loaded[key] = arr
+        return loaded[key][masks[s]]
+
+    out = _paper_sweep(sorted(sal), get_layer, y, sal)
+    return out | {"bytes_read": counter["bytes"], "reloads": counter["reads"]}
+
+
+def neurox_stage(cfg: dict, work: Path) -> dict:
+    import neurox  # noqa: F401  (raises when it cannot be installed / imported)
+    from neurox.data.extraction import transformers_extractor  # noqa: F401
+
+    raise RuntimeError(
+        "neurox 1.0.9 pins h5py==3.1.0 (no Python 3.11 wheel; its sdist build did not finish in 5 min); installed "
+        "with --no-deps + h5py 3.16 its extractor runs, but its probe/ranking path is not wired up in this harness"
+    )
+
+
+STAGE_FUNCS = {
+    ("spin-cache", "extract"): spin_extract,
+    ("spin-cache", "probe"): spin_probe,
+    ("spin-cache", "sweep"): spin_sweep,
+    ("paper-pickle", "extract"): pickle_extract,
+    ("paper-pickle", "probe"): pickle_probe,
+    ("paper-pickle", "sweep"): pickle_sweep,
+    ("hf-datasets", "extract"): hf_extract,
+    ("hf-datasets", "probe"): hf_probe,
+    ("hf-datasets", "sweep"): hf_sweep,
+    ("neurox", "extract"): neurox_stage,
+    ("neurox", "probe"): neurox_stage,
+    ("neurox", "sweep"): neurox_stage,
+}
+
+
+def child_main(tool: str, stage: str, cfg: dict, work: Path, result_path: Path) -> None:
+    t0 = time.perf_counter()
+    try:
+        res = STAGE_FUNCS[(tool, stage)](cfg, work)
+        res["status"] = "ok"
+    except Exception as e:  # the error is the result for a peer that cannot run
+        res = {"status": "failed", "note": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+    res["wall_s"] = time.perf_counter() - t0
+    rss_kb = max(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    )
+    res["peak_rss_mb"] = rss_kb / 1024
+    result_path.write_text(json.dumps(res))
+
+
+def run_child(tool: str, stage: str, cfg: dict, work: Path) -> dict:
+    result = work / f"result-{tool}-{stage}.json"
+    result.unlink(missing_ok=True)
+    cmd = [sys.executable, __file__, "--child", tool, stage, json.dumps(cfg), str(work), str(result)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if not result.exists():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+        return {"status": "failed", "note": tail[0][:200], "wall_s": None, "peak_rss_mb": None}
+    return json.loads(result.read_text())
+
+
+# ---- orchestration and reports ----------------------------------------------------------------------------------
+
+
+def _median(values: list) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def measure(args: argparse.Namespace, scale: int, repeats: int) -> list[dict]:
+    cfg = {"limit": args.limit, "scale": scale, "kinds": args.kinds, "poolings": args.poolings}
+    rows = []
+    for tool in args.tools:
+        with tempfile.TemporaryDirectory(prefix=f"peers-{tool}-") as tmp:
+            work = Path(tmp)
+            runs: dict = {s: [] for s in args.stages}
+            for _ in range(repeats):
+                failed = False
+                for stage in args.stages:
+                    if failed:
+                        runs[stage].append({"status": "skipped", "note": "an earlier stage failed"})
+                        continue
+                    res = run_child(tool, stage, cfg, work)
+                    runs[stage].append(res)
+                    failed = res["status"] != "ok"
+                    print(
+                        f"  x{scale} {tool:12s} {stage:8s} {res['status']:7s} wall={res.get('wall_s')} "
+                        f"rss={res.get('peak_rss_mb')} {res.get('note', '')}",
+                        flush=True,
+                    )
+            for stage in args.stages:
+                ok = [r for r in runs[stage] if r["status"] == "ok"]
+                src = ok or runs[stage]
+                row = {"input": f"x{scale}", "stage": stage, "tool": tool, "n_runs": len(ok)}
+                row["status"] = "ok" if ok else src[0]["status"]
+                for col in (
+                    "wall_s",
+                    "peak_rss_mb",
+                    "bytes_on_disk",
+                    "bytes_read",
+                    "reloads",
+                    "dev_acc",
+                    "base_test",
+                    "spin_test",
+                ):
+                    row[col] = _median([r.get(col) for r in ok]) if ok else None
+                row["resumable"] = RESUMABLE[tool] if stage == "extract" else ""
+                row["note"] = src[-1].get("note", "")
+                rows.append(row)
+    for row in rows:
+        ref = next(
+            (
+                r
+                for r in rows
+                if r["tool"] == "spin-cache" and r["stage"] == row["stage"] and r["input"] == row["input"]
+            ),
+            None,
+        )
+        for col, out in (("wall_s", "wall_ratio_vs_spin_cache"), ("peak_rss_mb", "rss_ratio_vs_spin_cache")):
+            ok = ref and ref.get(col) and row.get(col)
+            row[out] = row[col] / ref[col] if ok else None
+    return rows
+
+
+def environment() -> dict:
+    import importlib.metadata as md
+
+    cpu = "unknown"
+    with contextlib.suppress(OSError, StopIteration):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    versions = {}
+    for pkg in ("spin-cache", "torch", "transformers", "scikit-learn", "numpy", "zarr", "dask", "datasets", "neurox"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = "not installed"
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def _fmt(v) -> str:
+    if v is None or v == "":
+        return "–"
+    if isinstance(v, float):
+        if abs(v) >= 1e6:
+            return f"{v / 2**20:.1f} MiB"
+        return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+    if isinstance(v, int) and v >= 10**6:
+        return f"{v / 2**20:.1f} MiB"
+    return str(v)
+
+
+STAGE_TABLES = {
+    "extract": ("Extraction", ["wall_s", "peak_rss_mb", "bytes_on_disk", "resumable"]),
+    "probe": ("Probing every layer", ["wall_s", "peak_rss_mb", "dev_acc"]),
+    "sweep": ("Sweep of 8 eta values over all K", ["wall_s", "bytes_read", "peak_rss_mb", "reloads"]),
+}
+
+
+def write_reports(rows: list[dict], env: dict, command: str, out_dir: Path, args: argparse.Namespace) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "peers.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: r.get(c) for c in COLUMNS})
+    lines = [
+        "# spin-cache against its peers",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {env['nproc']} CPUs ({env['cpu']}), Python {env['python']}; date {env['date']}.",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ".",
+        "",
+        f"Model MiniLM (bundled), data SST-2 ({'first ' + str(args.limit) + ' rows per split' if args.limit else 'all'}"
+        f"), kinds {','.join(args.kinds)}, poolings {','.join(args.poolings)}; medians of {args.repeats} run(s) "
+        f"(x{args.scale} input: {args.scale_repeats} run(s)). Peak RSS: the stage's child process (and its children).",
+        "Ratios are peer / spin-cache from the same run (>1: the peer is slower / bigger).",
+        "",
+    ]
+    for stage in args.stages:
+        title, cols = STAGE_TABLES[stage]
+        for inp in sorted({r["input"] for r in rows}):
+            sub = [r for r in rows if r["stage"] == stage and r["input"] == inp]
+            if not sub:
+                continue
+            head = ["tool", "status", *cols, "wall ratio", "RSS ratio", "note"]
+            label = "" if inp == "x1" else f" — scaling, {inp} input (SST-2 slice replicated)"
+            lines += [f"## {title}{label}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            for r in sub:
+                vals = [
+                    r["tool"],
+                    r["status"],
+                    *(_fmt(r.get(c)) for c in cols),
+                    _fmt(r.get("wall_ratio_vs_spin_cache")),
+                    _fmt(r.get("rss_ratio_vs_spin_cache")),
+                    str(r.get("note", "")).replace("|", "/"),
+                ]
+                lines.append("| " + " | ".join(vals) + " |")
+            lines.append("")
+    if "sweep" in args.stages:
+        lines += ["## End result (test accuracy)", "", "| input | tool | Base test | SPIN test |", "|---|---|---|---|"]
+        for r in rows:
+            if r["stage"] == "sweep":
+                lines.append(
+                    f"| {r['input']} | {r['tool']} | {_fmt(r.get('base_test'))} | {_fmt(r.get('spin_test'))} |"
+                )
+        lines.append("")
+    (out_dir / "peers.md").write_text("\n".join(lines))
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        _, _, tool, stage, cfg, work, result = sys.argv
+        child_main(tool, stage, json.loads(cfg), Path(work), Path(result))
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--limit", type=int, default=None, help="rows per split (default: all of SST-2)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--scale", type=int, default=4, help="the scaling input: the slice replicated this many times")
+    ap.add_argument("--scale-repeats", type=int, default=1, help="repeats on the scaled input (0: skip scaling)")
+    ap.add_argument("--kinds", default="hidden,ffn")
+    ap.add_argument("--poolings", default="first,mean,max")
+    ap.add_argument("--tools", default=",".join(TOOLS))
+    ap.add_argument("--stages", default=",".join(STAGES))
+    ap.add_argument("--out-dir", default=str(HERE / "results"))
+    args = ap.parse_args()
+    for name in ("kinds", "poolings", "tools", "stages"):
+        setattr(args, name, [v for v in getattr(args, name).split(",") if v])
+    stages = [s for s in STAGES if s in args.stages]  # stages depend on the earlier ones
+    args.stages = stages
+    rows = measure(args, 1, args.repeats)
+    if args.scale > 1 and args.scale_repeats > 0:
+        rows += measure(args, args.scale, args.scale_repeats)
+    command = "python benchmarks/peers.py " + " ".join(sys.argv[1:])
+    write_reports(rows, environment(), command, Path(args.out_dir), args)
+    print(f"wrote {Path(args.out_dir) / 'peers.md'} and peers.csv")
+
+
+if __name__ == "__main__":
+    main()
