@@ -251,10 +251,14 @@ def _extract_blocks(
     progress: bool,
     report: ExtractionReport,
 ) -> None:
+    import numcodecs.blosc
     from tqdm.auto import tqdm
 
     layout = store.layout
     n_rows = sum(layout.block_range(b)[1] - layout.block_range(b)[0] for b in blocks)
+    # The model already uses every core; one compression thread overlaps it instead of competing with it.
+    blosc_threads = numcodecs.blosc.get_nthreads()
+    numcodecs.blosc.set_nthreads(1)
     writer = _BlockWriter(store)
     bar = tqdm(total=n_rows, desc="extract", unit="ex", disable=not progress, smoothing=0.1)
     tokens = 0
@@ -272,6 +276,7 @@ def _extract_blocks(
     finally:
         writer.stop()
         bar.close()
+        numcodecs.blosc.set_nthreads(blosc_threads)
 
 
 def _pool_block(
