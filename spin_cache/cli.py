@@ -20,6 +20,7 @@ EXIT_CODES = """exit codes:
   2  bad input or usage: a file, row, column or option that cannot be used as given
   3  an existing store or run was made from other inputs (see --overwrite)
   4  a store, run or head is damaged or incomplete
+  5  the store is being written by another process (the message names it)
 """
 
 

@@ -24,6 +24,7 @@ import torch
 from . import __version__
 from .data import LabelledDataset, load_dataset
 from .errors import InputError, SpinCacheError, StoreMismatchError
+from .lock import StoreLock
 from .models import (
     DEFAULT_MODEL,
     KINDS,
@@ -154,89 +155,92 @@ def run_extraction(
     if existing is not None and existing.is_complete:
         return ExtractionReport(store=existing, cache_hit=True, seconds=time.perf_counter() - t0)
 
-    if not progress:
-        import transformers
+    with StoreLock(url, storage_options, shard if workers == 1 else None):
+        if not progress:
+            import transformers
 
-        transformers.utils.logging.disable_progress_bar()
-    if existing is None and shard is not None and shard[0] != 0:
-        existing = _wait_for_store(url, probe_manifest, storage_options)
-    if shard is not None:
-        device = _shard_device(device, shard)
-    loaded = load_model(str(model_path), device=device, dtype=_torch_dtype(compute_dtype))
-    encodings, n_tokens, truncated = _tokenize(loaded, dataset, max_length)
-    if existing is None:
-        widths = {"hidden": loaded.adapter.hidden_size, "ffn": loaded.adapter.ffn_size}
-        layers = {
-            "hidden": list(range(loaded.adapter.num_layers + 1)),
-            "ffn": list(range(1, loaded.adapter.num_layers + 1)),
-        }
-        row_bytes = sum(widths[k] * len(layers[k]) * len(poolings) for k in kinds) * (4 if dtype == "float32" else 2)
-        layout = Layout(
-            kinds=tuple(kinds),
-            poolings=poolings,
-            layers={k: layers[k] for k in kinds},
-            widths={k: widths[k] for k in kinds},
-            n_rows=len(dataset),
-            dtype=dtype,
-            block_rows=block_rows or default_block_rows(row_bytes),
-            chunk_cols=chunk_cols,
-        )
-        model_info |= {
-            "family": loaded.adapter.family,
-            "is_decoder": loaded.adapter.is_decoder,
-            "num_layers": loaded.adapter.num_layers,
-        }
-        manifest = new_manifest(model=model_info, dataset=dataset_info, extraction=settings, layout=layout)
-        store = ActivationStore.create(
-            url,
-            manifest,
-            _examples_table(dataset, n_tokens, truncated),
-            overwrite=overwrite,
-            storage_options=storage_options,
-        )
-    else:
-        store = ActivationStore.open(url, mode="a", storage_options=storage_options)
-
-    report = ExtractionReport(store=store, n_truncated=int(truncated.sum()))
-    committed = store.committed_blocks()
-    report.resumed_blocks = len(committed)
-    todo = [b for b in range(store.layout.n_blocks) if b not in committed]
-    if shard is not None:
-        todo = [b for b in todo if b % shard[1] == shard[0]]
-    t_blocks = time.perf_counter()
-    if workers > 1:
-        del loaded  # each worker loads its own copy
-        _run_workers(options, url, workers, store, len(todo), progress)
-        loaded = None
-    else:
-        _extract_blocks(loaded, store, encodings, todo, batch_size, progress, report)
-    report.extract_seconds = time.perf_counter() - t_blocks
-    report.written_blocks = len(todo) if workers > 1 else report.written_blocks
-    committed = store.committed_blocks()
-    report.overflow = sum(int(m.get("overflow", 0)) for m in committed.values())
-    store = ActivationStore.open(url, mode="a", storage_options=storage_options)  # a worker may have finished it
-    report.store = store
-    if len(committed) == store.layout.n_blocks and not store.is_complete:
-        store.mark_complete(
-            {
-                "spin_cache_version": __version__,
-                "torch_version": torch.__version__,
-                "transformers_version": _transformers_version(),
-                "device": str(loaded.device) if loaded is not None else f"{workers} workers on {device}",
-                "batch_size": batch_size,
-                "padding_side": tokenizer.padding_side,
-                "n_truncated": report.n_truncated,
-                "overflow": report.overflow,
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            transformers.utils.logging.disable_progress_bar()
+        if existing is None and shard is not None and shard[0] != 0:
+            existing = _wait_for_store(url, probe_manifest, storage_options)
+        if shard is not None:
+            device = _shard_device(device, shard)
+        loaded = load_model(str(model_path), device=device, dtype=_torch_dtype(compute_dtype))
+        encodings, n_tokens, truncated = _tokenize(loaded, dataset, max_length)
+        if existing is None:
+            widths = {"hidden": loaded.adapter.hidden_size, "ffn": loaded.adapter.ffn_size}
+            layers = {
+                "hidden": list(range(loaded.adapter.num_layers + 1)),
+                "ffn": list(range(1, loaded.adapter.num_layers + 1)),
             }
-        )
-    if report.overflow:
-        report.messages.append(
-            f"{report.overflow} values were outside float16's range and are stored as ±inf; "
-            "rerun with --dtype bfloat16 or --dtype float32 --overwrite"
-        )
-    report.seconds = time.perf_counter() - t0
-    return report
+            row_bytes = sum(widths[k] * len(layers[k]) * len(poolings) for k in kinds) * (
+                4 if dtype == "float32" else 2
+            )
+            layout = Layout(
+                kinds=tuple(kinds),
+                poolings=poolings,
+                layers={k: layers[k] for k in kinds},
+                widths={k: widths[k] for k in kinds},
+                n_rows=len(dataset),
+                dtype=dtype,
+                block_rows=block_rows or default_block_rows(row_bytes),
+                chunk_cols=chunk_cols,
+            )
+            model_info |= {
+                "family": loaded.adapter.family,
+                "is_decoder": loaded.adapter.is_decoder,
+                "num_layers": loaded.adapter.num_layers,
+            }
+            manifest = new_manifest(model=model_info, dataset=dataset_info, extraction=settings, layout=layout)
+            store = ActivationStore.create(
+                url,
+                manifest,
+                _examples_table(dataset, n_tokens, truncated),
+                overwrite=overwrite,
+                storage_options=storage_options,
+            )
+        else:
+            store = ActivationStore.open(url, mode="a", storage_options=storage_options)
+
+        report = ExtractionReport(store=store, n_truncated=int(truncated.sum()))
+        committed = store.committed_blocks()
+        report.resumed_blocks = len(committed)
+        todo = [b for b in range(store.layout.n_blocks) if b not in committed]
+        if shard is not None:
+            todo = [b for b in todo if b % shard[1] == shard[0]]
+        t_blocks = time.perf_counter()
+        if workers > 1:
+            del loaded  # each worker loads its own copy
+            _run_workers(options, url, workers, store, len(todo), progress)
+            loaded = None
+        else:
+            _extract_blocks(loaded, store, encodings, todo, batch_size, progress, report)
+        report.extract_seconds = time.perf_counter() - t_blocks
+        report.written_blocks = len(todo) if workers > 1 else report.written_blocks
+        committed = store.committed_blocks()
+        report.overflow = sum(int(m.get("overflow", 0)) for m in committed.values())
+        store = ActivationStore.open(url, mode="a", storage_options=storage_options)  # a worker may have finished it
+        report.store = store
+        if len(committed) == store.layout.n_blocks and not store.is_complete:
+            store.mark_complete(
+                {
+                    "spin_cache_version": __version__,
+                    "torch_version": torch.__version__,
+                    "transformers_version": _transformers_version(),
+                    "device": str(loaded.device) if loaded is not None else f"{workers} workers on {device}",
+                    "batch_size": batch_size,
+                    "padding_side": tokenizer.padding_side,
+                    "n_truncated": report.n_truncated,
+                    "overflow": report.overflow,
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                }
+            )
+        if report.overflow:
+            report.messages.append(
+                f"{report.overflow} values were outside float16's range and are stored as ±inf; "
+                "rerun with --dtype bfloat16 or --dtype float32 --overwrite"
+            )
+        report.seconds = time.perf_counter() - t0
+        return report
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -283,3 +283,37 @@ def test_shards_by_hand(tmp_path, tiny_sst2, capsys):
     assert ActivationStore.open(out).is_complete
     assert main([*base, "--shard", "2/2"]) == 2
     assert "--shard 2/2" in capsys.readouterr().err
+
+
+def test_a_second_writer_is_refused_and_readers_see_incomplete(tmp_path, capsys):
+    paths = write_sst2_slice(tmp_path / "data", 240, 40, 40)
+    out = str(tmp_path / "store")
+    args = ["--train", paths["train"], "--dev", paths["dev"], "--test", paths["test"], "--out", out]
+    args += ["--block-rows", "16", "--batch-size", "8", "--kinds", "hidden", "--poolings", "mean", "--quiet"]
+    code = "import sys; from spin_cache.cli import main; sys.exit(main(sys.argv[1:]))"
+    first = subprocess.Popen([sys.executable, "-c", code, "extract", *args])
+    commits = Path(out) / "commits"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (commits.exists() and any(commits.iterdir())):
+        time.sleep(0.05)
+    try:
+        assert first.poll() is None, "the first extraction finished too early"
+        assert main(["extract", *args]) == 5
+        err = capsys.readouterr().err
+        assert f"pid {first.pid}" in err and len(err.strip().splitlines()) == 1
+        assert main(["info", out]) == 0
+        assert "incomplete" in capsys.readouterr().out
+    finally:
+        first.wait(timeout=300)
+    assert first.returncode == 0
+    assert not Path(out + ".lock").exists()
+    assert main(["extract", *args]) == 0  # the lock is gone: a cache hit
+
+
+def test_a_stale_lock_is_taken_over(tiny_sst2, tmp_path):
+    out = tmp_path / "store"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock = {"host": __import__("socket").gethostname(), "pid": int(dead.stdout), "started": "earlier"}
+    Path(str(out) + ".lock").write_text(json.dumps(lock))
+    report = run_extraction(**tiny_sst2, out=str(out), kinds=["hidden"], poolings=["mean"], progress=False)
+    assert report.store.is_complete
