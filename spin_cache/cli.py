@@ -82,7 +82,12 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
         choices=["float16", "bfloat16", "float32"],
         help="stored dtype (default: float16; out-of-range values are counted and reported)",
     )
-    p.add_argument("--compute-dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype")
+    p.add_argument(
+        "--compute-dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="model dtype (default auto: bfloat16 on CUDA where supported, else float32)",
+    )
     p.add_argument("--block-rows", type=int, default=None, help="rows per committed block / shard (default: auto)")
     p.add_argument("--chunk-cols", type=int, default=64, help="neurons per inner chunk (default: 64)")
     p.add_argument("--overwrite", action="store_true", help="replace a store made from other inputs")

@@ -30,6 +30,7 @@ from .models import (
     KINDS,
     POOLINGS,
     LoadedModel,
+    _resolve_device,
     default_poolings,
     load_model,
     model_identity,
@@ -97,7 +98,7 @@ def run_extraction(
     batch_size: int = 32,
     device: str = "auto",
     dtype: str = "float16",
-    compute_dtype: str = "float32",
+    compute_dtype: str = "auto",
     block_rows: int | None = None,
     chunk_cols: int = DEFAULT_CHUNK_COLS,
     overwrite: bool = False,
@@ -115,6 +116,7 @@ def run_extraction(
     options = {k: v for k, v in locals().items() if k not in ("workers", "shard")}
     t0 = time.perf_counter()
     _check_options(kinds, poolings, dtype, compute_dtype, batch_size, chunk_cols, block_rows)
+    compute_dtype = resolve_compute_dtype(compute_dtype, device)
     _check_parallel(workers, shard)
     dataset = (
         data if isinstance(data, LabelledDataset) else _load_data(data, train, dev, test, text_column, label_column)
@@ -292,28 +294,107 @@ def _pool_block(
     batch_size: int,
     bar: object,
 ) -> tuple[dict[tuple[str, str, int], np.ndarray], int]:
+    """Pool one row block. Each batch's pooled values are packed into one tensor, converted to the stored
+    dtype on the model's device and copied to the host once; on CUDA the copy goes to pinned memory on a side
+    stream and is unpacked only after the next batch's forward has been queued, so the GPU never waits on it."""
     layout = store.layout
     n = stop - start
     out_dtype = np.uint16 if layout.dtype == "bfloat16" else np.dtype(layout.dtype)
-    buffers = {key: np.empty((n, layout.widths[key[0]]), dtype=out_dtype) for key in layout.array_keys()}
+    keys = layout.array_keys()
+    buffers = {key: np.empty((n, layout.widths[key[0]]), dtype=out_dtype) for key in keys}
+    offsets = np.cumsum([0] + [layout.widths[k[0]] for k in keys])
     # Longest first: the first batch shows at once whether memory suffices.
     order = sorted(range(start, stop), key=lambda i: (-len(encodings[i]), i))
+    copier = _HostCopier(loaded.device)
     overflow = 0
+
+    def unpack(host: np.ndarray, local: np.ndarray) -> None:
+        for j, key in enumerate(keys):
+            buffers[key][local] = host[:, offsets[j] : offsets[j + 1]]
+
     for b0 in range(0, n, batch_size):
         rows = order[b0 : b0 + batch_size]
-        batch = loaded.tokenizer.pad({"input_ids": [encodings[i] for i in rows]}, padding=True, return_tensors="pt")
-        ids = batch["input_ids"].to(loaded.device)
-        mask = batch["attention_mask"].to(loaded.device)
-        pooled = run_layers(loaded, ids, mask, layout.poolings, kinds=layout.kinds)
-        local = np.asarray(rows) - start
-        for (kind, layer), per_pooling in pooled.items():
-            for pooling, values in per_pooling.items():
-                arr = values.float().cpu().numpy()
-                if layout.dtype == "float16":
-                    overflow += int(np.count_nonzero(np.abs(arr) > FLOAT16_MAX))
-                buffers[(kind, pooling, layer)][local] = store.encode(arr)
+        for part in _pooled_batches(loaded, encodings, rows, layout):
+            packed = torch.cat([part.pooled[(k, layer)][p] for k, p, layer in keys], dim=1)
+            if layout.dtype == "float16":
+                overflow += int((packed.abs() > FLOAT16_MAX).sum())
+            done = copier.submit(_to_store_dtype(packed, layout.dtype), np.asarray(part.rows) - start)
+            if done is not None:
+                unpack(*done)
         bar.update(len(rows))  # type: ignore[attr-defined]
+    for done in copier.drain():
+        unpack(*done)
     return buffers, overflow
+
+
+@dataclass
+class _Pooled:
+    rows: list[int]
+    pooled: dict
+
+
+def _pooled_batches(loaded: LoadedModel, encodings: list[list[int]], rows: list[int], layout: Layout) -> list[_Pooled]:
+    """Run one batch; a batch that runs out of GPU memory is split in two and retried, never lost."""
+    batch = loaded.tokenizer.pad({"input_ids": [encodings[i] for i in rows]}, padding=True, return_tensors="pt")
+    try:
+        ids = batch["input_ids"].to(loaded.device, non_blocking=True)
+        mask = batch["attention_mask"].to(loaded.device, non_blocking=True)
+        return [_Pooled(rows, run_layers(loaded, ids, mask, layout.poolings, kinds=layout.kinds))]
+    except torch.OutOfMemoryError:
+        if len(rows) == 1:
+            raise SpinCacheError(
+                f"one example of {len(encodings[rows[0]])} tokens does not fit in GPU memory; "
+                "lower --max-length or use a larger GPU"
+            ) from None
+        torch.cuda.empty_cache()
+        half = len(rows) // 2
+        return _pooled_batches(loaded, encodings, rows[:half], layout) + _pooled_batches(
+            loaded, encodings, rows[half:], layout
+        )
+
+
+def _to_store_dtype(packed: torch.Tensor, dtype: str) -> torch.Tensor:
+    if dtype == "float16":
+        return packed.to(torch.float16)
+    if dtype == "bfloat16":  # round to nearest even, kept as raw bits (see store.py)
+        return packed.to(torch.bfloat16).view(torch.int16)
+    return packed.to(torch.float32)
+
+
+class _HostCopier:
+    """Device -> host copies of packed batches: synchronous on the CPU; on CUDA, non-blocking into pinned
+    buffers on a side stream, handed back one batch later."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.stream = torch.cuda.Stream(device) if self.cuda else None
+        self.pending: list[tuple[torch.cuda.Event, torch.Tensor, np.ndarray]] = []
+
+    def submit(self, values: torch.Tensor, local: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        if not self.cuda:
+            return _host_view(values), local
+        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+        self.stream.wait_stream(torch.cuda.current_stream(values.device))
+        with torch.cuda.stream(self.stream):
+            host.copy_(values, non_blocking=True)
+            values.record_stream(self.stream)
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        self.pending.append((event, host, local))
+        return self._pop() if len(self.pending) > 1 else None
+
+    def _pop(self) -> tuple[np.ndarray, np.ndarray]:
+        event, host, local = self.pending.pop(0)
+        event.synchronize()
+        return _host_view(host), local
+
+    def drain(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [self._pop() for _ in range(len(self.pending))]
+
+
+def _host_view(values: torch.Tensor) -> np.ndarray:
+    array = values.cpu().numpy()
+    return array.view(np.uint16) if values.dtype == torch.int16 else array
 
 
 class _BlockWriter:
@@ -358,6 +439,16 @@ class _BlockWriter:
 
 
 # ------------------------------------------------------------------------------------------------------------
+
+
+def resolve_compute_dtype(compute_dtype: str, device: str) -> str:
+    """'auto': bfloat16 on a CUDA device that supports it, float32 elsewhere (CPU matmuls in bf16 are slow)."""
+    if compute_dtype != "auto":
+        return compute_dtype
+    dev = _resolve_device(device)
+    if dev.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bfloat16"
+    return "float32"
 
 
 def _check_parallel(workers: int, shard: tuple[int, int] | None) -> None:
@@ -438,8 +529,8 @@ def _check_options(
         raise InputError(f"--poolings: {', '.join(bad_pool)} not supported; choose from {', '.join(POOLINGS)}")
     if dtype not in STORE_DTYPES:
         raise InputError(f"--dtype {dtype}: choose from {', '.join(STORE_DTYPES)}")
-    if compute_dtype not in ("float32", "bfloat16", "float16"):
-        raise InputError(f"--compute-dtype {compute_dtype}: choose from float32, bfloat16, float16")
+    if compute_dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise InputError(f"--compute-dtype {compute_dtype}: choose from auto, float32, bfloat16, float16")
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be at least 1")
     if chunk_cols < 1:
