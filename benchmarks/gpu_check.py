@@ -32,7 +32,7 @@ def build(name: str) -> torch.nn.Module:
 
     torch.manual_seed(0)
     if name == "gpt2-small":
-        return GPT2Model(GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=30522, n_positions=1024))
+        return GPT2Model(GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=1024))
     if name == "llama-1b":
         cfg = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
                           num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048)  # fmt: skip
@@ -119,7 +119,7 @@ def time_extraction(model: torch.nn.Module, device: str, data: list) -> tuple[fl
     keys = [(k, p, layer) for k in KINDS for p in ("last", "mean", "max") for layer in layers[k]]
     copier = ex._HostCopier(torch.device(device))
     row = 0
-    block, block_rows = [], (store.layout.block_rows if store is not None else 256)
+    block: list[np.ndarray] = []
     from spin_cache.models import run_layers
 
     for ids, mask in data:
