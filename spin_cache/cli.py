@@ -227,6 +227,7 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("store", help="store path or URL")
+    p.add_argument("--json", action="store_true", help='print {"ok": ..., "problems": [...]} as JSON')
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_verify)
 
@@ -235,7 +236,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from .store import ActivationStore
 
     store = ActivationStore.open(args.store)
-    problems = store.verify(progress=not args.quiet)
+    problems = store.verify(progress=not (args.quiet or args.json))
+    if args.json:
+        print(json.dumps({"store": store.url, "ok": not problems, "status": store.status, "problems": problems}))
+        return 1 if problems else 0
     for line in problems:
         print(f"damaged: {line}")
     if problems:
@@ -452,6 +456,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["jsonl", "csv"], default=None, help="output format (default: from --out)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
+    p.add_argument("--json", action="store_true", help="print one JSON object with every prediction")
     p.set_defaults(func=_cmd_predict)
 
 
@@ -463,6 +468,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     probs = predictor.predict_proba(texts)
     fmt = args.format or ("csv" if args.out and args.out.endswith(".csv") else "jsonl")
     text = format_predictions(texts, probs, predictor.label_names, fmt)
+    if args.json and not args.out:
+        records = [
+            json.loads(line) for line in format_predictions(texts, probs, predictor.label_names, "jsonl").splitlines()
+        ]
+        text = json.dumps({"head": args.head, "predictions": records}) + "\n"
     if args.out:
         Path(args.out).write_text(text)
     else:
@@ -570,12 +580,13 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--signal", type=float, default=1.0, help="signal strength in noise units (default: 1.0)")
     p.add_argument("--seed", type=int, default=0, help="default: 0")
     p.add_argument("--overwrite", action="store_true", help="replace a store made from other arguments")
+    p.add_argument("--json", action="store_true", help="print the store's path, fingerprint and planted neurons")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_synth)
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from .synth import make_synthetic_store
+    from .synth import make_synthetic_store, planted_neurons
 
     store = make_synthetic_store(
         args.out,
@@ -592,6 +603,9 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     _say(args, f"synthetic store: {store.url} ({store.layout.n_rows} rows, fingerprint {store.fingerprint[:16]})")
+    if args.json:
+        planted = {k: {str(layer): v for layer, v in d.items()} for k, d in planted_neurons(store).items()}
+        print(json.dumps({"store": store.url, "fingerprint": store.fingerprint, "planted": planted}))
     return 0
 
 
@@ -612,10 +626,11 @@ def _record_command(args: argparse.Namespace, out: str | Path) -> None:
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
-        help="the whole pipeline (extract, probe, sweep) from one TOML file",
+        help="the whole pipeline (extract, probe, sweep, report) from one TOML file",
         description=(
-            "Run extract, probe and sweep from one config file, skipping stages whose outputs already match "
-            "their inputs, and print Base vs SPIN. Without CONFIG: the bundled default (MiniLM + SST-2)."
+            "Run extract, probe, sweep and report from one config file, skipping stages whose outputs already "
+            "match their inputs, and print Base vs SPIN and the report's path. Without CONFIG: the bundled default "
+            "(MiniLM + SST-2)."
         ),
         epilog="example config: pipelines/minilm-sst2.toml\n\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -630,13 +645,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import PipelineConfig, load_config, run_pipeline
 
     cfg = load_config(args.config) if args.config else PipelineConfig()
-    result = run_pipeline(cfg, progress=not args.quiet, say=lambda text: _say(args, text))
-    for stage in ("probes", "sweep"):
-        _record_command(args, result[stage])
+    result = run_pipeline(cfg, progress=not args.quiet, say=lambda text: _say(args, text), command=_command_line(args))
     if args.json:
         print(json.dumps(result, default=float))
     elif not args.quiet:
         print(format_table(result["table"]))
+        print(f"report: {result['report']}")
     return 0
 
 

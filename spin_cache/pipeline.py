@@ -1,4 +1,4 @@
-"""One command, one file: extract -> probe -> sweep from a TOML config, skipping stages whose outputs already
+"""One command, one file: extract -> probe -> sweep -> report from a TOML config, skipping stages whose outputs already
 match their inputs (the store by its fingerprint, probes and sweeps by the store fingerprint and settings)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 from .errors import InputError
 from .extract import run_extraction
 from .probe import ProbeRun, ProbeSettings, run_probes
+from .report import write_report
 from .sweep import DEFAULT_ETAS, SweepSettings, run_sweep
 
 SECTIONS = {"extract", "probe", "sweep"}
@@ -68,8 +69,12 @@ def _check_section(path: Path, name: str, section: dict, cls: type) -> None:
         raise InputError(f"{path}: [{name}] has unknown key {bad[0]!r}; known keys: {', '.join(sorted(allowed))}")
 
 
-def run_pipeline(cfg: PipelineConfig, *, progress: bool = True, say: object = print) -> dict:
-    """Run every stage; return the sweep's result table plus the paths of what was made."""
+def run_pipeline(
+    cfg: PipelineConfig, *, progress: bool = True, say: object = print, command: str | None = None
+) -> dict:
+    """Run every stage; return the sweep's result table plus the paths of what was made.
+
+    `command` (the command line) is kept beside the probe and sweep outputs and shown in the report."""
     report = run_extraction(
         model=cfg.model, data=cfg.data, out=cfg.store, train=cfg.train, dev=cfg.dev, test=cfg.test,
         text_column=cfg.text_column, label_column=cfg.label_column, progress=progress, **cfg.extract,
@@ -95,7 +100,13 @@ def run_pipeline(cfg: PipelineConfig, *, progress: bool = True, say: object = pr
         say(f"[sweep] done: {sweep_dir}")  # type: ignore[operator]
     else:
         say(f"[sweep] up to date: {sweep_dir}")  # type: ignore[operator]
-    return {"store": store.url, "probes": str(probe_dir), "sweep": str(sweep_dir), "table": table}
+    if command:
+        for folder in (probe_dir, sweep_dir):
+            (folder / "command.txt").write_text(command + "\n")
+    report_path = write_report(sweep_dir, out / "report")
+    say(f"[report] {report_path}")  # type: ignore[operator]
+    return {"store": store.url, "probes": str(probe_dir), "sweep": str(sweep_dir), "report": str(report_path),
+            "table": table}  # fmt: skip
 
 
 def _tuples(section: dict) -> dict:
