@@ -32,6 +32,8 @@ from . import __version__
 from .errors import InputError, IntegrityError, SpinCacheError
 
 FORMAT_VERSION = 1
+VALID_KINDS = ("hidden", "ffn")
+VALID_POOLINGS = ("first", "last", "mean", "max")
 STORE_DTYPES = ("float16", "bfloat16", "float32")
 FLOAT16_MAX = 65504.0
 EXAMPLES_FILE = "examples.parquet"
@@ -146,6 +148,16 @@ class Layout:
 
     @classmethod
     def from_dict(cls, d: dict) -> Layout:
+        """Read a manifest's layout, refusing names that could point outside the store (they build paths)."""
+        try:
+            kinds, poolings = list(d["kinds"]), list(d["poolings"])
+            layers = {k: [int(x) for x in v] for k, v in d["layers"].items()}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"manifest layout is malformed ({exc}); the store is damaged") from exc
+        bad = [k for k in kinds if k not in VALID_KINDS] + [p for p in poolings if p not in VALID_POOLINGS]
+        bad += [k for k in layers if k not in VALID_KINDS]
+        if bad or any(x < 0 for v in layers.values() for x in v):
+            raise IntegrityError(f"manifest layout names {bad or 'negative layers'}; refusing to open the store")
         return cls(
             kinds=tuple(d["kinds"]),
             poolings=tuple(d["poolings"]),
