@@ -33,6 +33,26 @@ def _say(args: argparse.Namespace, text: str) -> None:
         print(text, file=sys.stderr)
 
 
+def _add_storage_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage-option",
+        dest="storage_options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec option for a remote store, repeatable; dots nest, e.g. endpoint_url=http://127.0.0.1:9000 or "
+        "client_kwargs.region_name=eu-west-1 (S3 credentials and endpoint also come from $AWS_ACCESS_KEY_ID, "
+        "$AWS_SECRET_ACCESS_KEY, $AWS_ENDPOINT_URL)",
+    )
+
+
+def _store_options(args: argparse.Namespace, url: str | None = None) -> dict | None:
+    """The storage options for `url` (default: the command's store): the flags plus $AWS_ENDPOINT_URL for s3."""
+    from .share import parse_storage_options, resolve_storage_options
+
+    return resolve_storage_options(url or args.store, parse_storage_options(args.storage_options))
+
+
 # ---- extract -------------------------------------------------------------------------------------------------
 
 
@@ -182,15 +202,16 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("store", help="store path or URL")
+    p.add_argument("store", help="store path or URL (local, file://, s3://bucket/prefix)")
+    _add_storage_options(p)
     p.add_argument("--json", action="store_true", help="print everything as one JSON object")
     p.set_defaults(func=_cmd_info)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .store import ActivationStore
+    from .share import open_store
 
-    info = ActivationStore.open(args.store).info()
+    info = open_store(args.store, _store_options(args)).info()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -226,16 +247,17 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("store", help="store path or URL")
+    p.add_argument("store", help="store path or URL (local, file://, s3://bucket/prefix)")
+    _add_storage_options(p)
     p.add_argument("--json", action="store_true", help='print {"ok": ..., "problems": [...]} as JSON')
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_verify)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .store import ActivationStore
+    from .share import open_store
 
-    store = ActivationStore.open(args.store)
+    store = open_store(args.store, _store_options(args))
     problems = store.verify(progress=not (args.quiet or args.json))
     if args.json:
         print(json.dumps({"store": store.url, "ok": not problems, "status": store.status, "problems": problems}))
@@ -247,6 +269,72 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         return 1
     status = "" if store.is_complete else f" (incomplete: {store.count_committed()}/{store.layout.n_blocks} blocks)"
     print(f"ok: {store.url}{status}")
+    return 0
+
+
+# ---- push / ls ---------------------------------------------------------------------------------------------------
+
+
+def _add_push(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "push",
+        help="copy a finished store to S3 (or another path) and verify it on arrival",
+        description=(
+            "Copy a complete store file by file to a path or URL, re-read every chunk that arrived (crc32c) and "
+            "compare the examples table and side files byte for byte, and only then write the destination's "
+            "zarr.json: a half-pushed store is never seen as a store. Pushing again to the same place is a no-op."
+        ),
+        epilog="example:\n  spin-cache push stores/minilm-sst2 s3://my-bucket/stores/minilm-sst2 "
+        "--storage-option endpoint_url=http://127.0.0.1:9000\n\n" + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("store", help="the finished store to copy (path or URL)")
+    p.add_argument("url", help="destination path or URL, e.g. s3://bucket/prefix")
+    _add_storage_options(p)
+    p.add_argument("--json", action="store_true", help="print the pushed store's URL and fingerprint as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    p.set_defaults(func=_cmd_push)
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from .share import is_remote, push
+
+    store = push(
+        args.store,
+        args.url,
+        storage_options=_store_options(args) if is_remote(args.store) else None,
+        dest_options=_store_options(args, args.url),
+        progress=not args.quiet,
+    )
+    if args.json:
+        print(json.dumps({"store": store.url, "fingerprint": store.fingerprint, "status": store.status}))
+    else:
+        _say(args, f"pushed and verified: {store.url} (fingerprint {store.fingerprint[:16]})")
+    return 0
+
+
+def _add_ls(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ls",
+        help="list the stores under a directory or prefix",
+        description=(
+            "List the stores at a directory or URL prefix and one or two levels below it, with model, dataset, "
+            "rows, size, status and fingerprint (read from each zarr.json; no arrays are read)."
+        ),
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("url", help="directory or URL prefix, e.g. stores or s3://bucket/stores")
+    p.add_argument("--json", action="store_true", help="print the stores as a JSON list")
+    _add_storage_options(p)
+    p.set_defaults(func=_cmd_ls)
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    from .share import format_listing, list_stores
+
+    entries = list_stores(args.url, _store_options(args, args.url))
+    print(json.dumps(entries, indent=2) if args.json else format_listing(entries))
     return 0
 
 
@@ -282,7 +370,8 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
         epilog="outputs: RUN/probes.parquet, RUN/neuron_scores.parquet, RUN/run.json\n\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("store", help="store path or URL")
+    p.add_argument("store", help="store path or URL (local, file://, s3://bucket/prefix)")
+    _add_storage_options(p)
     p.add_argument("--out", required=True, help="directory for the probe run")
     p.add_argument(
         "--C",
@@ -309,7 +398,10 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
 def _cmd_probe(args: argparse.Namespace) -> int:
     from .parallel import parse_bytes
     from .probe import ProbeSettings, run_probes
+    from .share import open_store
 
+    options = _store_options(args)
+    open_store(args.store, options)  # a missing bucket, endpoint or credentials: one line, before work
     run = run_probes(
         args.store,
         args.out,
@@ -319,6 +411,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         workers=args.workers,
         memory_budget=parse_bytes(args.memory_budget) if args.memory_budget else None,
+        storage_options=options,
         progress=not args.quiet,
     )
     _record_command(args, args.out)
@@ -349,7 +442,8 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
         epilog="outputs: SWEEP/sweep.parquet, SWEEP/summary.json, SWEEP/head/\n\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("store", help="store path or URL")
+    p.add_argument("store", help="store path or URL (local, file://, s3://bucket/prefix)")
+    _add_storage_options(p)
     p.add_argument("--probes", required=True, help="probe run directory (from `spin-cache probe`)")
     p.add_argument("--out", required=True, help="directory for the sweep results and the exported head")
     rule = p.add_mutually_exclusive_group()
@@ -380,6 +474,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .probe import ProbeRun
+    from .share import open_store
     from .sweep import DEFAULT_ETAS, SweepSettings, run_sweep
 
     if args.top_k:
@@ -392,6 +487,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     settings = SweepSettings(
         rule=rule, values=tuple(values), c_grid=args.c_grid, penalty=args.head_penalty, metric=metric, seed=args.seed
     )
+    options = _store_options(args)
+    open_store(args.store, options)  # a missing bucket, endpoint or credentials: one line, before work
     result = run_sweep(
         args.store,
         args.probes,
@@ -401,6 +498,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         poolings=args.poolings,
         scheduler=args.scheduler,
         workers=args.workers,
+        storage_options=options,
         progress=not args.quiet,
     )
     _record_command(args, args.out)
@@ -660,6 +758,8 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_extract,
     _add_info,
     _add_verify,
+    _add_push,
+    _add_ls,
     _add_probe,
     _add_sweep,
     _add_predict,
@@ -697,6 +797,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpinCacheError as exc:
         print(f"spin-cache: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:  # a storage failure (endpoint down, access denied) mid-run is one line too
+        from .share import remote_error
+
+        err = remote_error(exc, getattr(args, "store", None) or getattr(args, "url", None))
+        if err is None:
+            raise
+        print(f"spin-cache: error: {err}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print("spin-cache: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -467,11 +467,34 @@ class Head:
             arrays = load_file(str(arr_path))
         except Exception as exc:
             raise IntegrityError(f"{folder}: unreadable head ({exc}); export it again with `spin-cache sweep`") from exc
-        if meta.get("format") != HEAD_FORMAT:
-            raise InputError(f"{meta_path}: not a spin-cache head (format {meta.get('format')!r})")
-        clf = SpinClassifier.from_parts(
-            meta["classifier"], {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("classifier.")}
-        )
-        selection = {int(layer): arrays[f"selection.layer_{int(layer):03d}"] for layer in meta["layers"]}
+        if not isinstance(meta, dict) or meta.get("format") != HEAD_FORMAT:
+            fmt = meta.get("format") if isinstance(meta, dict) else None
+            raise InputError(f"{meta_path}: not a spin-cache head (format {fmt!r})")
+        _check_head_meta(meta_path, meta)
+        try:
+            clf = SpinClassifier.from_parts(
+                meta["classifier"], {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("classifier.")}
+            )
+            selection = {layer: arrays[f"selection.layer_{layer:03d}"] for layer in meta["layers"]}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(
+                f"{folder}: head.json and head.safetensors do not match ({exc!r}); export it again with "
+                "`spin-cache sweep`"
+            ) from exc
         info = {k: v for k, v in meta.items() if k not in ("format", "spin_cache_version", "classifier", "layers")}
         return cls(classifier=clf, selection=selection, info=info)
+
+
+def _check_head_meta(meta_path: Path, meta: dict) -> None:
+    """Refuse a crafted head.json before any of its values is used: layers are non-negative integers (they name
+    arrays), kind and pooling are the known words, the classifier block is a JSON object."""
+    from .models import KINDS, POOLINGS
+
+    layers = meta.get("layers")
+    if not isinstance(layers, list) or not all(type(x) is int and 0 <= x < 10_000 for x in layers):
+        raise IntegrityError(f"{meta_path}: 'layers' must be a list of layer numbers, got {str(layers)[:40]!r}")
+    for key, allowed in (("kind", KINDS), ("pooling", POOLINGS)):
+        if key in meta and meta[key] not in allowed:
+            raise IntegrityError(f"{meta_path}: {key} {str(meta[key])[:40]!r} is not one of {', '.join(allowed)}")
+    if not isinstance(meta.get("classifier"), dict):
+        raise IntegrityError(f"{meta_path}: no 'classifier' block; export the head again with `spin-cache sweep`")

@@ -175,6 +175,14 @@ def store_fingerprint(manifest: dict) -> str:
     return canonical_hash(fingerprint_inputs(manifest))
 
 
+MANIFEST_HASH_KEY = "manifest_sha256"
+
+
+def manifest_hash(manifest: dict) -> str:
+    """sha256 of the whole manifest (less this hash): any edit to zarr.json's manifest shows in `verify`."""
+    return canonical_hash({k: v for k, v in manifest.items() if k != MANIFEST_HASH_KEY})
+
+
 def fingerprint_inputs(manifest: dict) -> dict:
     model = manifest["model"]
     return {
@@ -219,7 +227,10 @@ class ActivationStore:
         self.manifest: dict = dict(group.attrs.get("spin_cache", {}))
         if not self.manifest:
             raise InputError(f"{url}: not a spin-cache store (no 'spin_cache' manifest in zarr.json)")
-        self.layout = Layout.from_dict(self.manifest["layout"])
+        try:
+            self.layout = Layout.from_dict(self.manifest.get("layout"))
+        except IntegrityError as exc:
+            raise IntegrityError(f"{url}: {exc}") from exc
         self.counter: CountingStore | None = None
 
     # -- opening and creating --------------------------------------------------------------------------------
@@ -263,6 +274,7 @@ class ActivationStore:
         if overwrite and fs.exists(root):
             fs.rm(root, recursive=True)
         layout = Layout.from_dict(manifest["layout"])
+        manifest = dict(manifest) | {MANIFEST_HASH_KEY: manifest_hash(manifest)}
         group = zarr.open_group(
             str(url), mode="w", storage_options=storage_options or None, attributes={"spin_cache": manifest}
         )
@@ -435,6 +447,7 @@ class ActivationStore:
 
     def mark_complete(self, run_info: dict) -> None:
         self.manifest = dict(self.manifest) | {"status": "complete", "run": run_info}
+        self.manifest[MANIFEST_HASH_KEY] = manifest_hash(self.manifest)
         self._group.attrs["spin_cache"] = self.manifest
 
     # -- inspection ----------------------------------------------------------------------------------------
@@ -510,6 +523,9 @@ class ActivationStore:
             return [f"zarr.json: manifest lacks {exc}; the store is damaged"]
         if expected != self.fingerprint:
             return ["zarr.json: the manifest does not match its fingerprint (edited after extraction?)"]
+        stored = self.manifest.get(MANIFEST_HASH_KEY)  # absent in stores written before it was added
+        if stored is not None and stored != manifest_hash(self.manifest):
+            return ["zarr.json: the manifest was edited after extraction (manifest_sha256 does not match)"]
         return []
 
     def _verify_examples(self) -> list[str]:
