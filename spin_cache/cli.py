@@ -352,7 +352,7 @@ def _add_scheduler(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--scheduler",
         default=None,
-        help="sync, threads, processes (default) or a dask.distributed address tcp://HOST:PORT "
+        help="sync, threads (default), processes or a dask.distributed address tcp://HOST:PORT "
         "(also $SPIN_CACHE_SCHEDULER)",
     )
     p.add_argument("--workers", type=int, default=None, help="local workers (default: one per core)")

@@ -8,6 +8,7 @@ the cores they were given.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -19,8 +20,10 @@ LOCAL_SCHEDULERS = ("sync", "threads", "processes")
 
 
 def resolve_scheduler(scheduler: str | None) -> str:
-    """--scheduler, else $SPIN_CACHE_SCHEDULER, else the local default (see BENCHMARKS.md for the choice)."""
-    chosen = scheduler or os.environ.get(SCHEDULER_ENV) or "processes"
+    """--scheduler, else $SPIN_CACHE_SCHEDULER, else the local default: a threaded dask.distributed cluster, one
+    task per core (torch releases the GIL in its matmuls; measured faster than worker processes here, whose start-up
+    costs seconds; see BENCHMARKS.md)."""
+    chosen = scheduler or os.environ.get(SCHEDULER_ENV) or "threads"
     if chosen not in LOCAL_SCHEDULERS and not chosen.startswith(("tcp://", "tls://", "inproc://")):
         raise InputError(
             f"--scheduler {chosen}: use sync, threads, processes or a dask.distributed address like tcp://HOST:8786"
@@ -62,19 +65,30 @@ def parse_bytes(text: str) -> int:
     return int(value)
 
 
+_LIMIT_LOCK = threading.Lock()
+_LIMIT_STATE = {"active": 0, "saved": 0}
+
+
 @contextmanager
 def thread_limit(n: int) -> Iterator[None]:
-    """Cap torch and BLAS threads inside one task."""
+    """Cap torch and BLAS threads inside one task. Tasks running side by side in one process (the threads
+    scheduler) share the setting: the first one in saves the process's value, the last one out restores it."""
     import torch
     from threadpoolctl import threadpool_limits
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, n))
+    with _LIMIT_LOCK:
+        if _LIMIT_STATE["active"] == 0:
+            _LIMIT_STATE["saved"] = torch.get_num_threads()
+        _LIMIT_STATE["active"] += 1
+        torch.set_num_threads(max(1, n))
     try:
         with threadpool_limits(limits=max(1, n)):
             yield
     finally:
-        torch.set_num_threads(before)
+        with _LIMIT_LOCK:
+            _LIMIT_STATE["active"] -= 1
+            if _LIMIT_STATE["active"] == 0:
+                torch.set_num_threads(_LIMIT_STATE["saved"])
 
 
 def call_limited(fn: Callable, threads: int, *args: Any) -> Any:
