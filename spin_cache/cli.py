@@ -85,7 +85,8 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test", help="test split file (optional)")
     p.add_argument("--text-column", default="text", help="column holding the text (default: text)")
     p.add_argument("--label-column", default="label", help="column holding the label (default: label)")
-    p.add_argument("--out", help="store path or URL (default: ./stores/<fingerprint>)")
+    p.add_argument("--out", help="store path or URL, e.g. s3://bucket/prefix (default: ./stores/<fingerprint>)")
+    _add_storage_options(p)
     p.add_argument("--kinds", type=_csv, default=["hidden", "ffn"], help="hidden,ffn (default: both)")
     p.add_argument(
         "--poolings",
@@ -159,6 +160,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         workers=args.workers,
         shard=args.shard,
+        storage_options=_store_options(args, args.out) if args.out else None,
     )
     store = report.store
     for message in report.messages:

@@ -308,3 +308,17 @@ def test_push_errors_are_one_line(s3, capsys):
     assert "does not exist" in one_line_error(capsys)
     with pytest.raises(InputError, match="KEY=VALUE"):
         parse_storage_options(["endpoint_url"])
+
+
+def test_extract_straight_to_s3(s3, tiny_sst2, capsys):
+    url = f"s3://{BUCKET}/stores/direct"
+    args = ["extract", "--train", tiny_sst2["train"], "--dev", tiny_sst2["dev"], "--out", url, *so(s3)]
+    args += ["--kinds", "hidden", "--poolings", "mean", "--block-rows", "32", "--quiet", "--json"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "complete"
+    keys = objects(s3, "stores/direct")
+    assert "stores/direct/zarr.json" in keys and "stores/direct/examples.parquet" in keys
+    assert not any(k.endswith(".lock") for k in objects(s3, "stores/"))  # the writer's lock is released
+    assert main(["verify", url, "--quiet", *so(s3)]) == 0
+    assert main([*args]) == 0  # a cache hit
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["cache_hit"] is True
