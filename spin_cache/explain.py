@@ -38,7 +38,7 @@ import torch
 
 from .errors import InputError, StoreMismatchError
 from .head import Head
-from .models import LoadedModel, _accepts, _first_tensor, _StopForward
+from .models import LoadedModel, _first_tensor, _StopForward, forward_arguments
 
 HASH_KEYS = ("config_sha256", "weights_sha256", "tokenizer_sha256")
 
@@ -239,12 +239,7 @@ def token_activations(
         return hook
 
     handles = []
-    kwargs: dict[str, Any] = {"attention_mask": mask}
-    runner = adapter.runner if adapter.runner is not None else loaded.model
-    if adapter.needs_position_ids and _accepts(runner, "position_ids"):
-        kwargs["position_ids"] = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    if _accepts(runner, "use_cache"):
-        kwargs["use_cache"] = False
+    runner, kwargs = forward_arguments(loaded, mask)
     try:
         if kind == "hidden" and 0 in want:
             handles.append(adapter.blocks[0].register_forward_pre_hook(embed_hook, with_kwargs=True))

@@ -531,6 +531,19 @@ def _accepts(module: torch.nn.Module, name: str) -> bool:
     return name in params
 
 
+def forward_arguments(loaded: LoadedModel, attention_mask: torch.Tensor) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The module to call and its keyword arguments: the mask, position ids from the mask for decoders (so left
+    padding changes nothing), and no KV cache."""
+    adapter = loaded.adapter
+    kwargs: dict[str, Any] = {"attention_mask": attention_mask}
+    runner = adapter.runner if adapter.runner is not None else loaded.model
+    if adapter.needs_position_ids and _accepts(runner, "position_ids"):
+        kwargs["position_ids"] = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    if _accepts(runner, "use_cache"):
+        kwargs["use_cache"] = False
+    return runner, kwargs
+
+
 def run_layers(
     loaded: LoadedModel,
     input_ids: torch.Tensor,
@@ -612,12 +625,7 @@ def run_layers(
 
         return hook
 
-    kwargs: dict[str, Any] = {"attention_mask": attention_mask}
-    runner = adapter.runner if adapter.runner is not None else loaded.model
-    if adapter.needs_position_ids and _accepts(runner, "position_ids"):
-        kwargs["position_ids"] = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    if _accepts(runner, "use_cache"):
-        kwargs["use_cache"] = False
+    runner, kwargs = forward_arguments(loaded, attention_mask)
 
     try:
         if want_hidden or upto == 0:
