@@ -466,6 +466,12 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--head-penalty", default="l2", choices=["l1", "l2"], help="head regularisation (default: l2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random control (default: 0)")
+    p.add_argument(
+        "--memory-budget",
+        default=None,
+        help="memory for all sweep groups running at once, e.g. 8G (default: half the machine); a group whose "
+        "selected columns do not fit its share is fitted on row blocks read on demand",
+    )
     p.add_argument("--kinds", type=_csv, default=None, help="only these kinds")
     p.add_argument("--poolings", type=_csv, default=None, help="only these poolings")
     _add_scheduler(p)
@@ -475,6 +481,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .parallel import parse_bytes
     from .probe import ProbeRun
     from .share import open_store
     from .sweep import DEFAULT_ETAS, SweepSettings, run_sweep
@@ -500,6 +507,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         poolings=args.poolings,
         scheduler=args.scheduler,
         workers=args.workers,
+        memory_budget=parse_bytes(args.memory_budget) if args.memory_budget else None,
         storage_options=options,
         progress=not args.quiet,
     )

@@ -10,19 +10,29 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import torch
 import zarr
 
 from . import __version__
 from .errors import InputError
-from .head import HEAD_C_GRID, Head, SpinClassifier
-from .parallel import run_tasks
-from .probe import ORDERED_DIR, ProbeRun
+from .head import (
+    HEAD_C_GRID,
+    Design,
+    Head,
+    SpinClassifier,
+    Standardizer,
+    fit_c_path,
+    predict_design,
+    score_predictions,
+)
+from .parallel import run_tasks, task_memory_budget
+from .probe import IN_MEMORY_COPIES, ORDERED_DIR, ProbeRun
 from .select import RULES, random_like, select
 from .store import ActivationStore, array_name, array_stored_bytes
 
@@ -78,11 +88,13 @@ def sweep_group(
     settings: SweepSettings,
     storage_options: dict | None = None,
     ordered_url: str | None = None,
+    memory_budget: int | None = None,
 ) -> dict:
     """One Dask task: every (value, K) configuration of one (kind, pooling), from one read of its columns.
 
     Columns come from the probe run's saliency-ordered copy when it holds them (a contiguous prefix read),
-    else from the store."""
+    else from the store. When the columns do not fit `memory_budget` bytes, every configuration is fitted on row
+    blocks read on demand instead (out of core; each solver pass reads its columns again)."""
     t0 = time.perf_counter()
     store = ActivationStore.open(store_url, storage_options=storage_options, count_bytes=True)
     layers = store.layers(kind)
@@ -100,13 +112,17 @@ def sweep_group(
     y = {s: labels[m] for s, m in masks.items()}
     n_classes = len(store.label_names)
     ordered = open_ordered(ordered_url) if ordered_url else None
-    cols: dict[int, np.ndarray] = {}
+    cols = {layer: np.array(sorted(need[layer]), dtype=np.int64) for layer in layers}
+    in_memory = IN_MEMORY_COPIES * 4 * store.layout.n_rows * sum(len(c) for c in cols.values())
+    streamed = memory_budget is not None and in_memory > memory_budget
     data: dict[int, np.ndarray] = {}
     col_bytes = 0.0
     for layer in layers:
-        cols[layer] = np.array(sorted(need[layer]), dtype=np.int64)
-        data[layer], nbytes = _read_columns(store, ordered, kind, pooling, layer, cols[layer])
+        rows_read = None if not streamed else np.arange(min(1, store.layout.n_rows))  # streamed: size only
+        values, nbytes = _read_columns(store, ordered, kind, pooling, layer, cols[layer], rows=rows_read)
         col_bytes += nbytes
+        if not streamed:
+            data[layer] = values
     bytes_read = (store.counter.bytes_read if store.counter else 0) + (ordered.bytes_read if ordered else 0)
 
     def features(sel: dict[int, np.ndarray], upto: Sequence[int]) -> dict[str, np.ndarray]:
@@ -114,15 +130,20 @@ def sweep_group(
         full = np.concatenate(parts, axis=1)
         return {s: full[m] for s, m in masks.items()}
 
+    def fit_config(sel: dict[int, np.ndarray], upto: Sequence[int]) -> tuple[SpinClassifier, float, float, int]:
+        if not streamed:
+            x = features(sel, upto)
+            clf = _fit(x, y, n_classes, settings)
+            return (clf, *_metrics(clf, x, y), x["train"].shape[1])
+        return _fit_streamed(store, ordered, kind, pooling, {layer: sel[layer] for layer in upto}, masks, labels,
+                             n_classes, settings)  # fmt: skip
+
     total = store.width(kind) * len(layers)
     rows, best = [], None
     for value, sel in selections.items():
         for k in range(1, len(layers) + 1):
             t1 = time.perf_counter()
-            x = features(sel, layers[:k])
-            clf = _fit(x, y, n_classes, settings)
-            dev, test = _metrics(clf, x, y)
-            n = x["train"].shape[1]
+            clf, dev, test, n = fit_config(sel, layers[:k])
             row = {
                 "kind": kind,
                 "pooling": pooling,
@@ -136,6 +157,7 @@ def sweep_group(
                 "dev_metric": dev,
                 "test_metric": test,
                 "group_bytes_read": bytes_read,
+                "mode": "streamed" if streamed else "in-memory",
                 "seconds": time.perf_counter() - t1,
             }
             rows.append(row)
@@ -150,9 +172,7 @@ def sweep_group(
         "seconds": time.perf_counter() - t0,
     }
     if base_layer is not None:
-        x = features({base_layer: np.arange(store.width(kind))}, [base_layer])
-        clf = _fit(x, y, n_classes, settings)
-        dev, test = _metrics(clf, x, y)
+        clf, dev, test, _ = fit_config({base_layer: np.arange(store.width(kind))}, [base_layer])
         out["base"] = {
             "kind": kind,
             "pooling": pooling,
@@ -195,21 +215,90 @@ def open_ordered(url: str) -> OrderedCopy | None:
 
 
 def _read_columns(
-    store: ActivationStore, ordered: OrderedCopy | None, kind: str, pooling: str, layer: int, cols: np.ndarray
+    store: ActivationStore,
+    ordered: OrderedCopy | None,
+    kind: str,
+    pooling: str,
+    layer: int,
+    cols: np.ndarray,
+    rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
-    """Float32 values of `cols` (sorted neuron ids) and the stored bytes those columns occupy."""
+    """Float32 values of `cols` (sorted neuron ids; `rows`, a sorted run, or all) and the stored bytes those
+    columns occupy."""
     found = ordered.array(kind, pooling, layer) if ordered else None
     if found is not None:
         arr, neurons = found
         position = {int(n): i for i, n in enumerate(neurons)}
         if all(int(c) in position for c in cols):
             idx = np.array([position[int(c)] for c in cols], dtype=np.int64)
-            prefix = arr[:, : int(idx.max()) + 1]
+            span = slice(None) if rows is None else slice(int(rows[0]), int(rows[-1]) + 1)
+            prefix = arr[span, : int(idx.max()) + 1]
+            if rows is not None:
+                prefix = prefix[rows - rows[0]]
             values = store.decode(prefix)[:, idx]
             stored = array_stored_bytes(ordered.url, array_name(kind, pooling, layer))  # type: ignore[union-attr]
             return values, stored / arr.shape[1] * len(cols)
-    values = store.read(kind, pooling, layer, columns=cols)
+    values = store.read(kind, pooling, layer, columns=cols, rows=rows)
     return values, store.array_nbytes_stored(kind, pooling, layer) / store.width(kind) * len(cols)
+
+
+def _fit_streamed(
+    store: ActivationStore,
+    ordered: OrderedCopy | None,
+    kind: str,
+    pooling: str,
+    selection: dict[int, np.ndarray],
+    masks: dict[str, np.ndarray],
+    labels: np.ndarray,
+    n_classes: int,
+    settings: SweepSettings,
+) -> tuple[SpinClassifier, float, float, int]:
+    """Fit one configuration out of core: features are read row block by row block on every pass."""
+    block_rows = store.layout.block_rows
+    ascending = {layer: np.sort(idx) for layer, idx in selection.items()}
+    back = {layer: np.searchsorted(ascending[layer], idx) for layer, idx in selection.items()}
+    width = sum(len(v) for v in selection.values())
+
+    def chunks(split: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        rows = np.flatnonzero(masks[split])
+        for block in np.unique(rows // block_rows):
+            part = rows[(rows // block_rows) == block]
+            x = np.concatenate([_read_columns(store, ordered, kind, pooling, layer, ascending[layer], rows=part)[0]
+                                [:, back[layer]] for layer in sorted(selection)], axis=1)  # fmt: skip
+            yield x, labels[part]
+
+    n = {s: int(m.sum()) for s, m in masks.items()}
+    total = np.zeros(width)
+    squares = np.zeros(width)
+    for x, _ in chunks("train"):
+        total += x.sum(axis=0, dtype=np.float64)
+        squares += (x.astype(np.float64) ** 2).sum(axis=0)
+    mean = total / max(n["train"], 1)
+    std = np.sqrt(np.maximum(squares / max(n["train"], 1) - mean * mean, 0.0))
+    std[std < 1e-12] = 1.0
+    scaler = Standardizer(mean.astype(np.float32), std.astype(np.float32))
+
+    def design(split: str) -> Design:
+        def blocks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for x, yb in chunks(split):
+                yield torch.as_tensor(scaler.transform(x)), torch.as_tensor(yb)
+
+        return Design(blocks, n[split], width)
+
+    res = fit_c_path(design("train"), design("dev"), n_classes, settings.c_grid, penalty=settings.penalty,
+                     metric=settings.metric, max_iter=settings.max_iter, tol=settings.tol)  # fmt: skip
+    clf = SpinClassifier(C=tuple(settings.c_grid), penalty=settings.penalty, max_iter=settings.max_iter,
+                         tol=settings.tol, metric=settings.metric, random_state=settings.seed)  # fmt: skip
+    clf.n_classes_, clf.classes_, clf.n_features_in_ = n_classes, np.arange(n_classes), width
+    clf.scaler_, clf.C_, clf.coef_, clf.intercept_ = scaler, res.c, res.fit.coef, res.fit.intercept
+    clf.history_ = res.history
+
+    def metric(split: str) -> float:
+        if n[split] == 0:
+            return float("nan")
+        return score_predictions(*predict_design(design(split), res.fit.coef, res.fit.intercept), settings.metric)
+
+    return clf, res.dev, metric("test"), width
 
 
 def _pack(best: tuple | None) -> dict | None:
@@ -262,6 +351,7 @@ def run_sweep(
     poolings: Sequence[str] | None = None,
     scheduler: str | None = None,
     workers: int | None = None,
+    memory_budget: int | None = None,
     progress: bool = True,
     storage_options: dict | None = None,
 ) -> SweepResult:
@@ -281,6 +371,7 @@ def run_sweep(
     if not groups:
         raise InputError(f"nothing to sweep: the store has kinds {store.kinds} and poolings {store.poolings}")
     ordered_url = str(Path(probes).resolve() / ORDERED_DIR)
+    per_task = task_memory_budget(memory_budget, scheduler, workers)
     tasks = [
         (
             str(store_url),
@@ -290,6 +381,7 @@ def run_sweep(
             settings,
             storage_options,
             ordered_url,
+            per_task,
         )
         for k, p in groups
     ]

@@ -74,7 +74,7 @@ def test_probe_refuses_another_store_and_resumes(probed, tiny_sst2, tmp_path):
 def test_sweep_outputs_and_table(swept):
     _, _, result = swept
     cols = ["kind", "pooling", "rule", "value", "k", "layers", "n_neurons", "share", "C", "dev_metric",
-            "test_metric", "group_bytes_read", "seconds"]  # fmt: skip
+            "test_metric", "group_bytes_read", "mode", "seconds"]  # fmt: skip
     assert result.sweep.columns == cols
     # 2 kinds x 3 poolings x 3 values x K (7 hidden layers, 6 ffn layers)
     assert result.sweep.height == 3 * 3 * (7 + 6)
@@ -231,3 +231,20 @@ def test_streamed_probe_matches_in_memory(tmp_path):
         assert sorted(top) == sorted(planted_neurons(store)["ffn"][2])
     np.testing.assert_allclose(low.scores["saliency"], mem.scores["saliency"], rtol=1e-3, atol=1e-6)
     assert low.probes["C"].to_list() == mem.probes["C"].to_list()
+
+
+def test_streamed_sweep_matches_in_memory(tmp_path):
+    """Selected columns over the memory budget: every configuration is fitted on row blocks read on demand."""
+    from spin_cache.synth import make_synthetic_store
+
+    store = make_synthetic_store(tmp_path / "synth", n_rows=900, n_layers=2, width=32, kinds=("ffn",),
+                                 informative={2: 3}, block_rows=128, seed=2)  # fmt: skip
+    run = run_probes(store.url, tmp_path / "p", ProbeSettings(c_grid=(0.05, 0.2)), scheduler="sync", progress=False)
+    settings = SweepSettings(values=(0.5, 0.9), c_grid=(0.01, 0.1))
+    mem = run_sweep(store.url, run.path, tmp_path / "mem", settings, scheduler="sync", progress=False)
+    low = run_sweep(store.url, run.path, tmp_path / "low", settings, scheduler="sync", memory_budget=1000,
+                    progress=False)  # fmt: skip
+    assert set(mem.sweep["mode"]) == {"in-memory"} and set(low.sweep["mode"]) == {"streamed"}
+    cols = ["value", "k", "n_neurons", "C", "dev_metric", "test_metric"]
+    np.testing.assert_allclose(low.sweep.select(cols).to_numpy(), mem.sweep.select(cols).to_numpy(), atol=0.02)
+    assert low.table["spin"]["n_neurons"] == mem.table["spin"]["n_neurons"]
