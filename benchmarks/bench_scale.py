@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=8000, help="rows of the 1x store")
     ap.add_argument("--width", type=int, default=512)
     ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--budget", default="16M", help="--memory-budget for probes (below one layer: all streamed)")
+    ap.add_argument("--budget", default="16M", help="--memory-budget for probe and sweep (below one layer: streamed)")
     args = ap.parse_args()
     results: dict = {"rss": [], "workers": [], "bytes": None}
     with tempfile.TemporaryDirectory() as tmp:
@@ -63,7 +63,8 @@ def main() -> None:
             probes, sweep = os.path.join(tmp, f"p{scale}"), os.path.join(tmp, f"s{scale}")
             tp, rp = run_measured(spin("probe", store, "--out", probes, "--C", "0.05,0.2",
                                        "--memory-budget", args.budget, "--workers", "2"))  # fmt: skip
-            ts, rs = run_measured(spin("sweep", store, "--probes", probes, "--out", sweep, "--workers", "2"))
+            ts, rs = run_measured(spin("sweep", store, "--probes", probes, "--out", sweep, "--workers", "2",
+                                       "--memory-budget", args.budget, "--C", "0.01,0.1"))  # fmt: skip
             size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(store) for f in fs)
             results["rss"].append({"scale": scale, "rows": args.rows * scale, "store_bytes": size, "probe_s": tp,
                                    "probe_peak_rss": rp, "sweep_s": ts, "sweep_peak_rss": rs})  # fmt: skip
