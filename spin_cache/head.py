@@ -70,6 +70,22 @@ class Standardizer:
         std[~np.isfinite(std) | (std < 1e-12)] = 1.0
         return cls(mean.astype(np.float32), std.astype(np.float32))
 
+    @classmethod
+    def fit_chunks(cls, chunks: Iterable[np.ndarray], width: int) -> Standardizer:
+        """The same statistics in one pass over row blocks (out of core)."""
+        total = np.zeros(width)
+        squares = np.zeros(width)
+        n = 0
+        for x in chunks:
+            x64 = np.asarray(x, dtype=np.float64)
+            total += x64.sum(axis=0)
+            squares += (x64 * x64).sum(axis=0)
+            n += len(x64)
+        mean = total / max(n, 1)
+        std = np.sqrt(np.maximum(squares / max(n, 1) - mean * mean, 0.0))
+        std[std < 1e-12] = 1.0
+        return cls(mean.astype(np.float32), std.astype(np.float32))
+
     def transform(self, x: np.ndarray) -> np.ndarray:
         return ((np.asarray(x, dtype=np.float32) - self.mean) / self.scale).astype(np.float32, copy=False)
 

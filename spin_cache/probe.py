@@ -148,18 +148,7 @@ class _LayerRows:
     def standardizer(self) -> Standardizer:
         if self.values is not None:
             return Standardizer.fit(self.values[self.rows["train"]])
-        total = np.zeros(self.width)
-        squares = np.zeros(self.width)
-        n = 0
-        for x, _ in self.chunks("train"):
-            x64 = x.astype(np.float64)
-            total += x64.sum(axis=0)
-            squares += (x64 * x64).sum(axis=0)
-            n += len(x64)
-        mean = total / max(n, 1)
-        std = np.sqrt(np.maximum(squares / max(n, 1) - mean * mean, 0.0))
-        std[std < 1e-12] = 1.0
-        return Standardizer(mean.astype(np.float32), std.astype(np.float32))
+        return Standardizer.fit_chunks((x for x, _ in self.chunks("train")), self.width)
 
     def design(self, split: str, scaler: Standardizer) -> Design:
         n = len(self.rows[split])

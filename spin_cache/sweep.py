@@ -268,15 +268,7 @@ def _fit_streamed(
             yield x, labels[part]
 
     n = {s: int(m.sum()) for s, m in masks.items()}
-    total = np.zeros(width)
-    squares = np.zeros(width)
-    for x, _ in chunks("train"):
-        total += x.sum(axis=0, dtype=np.float64)
-        squares += (x.astype(np.float64) ** 2).sum(axis=0)
-    mean = total / max(n["train"], 1)
-    std = np.sqrt(np.maximum(squares / max(n["train"], 1) - mean * mean, 0.0))
-    std[std < 1e-12] = 1.0
-    scaler = Standardizer(mean.astype(np.float32), std.astype(np.float32))
+    scaler = Standardizer.fit_chunks((x for x, _ in chunks("train")), width)
 
     def design(split: str) -> Design:
         def blocks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
