@@ -42,7 +42,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-ETAS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8)
+ETAS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8)  # the grid of the peers run (BENCHMARKS.md)
 TOOLS = ("spin-cache", "paper-pickle", "hf-datasets", "neurox")
 STAGES = ("extract", "probe", "sweep")
 COLUMNS = (

@@ -453,7 +453,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
         "--eta",
         type=_floats,
         default=None,
-        help="cumulative saliency shares (default: 0.001,0.01,0.05,0.1,0.2,0.3,0.5,0.8)",
+        help="cumulative saliency shares (default: 0.001,0.01,0.05,0.1,0.2,0.3,0.5,0.8,0.9,0.95)",
     )
     rule.add_argument("--top-k", type=_floats, default=None, help="neurons per layer, e.g. 1,8,64")
     rule.add_argument("--top-percent", type=_floats, default=None, help="percent of each layer, e.g. 1,5,10")
