@@ -274,7 +274,9 @@ def _extract_blocks(
             start, stop = layout.block_range(block)
             buffers, overflow = _pool_block(loaded, store, encodings, start, stop, batch_size, bar)
             tokens += sum(len(encodings[i]) for i in range(start, stop))
-            writer.put(block, buffers, {"overflow": overflow})
+            # The model is done after the last block: its write may use every core.
+            threads = (os.cpu_count() or 1) if block == blocks[-1] else 1
+            writer.put(block, buffers, {"overflow": overflow}, threads=threads)
             report.written_blocks += 1
             elapsed = max(time.perf_counter() - t_start, 1e-9)
             bar.set_postfix_str(f"{tokens / elapsed:,.0f} tok/s", refresh=False)
@@ -428,9 +430,9 @@ class _BlockWriter:
             except BaseException as exc:  # re-raised in the main thread
                 self.error = exc
 
-    def put(self, block: int, buffers: dict, info: dict) -> None:
+    def put(self, block: int, buffers: dict, info: dict, threads: int = 1) -> None:
         self._raise()
-        self.queue.put((block, buffers, info))
+        self.queue.put((block, buffers, info, threads))
 
     def close(self) -> None:
         self.queue.put(None)

@@ -414,20 +414,29 @@ class ActivationStore:
             return (rounded >> 16).astype(np.uint16)
         return values.astype(self.layout.dtype)
 
-    def write_block(self, block: int, arrays: dict[tuple[str, str, int], np.ndarray], info: dict) -> None:
-        """Write one row block of every array, then its commit marker (the marker makes the block count)."""
+    def write_block(
+        self, block: int, arrays: dict[tuple[str, str, int], np.ndarray], info: dict, threads: int = 1
+    ) -> None:
+        """Write one row block of every array (`threads` arrays at once: compression runs without the GIL),
+        then its commit marker (the marker makes the block count)."""
+        from concurrent.futures import ThreadPoolExecutor
+
         start, stop = self.layout.block_range(block)
         fs, root = _fs(self.url, self.storage_options)
-        for (kind, pooling, layer), values in arrays.items():
-            name = array_name(kind, pooling, layer)
+
+        def write(key: tuple[str, str, int]) -> None:
+            name = array_name(*key)
             array = self._group[name]
             encoder = RowShardEncoder.for_array(array)
             if encoder is None:  # not the layout spin-cache creates: let zarr write it
-                array[start:stop] = values
-                continue
-            shard = encoder.encode(values)
+                array[start:stop] = arrays[key]
+                return
+            shard = encoder.encode(arrays[key])
             fs.makedirs(f"{root}/{name}/c/{block}", exist_ok=True)
             fs.pipe_file(f"{root}/{name}/c/{block}/0", shard)
+
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            list(pool.map(write, arrays))
         fs.makedirs(f"{root}/{COMMITS_DIR}", exist_ok=True)
         marker = {"block": block, "rows": [start, stop], **info}
         with fs.open(f"{root}/{COMMITS_DIR}/block_{block:06d}.json", "w") as f:

@@ -37,7 +37,8 @@ from .select import RULES, random_like, select
 from .store import ActivationStore, array_name, array_stored_bytes
 
 # The paper's eta values plus 0.9 and 0.95: with MiniLM/SST-2 every kind and pooling scored best on dev at 0.8, the
-# grid's largest value; with 0.9 and 0.95 dev accuracy peaks inside the grid for four of six (BENCHMARKS.md).
+# grid's largest value; with 0.9 and 0.95 dev accuracy peaks inside the grid for three of six and flattens for the
+# others (BENCHMARKS.md).
 DEFAULT_ETAS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 0.9, 0.95)
 SWEEP_FORMAT = "spin-cache-sweep"
 
