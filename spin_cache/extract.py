@@ -272,7 +272,7 @@ def _extract_blocks(
     try:
         for block in blocks:
             start, stop = layout.block_range(block)
-            buffers, overflow = _pool_block(loaded, store, encodings, start, stop, batch_size, bar)
+            buffers, overflow = _pool_block(loaded, store, encodings, start, stop, batch_size, bar, writer.spare())
             tokens += sum(len(encodings[i]) for i in range(start, stop))
             # The model is done after the last block: its write may use every core.
             threads = (os.cpu_count() or 1) if block == blocks[-1] else 1
@@ -295,17 +295,21 @@ def _pool_block(
     stop: int,
     batch_size: int,
     bar: object,
+    spare: np.ndarray | None = None,
 ) -> tuple[dict[tuple[str, str, int], np.ndarray], int]:
     """Pool one row block. Each batch's pooled values are packed into one tensor, converted to the stored
     dtype on the model's device and copied to the host once, into one block-wide buffer whose column slices
-    are the arrays' values (the writer thread copies them into chunks, off the model's critical path). On
+    are the arrays' values (the writer thread copies them into chunks, off the model's critical path; a
+    `spare` buffer the writer has finished with is reused: a fresh one costs a page fault per 4 KiB). On
     CUDA the copy goes to pinned memory on a side stream and lands only after the next batch's forward has
     been queued, so the GPU never waits on it."""
     layout = store.layout
     out_dtype = np.uint16 if layout.dtype == "bfloat16" else np.dtype(layout.dtype)
     keys = layout.array_keys()
     offsets = np.cumsum([0] + [layout.widths[k[0]] for k in keys])
-    block = np.empty((stop - start, int(offsets[-1])), dtype=out_dtype)
+    shape = (stop - start, int(offsets[-1]))
+    fits = spare is not None and spare.dtype == out_dtype and spare.shape[0] >= shape[0] and spare.shape[1] == shape[1]
+    block = spare[: shape[0]] if fits else np.empty(shape, dtype=out_dtype)  # type: ignore[index]
     # Longest first: the first batch shows at once whether memory suffices.
     order = sorted(range(start, stop), key=lambda i: (-len(encodings[i]), i))
     copier = _HostCopier(loaded.device)
@@ -409,11 +413,13 @@ def _host_view(values: torch.Tensor) -> np.ndarray:
 
 
 class _BlockWriter:
-    """A background thread that writes finished blocks; the queue bound keeps memory bounded."""
+    """A background thread that writes finished blocks; the queue bound keeps memory bounded. Written blocks'
+    buffers come back as spares for the next blocks."""
 
     def __init__(self, store: ActivationStore, max_pending: int = 1) -> None:
         self.store = store
         self.queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self.spares: queue.SimpleQueue = queue.SimpleQueue()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="spin-cache-writer", daemon=True)
         self.thread.start()
@@ -425,10 +431,20 @@ class _BlockWriter:
                 return
             if self.error is not None:
                 continue
+            block, buffers, info, threads = item
             try:
-                self.store.write_block(*item)
+                self.store.write_block(block, buffers, info, threads)
             except BaseException as exc:  # re-raised in the main thread
                 self.error = exc
+            bases = {id(v.base): v.base for v in buffers.values() if isinstance(v.base, np.ndarray)}
+            if len(bases) == 1:  # the block-wide buffer every array's values are a view of
+                self.spares.put(next(iter(bases.values())))
+
+    def spare(self) -> np.ndarray | None:
+        try:
+            return self.spares.get_nowait()
+        except queue.Empty:
+            return None
 
     def put(self, block: int, buffers: dict, info: dict, threads: int = 1) -> None:
         self._raise()
