@@ -3,7 +3,8 @@ K layers, choose the configuration on dev, report it against Base, the best sing
 control, and export the chosen head.
 
 One Dask task per (kind, pooling) group reads the union of the columns any of its configurations needs, once
-(plus, for hidden states, the last layer in full for Base), and fits every configuration from memory.
+(plus, for hidden states, the last layer in full for Base), and fits every configuration from memory. When those
+columns do not fit the memory budget, every fit (Base and the random control included) streams row blocks instead.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .head import (
     predict_design,
     score_predictions,
 )
-from .parallel import run_tasks, task_memory_budget
+from .parallel import default_memory_budget, run_tasks, task_memory_budget
 from .probe import IN_MEMORY_COPIES, ORDERED_DIR, ProbeRun
 from .select import RULES, random_like, select
 from .store import ActivationStore, array_name, array_stored_bytes
@@ -83,6 +84,18 @@ def _metrics(clf: SpinClassifier, x: dict[str, np.ndarray], y: dict[str, np.ndar
     return clf.score(x["dev"], y["dev"]), test
 
 
+def _splits(store: ActivationStore) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Row masks of train/dev/test and every row's label."""
+    split = store.examples["split"].to_numpy()
+    labels = store.examples["label"].to_numpy().astype(np.int64)
+    return {s: split == s for s in ("train", "dev", "test")}, labels
+
+
+def _over_budget(store: ActivationStore, n_columns: int, memory_budget: int | None) -> bool:
+    """Whether `n_columns` float32 columns of every row, with their in-memory copies, exceed the budget."""
+    return memory_budget is not None and IN_MEMORY_COPIES * 4 * store.layout.n_rows * n_columns > memory_budget
+
+
 def sweep_group(
     store_url: str,
     kind: str,
@@ -109,15 +122,12 @@ def sweep_group(
     base_layer = layers[-1] if kind == "hidden" else None
     if base_layer is not None:
         need[base_layer] = set(range(store.width(kind)))
-    split = store.examples["split"].to_numpy()
-    labels = store.examples["label"].to_numpy().astype(np.int64)
-    masks = {s: split == s for s in ("train", "dev", "test")}
+    masks, labels = _splits(store)
     y = {s: labels[m] for s, m in masks.items()}
     n_classes = len(store.label_names)
     ordered = open_ordered(ordered_url) if ordered_url else None
     cols = {layer: np.array(sorted(need[layer]), dtype=np.int64) for layer in layers}
-    in_memory = IN_MEMORY_COPIES * 4 * store.layout.n_rows * sum(len(c) for c in cols.values())
-    streamed = memory_budget is not None and in_memory > memory_budget
+    streamed = _over_budget(store, sum(len(c) for c in cols.values()), memory_budget)
     data: dict[int, np.ndarray] = {}
     col_bytes = 0.0
     for layer in layers:
@@ -126,7 +136,6 @@ def sweep_group(
         col_bytes += nbytes
         if not streamed:
             data[layer] = values
-    bytes_read = (store.counter.bytes_read if store.counter else 0) + (ordered.bytes_read if ordered else 0)
 
     def features(sel: dict[int, np.ndarray], upto: Sequence[int]) -> dict[str, np.ndarray]:
         parts = [data[layer][:, np.searchsorted(cols[layer], sel[layer])] for layer in upto]
@@ -159,7 +168,7 @@ def sweep_group(
                 "C": clf.C_,
                 "dev_metric": dev,
                 "test_metric": test,
-                "group_bytes_read": bytes_read,
+                "group_bytes_read": 0,  # set below, once every fit has read
                 "mode": "streamed" if streamed else "in-memory",
                 "seconds": time.perf_counter() - t1,
             }
@@ -167,13 +176,7 @@ def sweep_group(
             # Ties on dev go to fewer neurons, then to fewer layers (cheaper at prediction time).
             if best is None or (dev, -n, -k) > (best[0]["dev_metric"], -best[0]["n_neurons"], -best[0]["k"]):
                 best = (row, clf, {layer: sel[layer] for layer in layers[:k]})
-    out = {
-        "rows": rows,
-        "best": _pack(best),
-        "bytes_read": bytes_read,
-        "bytes_of_columns": col_bytes,
-        "seconds": time.perf_counter() - t0,
-    }
+    out: dict = {"rows": rows, "best": _pack(best)}
     if base_layer is not None:
         clf, dev, test, _ = fit_config({base_layer: np.arange(store.width(kind))}, [base_layer])
         out["base"] = {
@@ -186,6 +189,11 @@ def sweep_group(
             "share": store.width(kind) / total,
             "C": clf.C_,
         }
+    # Streamed fits read their columns again on every solver pass: count those reads too, not only the first.
+    bytes_read = (store.counter.bytes_read if store.counter else 0) + (ordered.bytes_read if ordered else 0)
+    for row in rows:
+        row["group_bytes_read"] = bytes_read
+    out |= {"bytes_read": bytes_read, "bytes_of_columns": col_bytes, "seconds": time.perf_counter() - t0}
     return out
 
 
@@ -304,21 +312,32 @@ def _pack(best: tuple | None) -> dict | None:
 
 
 def random_control(
-    store_url: str, spin: dict, seed: int, settings: SweepSettings, storage_options: dict | None = None
+    store_url: str,
+    spin: dict,
+    seed: int,
+    settings: SweepSettings,
+    storage_options: dict | None = None,
+    memory_budget: int | None = None,
 ) -> dict:
-    """The same per-layer neuron counts as SPIN's choice, drawn at random (seeded), fitted the same way."""
+    """The same per-layer neuron counts as SPIN's choice, drawn at random (seeded), fitted the same way: from
+    memory, or on row blocks read on demand when its columns do not fit `memory_budget` bytes."""
     store = ActivationStore.open(store_url, storage_options=storage_options, count_bytes=True)
     kind, pooling = spin["row"]["kind"], spin["row"]["pooling"]
     counts = {int(layer): len(idx) for layer, idx in spin["selection"].items()}
     chosen = random_like(counts, {layer: store.width(kind) for layer in counts}, seed)
-    split = store.examples["split"].to_numpy()
-    labels = store.examples["label"].to_numpy().astype(np.int64)
-    full = np.concatenate([store.read(kind, pooling, layer, columns=idx) for layer, idx in chosen.items()], axis=1)
-    x = {s: full[split == s] for s in ("train", "dev", "test")}
-    y = {s: labels[split == s] for s in ("train", "dev", "test")}
-    clf = _fit(x, y, len(store.label_names), settings)
-    dev, test = _metrics(clf, x, y)
-    n = full.shape[1]
+    masks, labels = _splits(store)
+    n_classes = len(store.label_names)
+    if _over_budget(store, sum(counts.values()), memory_budget):
+        # Random neurons are rarely in the ordered copy's prefix: read them from the store.
+        clf, dev, test, n = _fit_streamed(store, None, kind, pooling, chosen, masks, labels, n_classes, settings)
+    else:
+        parts = [store.read(kind, pooling, layer, columns=idx) for layer, idx in chosen.items()]
+        full = np.concatenate(parts, axis=1)
+        x = {s: full[m] for s, m in masks.items()}
+        y = {s: labels[m] for s, m in masks.items()}
+        clf = _fit(x, y, n_classes, settings)
+        dev, test = _metrics(clf, x, y)
+        n = full.shape[1]
     return {
         "dev": dev,
         "test": test,
@@ -387,7 +406,9 @@ def run_sweep(
     bests = [res["best"] for res in results if res["best"] is not None]
     spin = max(bests, key=lambda b: (b["row"]["dev_metric"], -b["row"]["n_neurons"], -b["row"]["k"]))
     bases = [res["base"] for res in results if "base" in res]
-    control = random_control(str(store_url), spin, settings.seed, settings, storage_options)
+    # The control runs alone, after every group: it has the whole budget.
+    budget = memory_budget or default_memory_budget()
+    control = random_control(str(store_url), spin, settings.seed, settings, storage_options, budget)
     table = _table(store, run, spin, bases, control)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -248,3 +248,7 @@ def test_streamed_sweep_matches_in_memory(tmp_path):
     cols = ["value", "k", "n_neurons", "C", "dev_metric", "test_metric"]
     np.testing.assert_allclose(low.sweep.select(cols).to_numpy(), mem.sweep.select(cols).to_numpy(), atol=0.02)
     assert low.table["spin"]["n_neurons"] == mem.table["spin"]["n_neurons"]
+    # the random control streams too (same neurons, same fit); streamed reads count every solver pass
+    for key in ("dev", "test", "n_neurons"):
+        np.testing.assert_allclose(low.table["random_control"][key], mem.table["random_control"][key], atol=0.02)
+    assert low.table["bytes_read"] > mem.table["bytes_read"]
