@@ -8,6 +8,7 @@ flight and the finished store is identical to an uninterrupted run (batches depe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import queue
@@ -412,6 +413,14 @@ def _host_view(values: torch.Tensor) -> np.ndarray:
     return array.view(np.uint16) if values.dtype == torch.int16 else array
 
 
+def _lower_this_threads_priority() -> None:
+    """Run the calling thread at the lowest CPU priority (Linux: nice is per thread). The model's worker threads
+    wait for each other at every parallel operation, so a writer that preempts one of them stalls them all; at low
+    priority it runs in the gaps instead, and when it falls behind the bounded queue makes the model wait."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
 class _BlockWriter:
     """A background thread that writes finished blocks; the queue bound keeps memory bounded. Written blocks'
     buffers come back as spares for the next blocks."""
@@ -425,6 +434,7 @@ class _BlockWriter:
         self.thread.start()
 
     def _run(self) -> None:
+        _lower_this_threads_priority()
         while True:
             item = self.queue.get()
             if item is None:

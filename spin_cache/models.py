@@ -109,6 +109,7 @@ class MaskPooler:
         if batch and bool(counts.min() == 0):
             raise InputError("every row needs at least one real token, but a row's attention mask is all zeros")
         self.counts = counts.to(torch.float32).unsqueeze(-1)
+        self.weights: dict[torch.dtype, torch.Tensor] = {}  # the mask as (B, 1, T) rows for bmm, per dtype
         self.rows = torch.arange(batch, device=mask.device)
         if batch:
             first = self.mask.to(torch.uint8).argmax(dim=1)  # first index holding the maximum (a real token)
@@ -159,7 +160,9 @@ class MaskPooler:
         # inf would leak through it (0 * inf), so such rare batches take the exact, slower route. Sums of
         # half-precision values are taken in float32.
         full = states if states.dtype in (torch.float32, torch.float64) else states.to(torch.float32)
-        total = torch.bmm(self.mask.to(full.dtype).unsqueeze(1), full).squeeze(1).to(torch.float32)
+        if full.dtype not in self.weights:
+            self.weights[full.dtype] = self.mask.to(full.dtype).unsqueeze(1)
+        total = torch.bmm(self.weights[full.dtype], full).squeeze(1).to(torch.float32)
         if not bool(torch.isfinite(total).all()):
             zeroed = torch.where(
                 self.mask.unsqueeze(-1), states, torch.zeros((), dtype=states.dtype, device=states.device)
