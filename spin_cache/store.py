@@ -235,6 +235,7 @@ class ActivationStore:
         except IntegrityError as exc:
             raise IntegrityError(f"{url}: {exc}") from exc
         self.counter: CountingStore | None = None
+        self._stored_bytes: dict[tuple[str, str, int], int] = {}
 
     # -- opening and creating --------------------------------------------------------------------------------
 
@@ -473,8 +474,15 @@ class ActivationStore:
     # -- inspection ----------------------------------------------------------------------------------------
 
     def array_nbytes_stored(self, kind: str, pooling: str, layer: int) -> int:
-        """Bytes on disk of one array (listed, not read: reads through the byte counter would count them)."""
-        return array_stored_bytes(self.url, array_name(kind, pooling, layer), self.storage_options)
+        """Bytes on disk of one array (listed, not read: reads through the byte counter would count them).
+        A complete store does not change, so the listing is done once per array (streamed fits ask per block)."""
+        key = (kind, pooling, layer)
+        if key in self._stored_bytes:
+            return self._stored_bytes[key]
+        nbytes = array_stored_bytes(self.url, array_name(kind, pooling, layer), self.storage_options)
+        if self.is_complete:
+            self._stored_bytes[key] = nbytes
+        return nbytes
 
     def nbytes_stored(self) -> dict[str, int]:
         """Bytes on disk per kind, plus the side files."""

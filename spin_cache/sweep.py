@@ -9,6 +9,7 @@ columns do not fit the memory budget, every fit (Base and the random control inc
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Iterator, Sequence
@@ -220,6 +221,10 @@ class OrderedCopy:
             return None
         return arr, np.asarray(arr.attrs["neurons"], dtype=np.int64)
 
+    @functools.cache  # noqa: B019 - one copy per sweep group; streamed fits ask once per block and pass
+    def stored_bytes(self, kind: str, pooling: str, layer: int) -> int:
+        return array_stored_bytes(self.url, array_name(kind, pooling, layer))
+
 
 def open_ordered(url: str) -> OrderedCopy | None:
     return OrderedCopy(url) if Path(url, "zarr.json").exists() else None
@@ -247,7 +252,7 @@ def _read_columns(
             if rows is not None:
                 prefix = prefix[rows - rows[0]]
             values = store.decode(prefix)[:, idx]
-            stored = array_stored_bytes(ordered.url, array_name(kind, pooling, layer))  # type: ignore[union-attr]
+            stored = ordered.stored_bytes(kind, pooling, layer)  # type: ignore[union-attr]
             return values, stored / arr.shape[1] * len(cols)
     values = store.read(kind, pooling, layer, columns=cols, rows=rows)
     return values, store.array_nbytes_stored(kind, pooling, layer) / store.width(kind) * len(cols)
