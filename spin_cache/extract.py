@@ -273,11 +273,13 @@ def _extract_blocks(
     try:
         for block in blocks:
             start, stop = layout.block_range(block)
-            buffers, overflow = _pool_block(loaded, store, encodings, start, stop, batch_size, bar, writer.spare())
+            buffer, arrays, overflow = _pool_block(
+                loaded, store, encodings, start, stop, batch_size, bar, writer.spare()
+            )
             tokens += sum(len(encodings[i]) for i in range(start, stop))
             # The model is done after the last block: its write may use every core.
             threads = (os.cpu_count() or 1) if block == blocks[-1] else 1
-            writer.put(block, buffers, {"overflow": overflow}, threads=threads)
+            writer.put(block, arrays, {"overflow": overflow}, threads=threads, buffer=buffer)
             report.written_blocks += 1
             elapsed = max(time.perf_counter() - t_start, 1e-9)
             bar.set_postfix_str(f"{tokens / elapsed:,.0f} tok/s", refresh=False)
@@ -297,7 +299,7 @@ def _pool_block(
     batch_size: int,
     bar: object,
     spare: np.ndarray | None = None,
-) -> tuple[dict[tuple[str, str, int], np.ndarray], int]:
+) -> tuple[np.ndarray, dict[tuple[str, str, int], np.ndarray], int]:
     """Pool one row block. Each batch's pooled values are packed into one tensor, converted to the stored
     dtype on the model's device and copied to the host once, into one block-wide buffer whose column slices
     are the arrays' values (the writer thread copies them into chunks, off the model's critical path; a
@@ -331,7 +333,7 @@ def _pool_block(
         bar.update(len(rows))  # type: ignore[attr-defined]
     for done in copier.drain():
         land(*done)
-    return {key: block[:, offsets[j] : offsets[j + 1]] for j, key in enumerate(keys)}, overflow
+    return block, {key: block[:, offsets[j] : offsets[j + 1]] for j, key in enumerate(keys)}, overflow
 
 
 @dataclass
@@ -441,14 +443,12 @@ class _BlockWriter:
                 return
             if self.error is not None:
                 continue
-            block, buffers, info, threads = item
+            block, arrays, info, threads, buffer = item
             try:
-                self.store.write_block(block, buffers, info, threads)
+                self.store.write_block(block, arrays, info, threads)
             except BaseException as exc:  # re-raised in the main thread
                 self.error = exc
-            bases = {id(v.base): v.base for v in buffers.values() if isinstance(v.base, np.ndarray)}
-            if len(bases) == 1:  # the block-wide buffer every array's values are a view of
-                self.spares.put(next(iter(bases.values())))
+            self.spares.put(buffer)
 
     def spare(self) -> np.ndarray | None:
         try:
@@ -456,9 +456,10 @@ class _BlockWriter:
         except queue.Empty:
             return None
 
-    def put(self, block: int, buffers: dict, info: dict, threads: int = 1) -> None:
+    def put(self, block: int, arrays: dict, info: dict, threads: int, buffer: np.ndarray) -> None:
+        """Queue a block's arrays (views of `buffer`, which comes back as a spare once written)."""
         self._raise()
-        self.queue.put((block, buffers, info, threads))
+        self.queue.put((block, arrays, info, threads, buffer))
 
     def close(self) -> None:
         self.queue.put(None)

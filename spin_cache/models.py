@@ -84,7 +84,6 @@ def pool_many(states: torch.Tensor, mask: torch.Tensor, poolings: Sequence[str])
     ``max`` ignore padded positions (even if those hold NaN or inf). Every row needs at least one real token.
     To pool many tensors over one mask, build a :class:`MaskPooler` once and call it per tensor.
     """
-    _check_poolings(poolings)
     return MaskPooler(_check_pool_inputs(states, mask), poolings)(states)
 
 
@@ -632,11 +631,9 @@ def run_layers(
     device = loaded.device
     input_ids = input_ids.to(device)
     attention_mask = attention_mask.to(device=device, dtype=torch.long)
-    if input_ids.shape[1] == 0 or bool((attention_mask.sum(dim=1) == 0).any()):
-        raise InputError("every row needs at least one real token, but a row's attention mask is all zeros")
+    pooler = MaskPooler(attention_mask, poolings)  # refuses rows without a real token, before the forward pass
 
     results: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
-    pooler = MaskPooler(attention_mask, poolings)
     want_hidden = "hidden" in kinds
     want_ffn = "ffn" in kinds
     handles: list[Any] = []

@@ -22,6 +22,7 @@ from functools import cached_property
 from typing import Any
 
 import fsspec
+import google_crc32c
 import numpy as np
 import polars as pl
 import zarr
@@ -236,6 +237,7 @@ class ActivationStore:
             raise IntegrityError(f"{url}: {exc}") from exc
         self.counter: CountingStore | None = None
         self._stored_bytes: dict[tuple[str, str, int], int] = {}
+        self._writers: dict[str, tuple[zarr.Array, RowShardEncoder | None]] = {}
 
     # -- opening and creating --------------------------------------------------------------------------------
 
@@ -418,6 +420,13 @@ class ActivationStore:
             return (rounded >> 16).astype(np.uint16)
         return values.astype(self.layout.dtype)
 
+    def _writer_for(self, name: str) -> tuple[zarr.Array, RowShardEncoder | None]:
+        """The array and its shard encoder, looked up once per store (each lookup reads the array's zarr.json)."""
+        if name not in self._writers:
+            array = self._group[name]
+            self._writers[name] = (array, RowShardEncoder.for_array(array))
+        return self._writers[name]
+
     def write_block(
         self, block: int, arrays: dict[tuple[str, str, int], np.ndarray], info: dict, threads: int = 1
     ) -> None:
@@ -430,8 +439,7 @@ class ActivationStore:
 
         def write(key: tuple[str, str, int]) -> None:
             name = array_name(*key)
-            array = self._group[name]
-            encoder = RowShardEncoder.for_array(array)
+            array, encoder = self._writer_for(name)
             if encoder is None:  # not the layout spin-cache creates: let zarr write it
                 array[start:stop] = arrays[key]
                 return
@@ -674,8 +682,6 @@ class RowShardEncoder:
     def encode(self, values: np.ndarray) -> bytes:
         """The shard of a block whose rows are `values` (a short last block is padded with the fill value, as
         zarr stores edge chunks whole)."""
-        import google_crc32c
-
         rows, cols = self.shard_shape
         if values.shape != (rows, cols):
             padded = np.zeros((rows, cols), dtype=self.dtype)

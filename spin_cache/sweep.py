@@ -9,7 +9,6 @@ columns do not fit the memory budget, every fit (Base and the random control inc
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from collections.abc import Iterator, Sequence
@@ -209,6 +208,7 @@ class OrderedCopy:
         self.url = url
         self.counter = CountingStore(LocalStore(url, read_only=True))
         self.group = zarr.open_group(self.counter, mode="r")
+        self._stored_bytes: dict[tuple[str, str, int], int] = {}
 
     @property
     def bytes_read(self) -> int:
@@ -221,9 +221,12 @@ class OrderedCopy:
             return None
         return arr, np.asarray(arr.attrs["neurons"], dtype=np.int64)
 
-    @functools.cache  # noqa: B019 - one copy per sweep group; streamed fits ask once per block and pass
     def stored_bytes(self, kind: str, pooling: str, layer: int) -> int:
-        return array_stored_bytes(self.url, array_name(kind, pooling, layer))
+        """Bytes on disk of one array, listed once (streamed fits ask once per block and pass)."""
+        key = (kind, pooling, layer)
+        if key not in self._stored_bytes:
+            self._stored_bytes[key] = array_stored_bytes(self.url, array_name(kind, pooling, layer))
+        return self._stored_bytes[key]
 
 
 def open_ordered(url: str) -> OrderedCopy | None:
