@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import polars as pl
 import torch
 
 from . import __version__
+from .allocator import pin_malloc_thresholds
 from .data import LabelledDataset, load_dataset
 from .errors import InputError, SpinCacheError, StoreMismatchError
 from .lock import StoreLock
@@ -263,6 +265,7 @@ def _extract_blocks(
 
     layout = store.layout
     n_rows = sum(layout.block_range(b)[1] - layout.block_range(b)[0] for b in blocks)
+    pin_malloc_thresholds()  # reuse freed activations instead of faulting in fresh pages every batch
     # The model already uses every core; one compression thread overlaps it instead of competing with it.
     blosc_threads = numcodecs.blosc.get_nthreads()
     numcodecs.blosc.set_nthreads(1)
@@ -321,13 +324,22 @@ def _pool_block(
     def land(host: np.ndarray, local: np.ndarray) -> None:
         block[local] = host
 
+    def packed(rows: list[int], check_finite: bool) -> Iterator[tuple[list[int], torch.Tensor, float, float]]:
+        for part in _pooled_batches(loaded, encodings, rows, layout, check_finite):
+            values = torch.cat([part.pooled[(k, layer)][p] for k, p, layer in keys], dim=1)
+            low, high = (float(v) for v in torch.aminmax(values))  # one pass checks finiteness and range
+            if not check_finite and not (math.isfinite(low) and math.isfinite(high)):
+                # NaN or inf: padded positions may have leaked into the fast mean; pool this part exactly
+                yield from packed(part.rows, check_finite=True)
+            else:
+                yield part.rows, values, low, high
+
     for b0 in range(0, len(order), batch_size):
         rows = order[b0 : b0 + batch_size]
-        for part in _pooled_batches(loaded, encodings, rows, layout):
-            packed = torch.cat([part.pooled[(k, layer)][p] for k, p, layer in keys], dim=1)
+        for part_rows, values, low, high in packed(rows, check_finite=False):
             if layout.dtype == "float16":
-                overflow += _count_beyond_float16(packed)
-            done = copier.submit(_to_store_dtype(packed, layout.dtype), np.asarray(part.rows) - start)
+                overflow += _count_beyond_float16(values, low, high)
+            done = copier.submit(_to_store_dtype(values, layout.dtype), np.asarray(part_rows) - start)
             if done is not None:
                 land(*done)
         bar.update(len(rows))  # type: ignore[attr-defined]
@@ -342,13 +354,18 @@ class _Pooled:
     pooled: dict
 
 
-def _pooled_batches(loaded: LoadedModel, encodings: list[list[int]], rows: list[int], layout: Layout) -> list[_Pooled]:
+def _pooled_batches(
+    loaded: LoadedModel, encodings: list[list[int]], rows: list[int], layout: Layout, check_finite: bool
+) -> list[_Pooled]:
     """Run one batch; a batch that runs out of GPU memory is split in two and retried, never lost."""
     batch = loaded.tokenizer.pad({"input_ids": [encodings[i] for i in rows]}, padding=True, return_tensors="pt")
     try:
         ids = batch["input_ids"].to(loaded.device, non_blocking=True)
         mask = batch["attention_mask"].to(loaded.device, non_blocking=True)
-        return [_Pooled(rows, run_layers(loaded, ids, mask, layout.poolings, kinds=layout.kinds, copy=False))]
+        pooled = run_layers(
+            loaded, ids, mask, layout.poolings, kinds=layout.kinds, copy=False, check_finite=check_finite
+        )
+        return [_Pooled(rows, pooled)]
     except torch.OutOfMemoryError:
         if len(rows) == 1:
             raise SpinCacheError(
@@ -357,16 +374,15 @@ def _pooled_batches(loaded: LoadedModel, encodings: list[list[int]], rows: list[
             ) from None
         torch.cuda.empty_cache()
         half = len(rows) // 2
-        return _pooled_batches(loaded, encodings, rows[:half], layout) + _pooled_batches(
-            loaded, encodings, rows[half:], layout
+        return _pooled_batches(loaded, encodings, rows[:half], layout, check_finite) + _pooled_batches(
+            loaded, encodings, rows[half:], layout, check_finite
         )
 
 
-def _count_beyond_float16(values: torch.Tensor) -> int:
-    """Values that float16 cannot hold (they would be stored as inf). One min/max pass decides; the exact
+def _count_beyond_float16(values: torch.Tensor, low: float, high: float) -> int:
+    """Values that float16 cannot hold (they would be stored as inf). The values' min and max decide; the exact
     count (a few passes more) is taken only when something is out of range."""
-    low, high = torch.aminmax(values)
-    if max(-float(low), float(high)) <= FLOAT16_MAX:
+    if max(-low, high) <= FLOAT16_MAX:
         return 0
     return int((values.abs() > FLOAT16_MAX).sum())
 

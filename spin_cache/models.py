@@ -95,7 +95,9 @@ class MaskPooler:
     tensor operations: extraction pools every layer of every batch, and per-call overhead is what it pays.
     """
 
-    def __init__(self, mask: torch.Tensor, poolings: Sequence[str]) -> None:
+    MAX_RUNS = 4  # more runs of equal spans than this: max masks the ragged positions instead
+
+    def __init__(self, mask: torch.Tensor, poolings: Sequence[str], check_finite: bool = True) -> None:
         if mask.dim() != 2:
             raise InputError(f"mask must have shape (batch, tokens), got {tuple(mask.shape)}")
         _check_poolings(poolings)
@@ -108,19 +110,38 @@ class MaskPooler:
         if batch and bool(counts.min() == 0):
             raise InputError("every row needs at least one real token, but a row's attention mask is all zeros")
         self.counts = counts.to(torch.float32).unsqueeze(-1)
-        self.weights: dict[torch.dtype, torch.Tensor] = {}  # the mask as (B, 1, T) rows for bmm, per dtype
+        self.check_finite = check_finite
+        self.weights: dict[torch.dtype, torch.Tensor] = {}  # (B, 1, T) rows of mask / count for bmm, per dtype
+        self.lowest: dict[torch.dtype, torch.Tensor] = {}  # -inf, the fill of masked positions for max
         self.rows = torch.arange(batch, device=mask.device)
         if batch:
             first = self.mask.to(torch.uint8).argmax(dim=1)  # first index holding the maximum (a real token)
             last = tokens - 1 - self.mask.flip(1).to(torch.uint8).argmax(dim=1)
             self.first, self.last = self._same_or_each(first), self._same_or_each(last)
-            self.span, self.ragged = self._max_regions()
+            self.runs = self._runs(first, last, counts)
+            self.span, self.ragged = self._max_regions() if self.runs is None else ((0, 0), [])
 
     @staticmethod
     def _same_or_each(index: torch.Tensor) -> int | torch.Tensor:
         """One position for the whole batch (a plain slice, no gather) when every row agrees."""
         value = int(index[0])
         return value if bool((index == value).all()) else index
+
+    @staticmethod
+    def _runs(first: torch.Tensor, last: torch.Tensor, counts: torch.Tensor) -> list[tuple[int, int, int, int]] | None:
+        """Consecutive rows whose real tokens are the same unbroken span, as (row0, row1, token0, token1): max
+        then reads just those slices, one reduction per run and nothing masked. Batches sorted by length have a
+        few runs; None when there are more than MAX_RUNS or a row's real tokens have gaps."""
+        spans = torch.stack([first, last + 1, counts]).tolist()
+        runs: list[tuple[int, int, int, int]] = []
+        for row, (start, stop, count) in enumerate(zip(*spans, strict=True)):
+            if stop - start != count:
+                return None
+            if runs and runs[-1][2:] == (start, stop):
+                runs[-1] = (runs[-1][0], row + 1, start, stop)
+            else:
+                runs.append((row, row + 1, start, stop))
+        return runs if len(runs) <= MaskPooler.MAX_RUNS else None
 
     def _max_regions(self) -> tuple[tuple[int, int], list[tuple[int, int, torch.Tensor]]]:
         """The span real in every row (reduced without masking: length-sorted batches make it most of the
@@ -155,22 +176,30 @@ class MaskPooler:
         return self._pick(states, self.last)
 
     def _mean(self, states: torch.Tensor) -> torch.Tensor:
-        # A batched matmul with the mask is ~20x faster than masking a copy; padded positions holding NaN or
-        # inf would leak through it (0 * inf), so such rare batches take the exact, slower route. Sums of
-        # half-precision values are taken in float32.
+        # A batched matmul with mask / count is ~20x faster than masking a copy; padded positions holding NaN or
+        # inf would leak through it (0 * inf), so such rare batches take the exact, slower route (with
+        # check_finite=False the caller checks instead: extraction checks each batch's packed values once).
+        # Sums of half-precision values are taken in float32.
         full = states if states.dtype in (torch.float32, torch.float64) else states.to(torch.float32)
         if full.dtype not in self.weights:
-            self.weights[full.dtype] = self.mask.to(full.dtype).unsqueeze(1)
-        total = torch.bmm(self.weights[full.dtype], full).squeeze(1).to(torch.float32)
-        if not bool(torch.isfinite(total).all()):
+            self.weights[full.dtype] = (self.mask.to(full.dtype) / self.counts.to(full.dtype)).unsqueeze(1)
+        mean = torch.bmm(self.weights[full.dtype], full).squeeze(1).to(torch.float32)
+        if self.check_finite and not bool(torch.isfinite(mean).all()):
             zeroed = torch.where(
                 self.mask.unsqueeze(-1), states, torch.zeros((), dtype=states.dtype, device=states.device)
             )
-            total = zeroed.sum(dim=1, dtype=torch.float32)
-        return total / self.counts
+            mean = zeroed.sum(dim=1, dtype=torch.float32) / self.counts
+        return mean
 
     def _max(self, states: torch.Tensor) -> torch.Tensor:
-        lowest = torch.full((), float("-inf"), dtype=states.dtype, device=states.device)
+        if self.runs is not None:
+            best = torch.empty((states.shape[0], states.shape[2]), dtype=states.dtype, device=states.device)
+            for row0, row1, start, stop in self.runs:
+                torch.amax(states[row0:row1, start:stop], dim=1, out=best[row0:row1])
+            return best.to(torch.float32)
+        if states.dtype not in self.lowest:
+            self.lowest[states.dtype] = torch.full((), float("-inf"), dtype=states.dtype, device=states.device)
+        lowest = self.lowest[states.dtype]
         a, b = self.span
         best = states[:, a:b].amax(dim=1) if b > a else None
         for lo, hi, mask in self.ragged:
@@ -594,6 +623,7 @@ def run_layers(
     kinds: Sequence[str] = KINDS,
     upto_layer: int | None = None,
     copy: bool = True,
+    check_finite: bool = True,
 ) -> dict[tuple[str, int], dict[str, torch.Tensor]]:
     """Run one forward pass and pool every layer's hidden states and FFN activations.
 
@@ -602,6 +632,8 @@ def run_layers(
     ``upto_layer=K`` the forward pass stops right after block K and only layers <= K are returned.
     Results stay on the model's device and are ordinary (not inference-mode) tensors; with ``copy=False`` they
     are the inference-mode tensors themselves (fine to read, not to update in place), saving a copy per layer.
+    With ``check_finite=False`` mean pooling skips its per-layer check for NaN or inf at padded positions (which
+    its fast route would let leak in): the caller must check the results and redo a batch that is not finite.
     """
     adapter = loaded.adapter
     num_layers = adapter.num_layers
@@ -631,7 +663,8 @@ def run_layers(
     device = loaded.device
     input_ids = input_ids.to(device)
     attention_mask = attention_mask.to(device=device, dtype=torch.long)
-    pooler = MaskPooler(attention_mask, poolings)  # refuses rows without a real token, before the forward pass
+    # refuses rows without a real token, before the forward pass
+    pooler = MaskPooler(attention_mask, poolings, check_finite)
 
     results: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
     want_hidden = "hidden" in kinds

@@ -443,9 +443,11 @@ class ActivationStore:
             if encoder is None:  # not the layout spin-cache creates: let zarr write it
                 array[start:stop] = arrays[key]
                 return
-            shard = encoder.encode(arrays[key])
+            parts = encoder.encode_parts(arrays[key])
             fs.makedirs(f"{root}/{name}/c/{block}", exist_ok=True)
-            fs.pipe_file(f"{root}/{name}/c/{block}/0", shard)
+            with fs.open(f"{root}/{name}/c/{block}/0", "wb") as f:
+                for part in parts:
+                    f.write(part)
 
         with ThreadPoolExecutor(max(1, threads)) as pool:
             list(pool.map(write, arrays))
@@ -641,6 +643,7 @@ class RowShardEncoder:
         self.shard_shape = shard_shape
         self.inner_cols = inner_cols
         self.dtype = np.dtype(dtype).newbyteorder("<")  # the bytes codec is little endian
+        self._magnitude_bits = _magnitude_bits(self.dtype)
         shuffle = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE}
         shuffle["bitshuffle"] = numcodecs.Blosc.BITSHUFFLE
         self.blosc = numcodecs.Blosc(
@@ -682,6 +685,11 @@ class RowShardEncoder:
     def encode(self, values: np.ndarray) -> bytes:
         """The shard of a block whose rows are `values` (a short last block is padded with the fill value, as
         zarr stores edge chunks whole)."""
+        return b"".join(self.encode_parts(values))
+
+    def encode_parts(self, values: np.ndarray) -> list[bytes]:
+        """The shard's bytes as consecutive pieces, to be written one after another (joining them would copy
+        the whole shard once more)."""
         rows, cols = self.shard_shape
         if values.shape != (rows, cols):
             padded = np.zeros((rows, cols), dtype=self.dtype)
@@ -693,15 +701,32 @@ class RowShardEncoder:
         offset = 0
         for j in range(n_chunks):
             chunk = np.ascontiguousarray(values[:, j * self.inner_cols : (j + 1) * self.inner_cols], dtype=self.dtype)
-            if not chunk.any():  # like zarr, a chunk equal to the fill value (0) is not stored
+            if self._all_zero(chunk):  # like zarr, a chunk equal to the fill value (0) is not stored
                 continue
             compressed = self.blosc.encode(chunk)
             parts += [compressed, np.uint32(google_crc32c.value(compressed)).tobytes()]
             index[0, j] = (offset, len(compressed) + 4)
             offset += len(compressed) + 4
         index_bytes = index.tobytes()
-        parts += [index_bytes, np.uint32(google_crc32c.value(index_bytes)).tobytes()]
-        return b"".join(parts)
+        return [*parts, index_bytes, np.uint32(google_crc32c.value(index_bytes)).tobytes()]
+
+    def _all_zero(self, chunk: np.ndarray) -> bool:
+        """`not chunk.any()`, 10x faster: tested on 64-bit words with the sign bits of floats cleared (-0.0 == 0)."""
+        if chunk.nbytes % 8 or self._magnitude_bits is None:
+            return not chunk.any()
+        words = chunk.reshape(-1).view("<u8")
+        return not np.bitwise_and(words, self._magnitude_bits).any()
+
+
+def _magnitude_bits(dtype: np.dtype) -> np.uint64 | None:
+    """A 64-bit word of `dtype` elements with every bit set except, for floats, the sign bit: a word ANDed with
+    it is zero exactly when all its elements equal zero."""
+    if dtype.itemsize > 8 or 8 % dtype.itemsize or dtype.kind not in "fiub":
+        return None
+    ones = np.full(8 // dtype.itemsize, np.iinfo(f"u{dtype.itemsize}").max, dtype=f"<u{dtype.itemsize}")
+    if dtype.kind == "f":
+        ones >>= 1
+    return ones.view("<u8")[0]
 
 
 def new_manifest(*, model: dict, dataset: dict, extraction: dict, layout: Layout) -> dict:

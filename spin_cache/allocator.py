@@ -1,0 +1,44 @@
+"""Steady heap for loops that allocate and free the same large tensors batch after batch (glibc only).
+
+glibc's malloc serves blocks above its mmap threshold (128 KiB at start, raised as such blocks are freed) with
+fresh pages from the kernel, and gives the top of the heap back once more than the trim threshold is free there.
+A forward pass whose activations are pooled by hooks interleaves the model's large buffers with many small
+results, so the heap keeps being trimmed and regrown: measured on the bundled MiniLM, ~370,000 page faults
+(~1.4 GB of zero-filled pages) per 2,048 sentences, against ~90,000 for the bare forward pass, and ~9% of the
+forward's time. Pinning both thresholds lets freed memory be reused instead (~0 faults per block). See
+BENCHMARKS.md, Extraction.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+# mallopt(3) parameters
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+# glibc's upper bound for the mmap threshold on 64-bit (larger blocks are always mmapped)
+MMAP_THRESHOLD = 32 * 2**20
+TRIM_THRESHOLD = 512 * 2**20
+
+
+def pin_malloc_thresholds(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD) -> bool:
+    """Pin glibc's mmap and trim thresholds for this process; True when it took effect.
+
+    The setting is process-wide and lasts (glibc stops adjusting its thresholds once they are set): up to
+    `trim_threshold` bytes of freed heap stay mapped for reuse. A no-op returning False off glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other libcs: nothing to pin
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))) and bool(
+        mallopt(_M_TRIM_THRESHOLD, int(trim_threshold))
+    )
