@@ -109,15 +109,12 @@ def run_extraction(
     storage_options: dict | None = None,
     workers: int = 1,
     shard: tuple[int, int] | None = None,
-    overlap_writes: bool | None = None,
 ) -> ExtractionReport:
     """The extraction behind `spin-cache extract`; see `extract` for the short form.
 
     `workers=N` runs N local processes (one model each, on cuda:i when there are several GPUs), each writing a
     disjoint set of row blocks; `shard=(i, n)` is one such worker, for launching by hand on several machines
     (shard 0 creates the store, the others wait for it). The store is complete once every block is committed.
-    `overlap_writes` writes blocks on a background thread while the model computes (default: only when the
-    model runs on an accelerator; on a CPU the model's threads use every core, see `_extract_blocks`).
     """
     options = {k: v for k, v in locals().items() if k not in ("workers", "shard")}
     t0 = time.perf_counter()
@@ -221,7 +218,7 @@ def run_extraction(
             _run_workers(options, url, workers, store, len(todo), progress)
             loaded = None
         else:
-            _extract_blocks(loaded, store, encodings, todo, batch_size, progress, report, overlap_writes)
+            _extract_blocks(loaded, store, encodings, todo, batch_size, progress, report)
         report.extract_seconds = time.perf_counter() - t_blocks
         report.written_blocks = len(todo) if workers > 1 else report.written_blocks
         committed = store.committed_blocks()
@@ -262,23 +259,17 @@ def _extract_blocks(
     batch_size: int,
     progress: bool,
     report: ExtractionReport,
-    overlap_writes: bool | None = None,
 ) -> None:
-    """Pool and write `blocks`. With `overlap_writes` (default: when the model runs on an accelerator) a
-    background thread compresses and writes each block while the model computes the next. On a CPU the model's
-    threads already use every core: a writer thread competing with them stalls each of the model's parallel
-    operations, which measured slower than writing each block inline with every core (BENCHMARKS.md)."""
     import numcodecs.blosc
     from tqdm.auto import tqdm
 
     layout = store.layout
     n_rows = sum(layout.block_range(b)[1] - layout.block_range(b)[0] for b in blocks)
     pin_malloc_thresholds()  # reuse freed activations instead of faulting in fresh pages every batch
-    if overlap_writes is None:
-        overlap_writes = loaded.device.type != "cpu"
+    # The model already uses every core; one compression thread overlaps it instead of competing with it.
     blosc_threads = numcodecs.blosc.get_nthreads()
-    numcodecs.blosc.set_nthreads(1)  # parallelism comes from compressing several arrays at once
-    writer = _BlockWriter(store, background=overlap_writes)
+    numcodecs.blosc.set_nthreads(1)
+    writer = _BlockWriter(store)
     bar = tqdm(total=n_rows, desc="extract", unit="ex", disable=not progress, smoothing=0.1)
     tokens = 0
     t_start = time.perf_counter()
@@ -289,9 +280,8 @@ def _extract_blocks(
                 loaded, store, encodings, start, stop, batch_size, bar, writer.spare()
             )
             tokens += sum(len(encodings[i]) for i in range(start, stop))
-            # A background write shares the cores with the model: one thread. Inline, and after the last block,
-            # nothing else runs: every core.
-            threads = 1 if overlap_writes and block != blocks[-1] else (os.cpu_count() or 1)
+            # The model is done after the last block: its write may use every core.
+            threads = (os.cpu_count() or 1) if block == blocks[-1] else 1
             writer.put(block, arrays, {"overflow": overflow}, threads=threads, buffer=buffer)
             report.written_blocks += 1
             elapsed = max(time.perf_counter() - t_start, 1e-9)
@@ -450,18 +440,16 @@ def _lower_this_threads_priority() -> None:
 
 
 class _BlockWriter:
-    """Writes finished blocks: on a background thread whose bounded queue keeps memory bounded, or inline (in
-    the caller's thread) with `background=False`. Written blocks' buffers come back as spares for the next."""
+    """A background thread that writes finished blocks; the queue bound keeps memory bounded. Written blocks'
+    buffers come back as spares for the next blocks."""
 
-    def __init__(self, store: ActivationStore, max_pending: int = 1, background: bool = True) -> None:
+    def __init__(self, store: ActivationStore, max_pending: int = 1) -> None:
         self.store = store
         self.queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self.spares: queue.SimpleQueue = queue.SimpleQueue()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="spin-cache-writer", daemon=True)
-        self.background = background
-        if background:
-            self.thread.start()
+        self.thread.start()
 
     def _run(self) -> None:
         _lower_this_threads_priority()
@@ -485,22 +473,17 @@ class _BlockWriter:
             return None
 
     def put(self, block: int, arrays: dict, info: dict, threads: int, buffer: np.ndarray) -> None:
-        """Write or queue a block's arrays (views of `buffer`, which comes back as a spare once written)."""
+        """Queue a block's arrays (views of `buffer`, which comes back as a spare once written)."""
         self._raise()
-        if not self.background:
-            self.store.write_block(block, arrays, info, threads)
-            self.spares.put(buffer)
-            return
         self.queue.put((block, arrays, info, threads, buffer))
 
     def close(self) -> None:
-        if self.background:
-            self.queue.put(None)
-            self.thread.join()
+        self.queue.put(None)
+        self.thread.join()
         self._raise()
 
     def stop(self) -> None:
-        if self.background and self.thread.is_alive():
+        if self.thread.is_alive():
             self.queue.put(None)
             self.thread.join()
 

@@ -321,18 +321,6 @@ def test_two_worker_processes_equal_a_single_worker(tmp_path, small_store, tiny_
     assert ActivationStore.open(out).fingerprint == ActivationStore.open(small_store).fingerprint
 
 
-def test_background_writes_equal_inline_writes(tmp_path, small_store, tiny_sst2):
-    """On a CPU blocks are written inline (the model's threads use every core); on an accelerator a background
-    thread writes them while the model computes. Both must store the same bytes."""
-    out = str(tmp_path / "background")
-    report = run_extraction(**tiny_sst2, out=out, block_rows=32, batch_size=8, overlap_writes=True, progress=False)
-    assert report.store.is_complete and report.written_blocks == 3
-    a, b = _store_arrays(out), _store_arrays(small_store)
-    assert a.keys() == b.keys()
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-
-
 def test_shards_by_hand(tmp_path, tiny_sst2, capsys):
     out = str(tmp_path / "sharded")
     base = ["extract", "--train", tiny_sst2["train"], "--dev", tiny_sst2["dev"], "--test", tiny_sst2["test"],
