@@ -1,10 +1,11 @@
 """Extraction cost against a bare forward pass, store size against raw float32, and column-read cost.
 
-    python benchmarks/bench_extract.py [--limit N] [--batch-size 32] [--repeats 2]
+    python benchmarks/bench_extract.py [--limit N] [--batch-size 32] [--repeats 3]
 
 Bare forward: the same model, rows, blocks and length-sorted batches as `spin-cache extract`, outputs discarded.
 Extraction: `run_extraction` into a fresh store (forward + pooling of every layer + background writing); the
-ratio uses its block phase (model loading and tokenising are excluded from both sides).
+ratio uses its block phase (model loading and tokenising are excluded from both sides). Each round runs both, in
+alternating order, and the ratio compares the runs of one round: this VM's speed drifts by 10-20% over minutes.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 
@@ -20,6 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
+from spin_cache.allocator import pin_malloc_thresholds
 from spin_cache.data import load_dataset
 from spin_cache.extract import _tokenize, run_extraction
 from spin_cache.models import load_model
@@ -60,52 +63,58 @@ def column_reads(store_path: str, share: float, seed: int = 0) -> dict:
     }
 
 
+def extraction(dataset, batch_size: int, keep: dict) -> tuple[float, int]:
+    """Seconds of the block phase of one extraction into a fresh store (and its block rows); the first store's
+    sizes and column-read costs go into `keep`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "store")
+        report = run_extraction(data=dataset, out=out, batch_size=batch_size, progress=False)
+        if not keep:
+            info = report.store.info()
+            keep |= {"stored": sum(info["bytes_stored"].values()), "float32": info["bytes_float32"],
+                     "reads_5pct": column_reads(out, 0.05), "command_s": report.seconds}  # fmt: skip
+        return report.extract_seconds, report.store.layout.block_rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--limit", type=int, default=None, help="rows per split (default: all of SST-2)")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of (bare, extract), order alternated")
     args = ap.parse_args()
     dataset = load_dataset("sst2")
     if args.limit:
         dataset = dataset.subset(args.limit)
     loaded = load_model("minilm", device="cpu")
     encodings, _, _ = _tokenize(loaded, dataset, 512)
-    results = []
-    for _ in range(args.repeats):
-        with tempfile.TemporaryDirectory() as tmp:
-            out = os.path.join(tmp, "store")
-            report = run_extraction(data=dataset, out=out, batch_size=args.batch_size, progress=False)
-            block_rows = report.store.layout.block_rows
-            bare = bare_forward(loaded, encodings, block_rows, args.batch_size)
-            info = report.store.info()
-            stored = sum(info["bytes_stored"].values())
-            reads = column_reads(out, 0.05)
-            results.append(
-                {
-                    "bare_s": bare,
-                    "extract_s": report.extract_seconds,
-                    "command_s": report.seconds,
-                    "ratio": report.extract_seconds / bare,
-                    "stored": stored,
-                    "float32": info["bytes_float32"],
-                    "size_ratio": stored / info["bytes_float32"],
-                    "block_rows": block_rows,
-                    "reads_5pct": reads,
-                }
-            )
-    best = min(results, key=lambda r: r["ratio"])
-    print(json.dumps({"rows": len(dataset), "threads": torch.get_num_threads(), "runs": results}, indent=1))
-    print(f"\nrows {len(dataset)}  batch {args.batch_size}  blocks of {best['block_rows']}  (best of {args.repeats})")
-    print(
-        f"bare forward {best['bare_s']:.1f}s | extract (blocks) {best['extract_s']:.1f}s | "
-        f"ratio {best['ratio']:.2f}x | whole command {best['command_s']:.1f}s"
-    )
-    print(
-        f"store {best['stored'] / 2**20:.1f} MiB vs float32 {best['float32'] / 2**20:.1f} MiB: "
-        f"{best['size_ratio']:.3f}x"
-    )
-    r = best["reads_5pct"]
+    pin_malloc_thresholds()  # what extraction does: both sides run with the same allocator settings
+    keep: dict = {}
+    block_rows = 2048
+    rounds = []
+    for r in range(args.repeats):
+        seconds = {}
+        for mode in ("bare", "extract") if r % 2 else ("extract", "bare"):  # alternate: this VM's speed drifts
+            if mode == "bare":
+                seconds[mode] = bare_forward(loaded, encodings, block_rows, args.batch_size)
+            else:
+                seconds[mode], block_rows = extraction(dataset, args.batch_size, keep)
+        rounds.append(seconds)
+        print(json.dumps({k: round(v, 2) for k, v in seconds.items()}), flush=True)
+    ratios = {"extract": [r["extract"] / r["bare"] for r in rounds]}
+    print(f"\nrows {len(dataset)}  batch {args.batch_size}  blocks of {block_rows}  threads {torch.get_num_threads()}")
+
+    def times(mode: str) -> str:
+        return " ".join(f"{r[mode]:.1f}s" for r in rounds)
+
+    print(f"bare forward: {times('bare')}")
+    for mode, values in ratios.items():
+        median, low, high = statistics.median(values), min(values), max(values)
+        print(f"extract: {times(mode)} | ratio to the bare forward of the same round: "
+              f"median {median:.3f}x (range {low:.3f}-{high:.3f})")  # fmt: skip
+    print(f"whole command (first run, with model load, tokenising, hashing): {keep['command_s']:.1f}s")
+    print(f"store {keep['stored'] / 2**20:.1f} MiB vs float32 {keep['float32'] / 2**20:.1f} MiB: "
+          f"{keep['stored'] / keep['float32']:.3f}x")  # fmt: skip
+    r = keep["reads_5pct"]
     print(
         f"5% random columns: read {r['bytes_read'] / 2**20:.1f} MiB for {r['bytes_of_columns'] / 2**20:.1f} MiB "
         f"of columns ({r['read_over_needed']:.1f}x)"
