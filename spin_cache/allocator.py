@@ -1,4 +1,6 @@
-"""Steady heap for loops that allocate and free the same large tensors batch after batch (glibc only).
+"""glibc malloc settings for spin-cache's two long loops (no-ops on other C libraries).
+
+Extraction: a steady heap for a loop that allocates and frees the same large tensors batch after batch.
 
 glibc's malloc serves blocks above its mmap threshold (128 KiB at start, raised as such blocks are freed) with
 fresh pages from the kernel, and gives the top of the heap back once more than the trim threshold is free there.
@@ -7,12 +9,15 @@ results, so the heap keeps being trimmed and regrown: measured on the bundled Mi
 (~1.4 GB of zero-filled pages) per 2,048 sentences, against ~90,000 for the bare forward pass, and ~9% of the
 forward's time. Pinning both thresholds lets freed memory be reused instead (~0 faults per block). See
 BENCHMARKS.md, Extraction.
+
+Streamed sweeps: the heap's free space is given back after each streamed fit (`release_free_heap`).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 # mallopt(3) parameters
@@ -24,21 +29,40 @@ MMAP_THRESHOLD = 32 * 2**20
 TRIM_THRESHOLD = 512 * 2**20
 
 
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    except (OSError, AttributeError):  # musl and other libcs: nothing to tune
+        return None
+    return libc
+
+
 def pin_malloc_thresholds(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD) -> bool:
     """Pin glibc's mmap and trim thresholds for this process; True when it took effect.
 
     The setting is process-wide and lasts (glibc stops adjusting its thresholds once they are set): up to
     `trim_threshold` bytes of freed heap stay mapped for reuse. A no-op returning False off glibc.
     """
-    if not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if libc is None:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and other libcs: nothing to pin
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))) and bool(
-        mallopt(_M_TRIM_THRESHOLD, int(trim_threshold))
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, int(trim_threshold))
     )
+
+
+def release_free_heap() -> bool:
+    """Give the pages of freed heap memory back to the kernel (glibc's malloc_trim); True when some were.
+
+    Streamed fits read the same row blocks pass after pass into arrays of a few varying sizes; the heap's free
+    space fragments and the process's resident memory creeps up with every pass over more blocks, although no
+    more memory is live. Trimming after each streamed fit keeps a sweep's peak memory flat in the store's size
+    (BENCHMARKS.md, Scale). A no-op returning False off glibc.
+    """
+    libc = _glibc()
+    return libc is not None and bool(libc.malloc_trim(0))
