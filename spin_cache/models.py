@@ -114,6 +114,7 @@ class MaskPooler:
         self.weights: dict[torch.dtype, torch.Tensor] = {}  # (B, 1, T) rows of mask / count for bmm, per dtype
         self.lowest: dict[torch.dtype, torch.Tensor] = {}  # -inf, the fill of masked positions for max
         self.rows = torch.arange(batch, device=mask.device)
+        self.runs: list[tuple[int, int, int, int]] | None = None
         if batch:
             first = self.mask.to(torch.uint8).argmax(dim=1)  # first index holding the maximum (a real token)
             last = tokens - 1 - self.mask.flip(1).to(torch.uint8).argmax(dim=1)
