@@ -266,9 +266,14 @@ def _extract_blocks(
     layout = store.layout
     n_rows = sum(layout.block_range(b)[1] - layout.block_range(b)[0] for b in blocks)
     pin_malloc_thresholds()  # reuse freed activations instead of faulting in fresh pages every batch
-    # The model already uses every core; one compression thread overlaps it instead of competing with it.
+    # On the CPU the model already uses every core: one compression thread, at the lowest priority, fills the
+    # gaps instead of competing with it. On a GPU the host's cores are free but for the one feeding the device:
+    # the writer compresses that many arrays at once (its output is ~1 MB per example for a 1B model).
+    # After the last block the model is done and its write may use every core.
     blosc_threads = numcodecs.blosc.get_nthreads()
     numcodecs.blosc.set_nthreads(1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    write_threads = 1 if loaded.device.type == "cpu" else max(1, cores - 1)
     writer = _BlockWriter(store)
     bar = tqdm(total=n_rows, desc="extract", unit="ex", disable=not progress, smoothing=0.1)
     tokens = 0
@@ -280,8 +285,7 @@ def _extract_blocks(
                 loaded, store, encodings, start, stop, batch_size, bar, writer.spare()
             )
             tokens += sum(len(encodings[i]) for i in range(start, stop))
-            # The model is done after the last block: its write may use every core.
-            threads = (os.cpu_count() or 1) if block == blocks[-1] else 1
+            threads = cores if block == blocks[-1] else write_threads
             writer.put(block, arrays, {"overflow": overflow}, threads=threads, buffer=buffer)
             report.written_blocks += 1
             elapsed = max(time.perf_counter() - t_start, 1e-9)
@@ -303,12 +307,12 @@ def _pool_block(
     bar: object,
     spare: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[tuple[str, str, int], np.ndarray], int]:
-    """Pool one row block. Each batch's pooled values are packed into one tensor, converted to the stored
-    dtype on the model's device and copied to the host once, into one block-wide buffer whose column slices
-    are the arrays' values (the writer thread copies them into chunks, off the model's critical path; a
-    `spare` buffer the writer has finished with is reused: a fresh one costs a page fault per 4 KiB). On
-    CUDA the copy goes to pinned memory on a side stream and lands only after the next batch's forward has
-    been queued, so the GPU never waits on it."""
+    """Pool one row block. Each batch's pooled values are packed into one tensor in the stored dtype (on the
+    model's device, converted as they are concatenated) and copied to the host once, into one block-wide buffer
+    whose column slices are the arrays' values (the writer thread copies them into chunks, off the model's
+    critical path; a `spare` buffer the writer has finished with is reused: a fresh one costs a page fault per
+    4 KiB). On CUDA the copy goes to pinned memory on a side stream and lands only after the next batch's
+    forward has been queued, so the GPU never waits on it."""
     layout = store.layout
     out_dtype = np.uint16 if layout.dtype == "bfloat16" else np.dtype(layout.dtype)
     keys = layout.array_keys()
@@ -324,22 +328,31 @@ def _pool_block(
     def land(host: np.ndarray, local: np.ndarray) -> None:
         block[local] = host
 
-    def packed(rows: list[int], check_finite: bool) -> Iterator[tuple[list[int], torch.Tensor, float, float]]:
+    def packed(rows: list[int], check_finite: bool) -> Iterator[tuple[list[int], torch.Tensor, int]]:
+        """(rows, values in the stored dtype, count beyond float16's range) for each part of a batch."""
         for part in _pooled_batches(loaded, encodings, rows, layout, check_finite):
-            values = torch.cat([part.pooled[(k, layer)][p] for k, p, layer in keys], dim=1)
-            low, high = (float(v) for v in torch.aminmax(values))  # one pass checks finiteness and range
+            pieces = [part.pooled[(k, layer)][p] for k, p, layer in keys]
+            if not check_finite:
+                # Fast route: packed straight into the stored dtype, then one min/max pass over half the bytes.
+                # Finite there means finite in float32 too and nothing beyond float16's range.
+                stored = _pack(pieces, layout.dtype)
+                if all(math.isfinite(v) for v in _min_max(stored, layout.dtype)):
+                    yield part.rows, stored, 0
+                    continue
+            values = torch.cat(pieces, dim=1)
+            low, high = (float(v) for v in torch.aminmax(values))
             if not check_finite and not (math.isfinite(low) and math.isfinite(high)):
                 # NaN or inf: padded positions may have leaked into the fast mean; pool this part exactly
                 yield from packed(part.rows, check_finite=True)
-            else:
-                yield part.rows, values, low, high
+                continue
+            beyond = _count_beyond_float16(values, low, high) if layout.dtype == "float16" else 0
+            yield part.rows, _to_store_dtype(values, layout.dtype), beyond
 
     for b0 in range(0, len(order), batch_size):
         rows = order[b0 : b0 + batch_size]
-        for part_rows, values, low, high in packed(rows, check_finite=False):
-            if layout.dtype == "float16":
-                overflow += _count_beyond_float16(values, low, high)
-            done = copier.submit(_to_store_dtype(values, layout.dtype), np.asarray(part_rows) - start)
+        for part_rows, values, part_overflow in packed(rows, check_finite=False):
+            overflow += part_overflow
+            done = copier.submit(values, np.asarray(part_rows) - start)
             if done is not None:
                 land(*done)
         bar.update(len(rows))  # type: ignore[attr-defined]
@@ -385,6 +398,19 @@ def _count_beyond_float16(values: torch.Tensor, low: float, high: float) -> int:
     if max(-low, high) <= FLOAT16_MAX:
         return 0
     return int((values.abs() > FLOAT16_MAX).sum())
+
+
+def _pack(pieces: list[torch.Tensor], dtype: str) -> torch.Tensor:
+    """Concatenate float32 pieces along columns, converting to the stored dtype in the same pass."""
+    torch_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(dtype, torch.float32)
+    out = torch.empty((pieces[0].shape[0], sum(p.shape[1] for p in pieces)), dtype=torch_dtype, device=pieces[0].device)
+    torch.cat(pieces, dim=1, out=out)
+    return out.view(torch.int16) if dtype == "bfloat16" else out  # bfloat16 is stored as raw bits
+
+
+def _min_max(stored: torch.Tensor, dtype: str) -> tuple[float, float]:
+    values = stored.view(torch.bfloat16) if dtype == "bfloat16" else stored
+    return tuple(float(v) for v in torch.aminmax(values))  # type: ignore[return-value]
 
 
 def _to_store_dtype(packed: torch.Tensor, dtype: str) -> torch.Tensor:
