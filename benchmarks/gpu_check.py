@@ -485,6 +485,8 @@ def run_model(name: str, args, device: torch.device, t_start: float) -> dict:
                   + (f", peak GPU memory bare {rnd['bare_peak_gib']} GiB, extract {rnd['extract_peak_gib']} GiB"
                      if device.type == "cuda" else ""))  # fmt: skip
         res["rounds"] = rounds
+        if args.profile_rows:
+            profile_extraction(loaded, name, args, encodings, lengths, root)
         if "store_check" in res:
             print(f"store check: rows {res['store_check']['rows'][0]}-{res['store_check']['rows'][-1]} read back vs "
                   f"direct run_layers: worst relative error {res['store_check']['worst']:.4f}")  # fmt: skip
@@ -509,6 +511,27 @@ def run_model(name: str, args, device: torch.device, t_start: float) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return res
+
+
+def profile_extraction(loaded, name: str, args, encodings: list[list[int]], lengths: list[int], root: str) -> None:
+    """One more extraction of the first --profile-rows rows under cProfile: the main thread's costliest functions
+    (what keeps it from feeding the device)."""
+    import cProfile
+    import pstats
+
+    n = min(args.rows, args.profile_rows)
+    folder = os.path.join(root, "profiled")
+    store = new_store(loaded, name, n, lengths[:n], folder, args.block_rows)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    seconds, _, _ = extract_blocks(loaded, store, encodings[:n], args.batch_size)
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(16)
+    body = text.getvalue()
+    print(f"profile: extraction of {n} rows under cProfile took {seconds:.2f}s; main thread, by own time:")
+    print(body[body.find("ncalls") :].rstrip())
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def check_failures(res: dict, tol: float) -> list[str]:
@@ -558,6 +581,7 @@ def main() -> int:
     ap.add_argument("--block-rows", type=int, default=None, help="default: default_block_rows, as extract picks")
     ap.add_argument("--repeats", type=int, default=2, help="rounds of (bare, extract), order alternated")
     ap.add_argument("--precision-rows", type=int, default=8)
+    ap.add_argument("--profile-rows", type=int, default=2048, help="rows of one extraction under cProfile (0: none)")
     ap.add_argument("--tol", type=float, default=0.05, help="largest relative error that passes")
     ap.add_argument("--budget-s", type=float, default=360, help="start no round or model past this many seconds")
     ap.add_argument("--tmp", default=tempfile.gettempdir(), help="where the stores are written (local disk)")

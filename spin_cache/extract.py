@@ -55,6 +55,7 @@ from .store import (
 DEFAULT_CHUNK_COLS = 64
 DEFAULT_MAX_LENGTH = 512
 DEFAULT_STORES_DIR = "stores"
+_CPU_WRITE_THREADS = 1
 
 
 @dataclass
@@ -187,7 +188,7 @@ def run_extraction(
                 widths={k: widths[k] for k in kinds},
                 n_rows=len(dataset),
                 dtype=dtype,
-                block_rows=block_rows or default_block_rows(row_bytes),
+                block_rows=block_rows or default_block_rows(row_bytes, chunk_cols * (4 if dtype == "float32" else 2)),
                 chunk_cols=chunk_cols,
             )
             model_info |= {
@@ -268,12 +269,13 @@ def _extract_blocks(
     pin_malloc_thresholds()  # reuse freed activations instead of faulting in fresh pages every batch
     # On the CPU the model already uses every core: one compression thread, at the lowest priority, fills the
     # gaps instead of competing with it. On a GPU the host's cores are free but for the one feeding the device:
-    # the writer compresses that many arrays at once (its output is ~1 MB per example for a 1B model).
+    # the writer compresses up to 8 arrays at once (~1 MB of output per example for a 1B model); more threads
+    # would take the GIL from the feeding thread between their calls into Blosc.
     # After the last block the model is done and its write may use every core.
     blosc_threads = numcodecs.blosc.get_nthreads()
     numcodecs.blosc.set_nthreads(1)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    write_threads = 1 if loaded.device.type == "cpu" else max(1, cores - 1)
+    write_threads = _CPU_WRITE_THREADS if loaded.device.type == "cpu" else max(1, min(cores - 1, 8))
     writer = _BlockWriter(store)
     bar = tqdm(total=n_rows, desc="extract", unit="ex", disable=not progress, smoothing=0.1)
     tokens = 0
@@ -325,39 +327,41 @@ def _pool_block(
     copier = _HostCopier(loaded.device)
     overflow = 0
 
-    def land(host: np.ndarray, local: np.ndarray) -> None:
-        block[local] = host
-
-    def packed(rows: list[int], check_finite: bool) -> Iterator[tuple[list[int], torch.Tensor, int]]:
-        """(rows, values in the stored dtype, count beyond float16's range) for each part of a batch."""
-        for part in _pooled_batches(loaded, encodings, rows, layout, check_finite):
-            pieces = [part.pooled[(k, layer)][p] for k, p, layer in keys]
-            if not check_finite:
-                # Fast route: packed straight into the stored dtype, then one min/max pass over half the bytes.
-                # Finite there means finite in float32 too and nothing beyond float16's range.
-                stored = _pack(pieces, layout.dtype)
-                if all(math.isfinite(v) for v in _min_max(stored, layout.dtype)):
-                    yield part.rows, stored, 0
-                    continue
-            values = torch.cat(pieces, dim=1)
+    def exact(rows: list[int], pooled: dict | None) -> Iterator[tuple[list[int], torch.Tensor, int]]:
+        """The slow route, for a batch whose fast values are not all finite: the float32 values tell values beyond
+        float16's range (counted) from NaN or inf, which padded positions may have leaked into the fast mean: such
+        a batch is pooled again the exact way."""
+        parts = [_Pooled(rows, pooled)] if pooled is not None else []
+        parts = parts or _pooled_batches(loaded, encodings, rows, layout, check_finite=True)
+        for part in parts:
+            values = torch.cat([part.pooled[(k, layer)][p] for k, p, layer in keys], dim=1)
             low, high = (float(v) for v in torch.aminmax(values))
-            if not check_finite and not (math.isfinite(low) and math.isfinite(high)):
-                # NaN or inf: padded positions may have leaked into the fast mean; pool this part exactly
-                yield from packed(part.rows, check_finite=True)
+            if pooled is not None and not (math.isfinite(low) and math.isfinite(high)):
+                yield from exact(part.rows, None)
                 continue
             beyond = _count_beyond_float16(values, low, high) if layout.dtype == "float16" else 0
             yield part.rows, _to_store_dtype(values, layout.dtype), beyond
 
+    def land(landed: _Landed) -> int:
+        """Put a batch's values into the block; returns its count of values beyond float16's range."""
+        if all(math.isfinite(v) for v in landed.min_max):  # finite in the stored dtype: finite in float32 too
+            block[np.asarray(landed.rows) - start] = landed.values
+            return 0
+        beyond = 0
+        for rows, values, part_beyond in exact(landed.rows, landed.pooled):
+            block[np.asarray(rows) - start] = _host_view(values)
+            beyond += part_beyond
+        return beyond
+
     for b0 in range(0, len(order), batch_size):
-        rows = order[b0 : b0 + batch_size]
-        for part_rows, values, part_overflow in packed(rows, check_finite=False):
-            overflow += part_overflow
-            done = copier.submit(values, np.asarray(part_rows) - start)
-            if done is not None:
-                land(*done)
-        bar.update(len(rows))  # type: ignore[attr-defined]
-    for done in copier.drain():
-        land(*done)
+        for part in _pooled_batches(loaded, encodings, order[b0 : b0 + batch_size], layout, check_finite=False):
+            # Packed straight into the stored dtype; its min/max (over half the bytes) is read when the copy lands
+            stored = _pack([part.pooled[(k, layer)][p] for k, p, layer in keys], layout.dtype)
+            for landed in copier.submit(stored, _min_max(stored, layout.dtype), part):
+                overflow += land(landed)
+        bar.update(min(batch_size, len(order) - b0))  # type: ignore[attr-defined]
+    for landed in copier.drain():
+        overflow += land(landed)
     return block, {key: block[:, offsets[j] : offsets[j + 1]] for j, key in enumerate(keys)}, overflow
 
 
@@ -373,10 +377,14 @@ def _pooled_batches(
     """Run one batch; a batch that runs out of GPU memory is split in two and retried, never lost."""
     batch = loaded.tokenizer.pad({"input_ids": [encodings[i] for i in rows]}, padding=True, return_tensors="pt")
     try:
-        ids = batch["input_ids"].to(loaded.device, non_blocking=True)
-        mask = batch["attention_mask"].to(loaded.device, non_blocking=True)
-        pooled = run_layers(
-            loaded, ids, mask, layout.poolings, kinds=layout.kinds, copy=False, check_finite=check_finite
+        pooled = run_layers(  # host tensors: run_layers reads the mask on the host, then moves both
+            loaded,
+            batch["input_ids"],
+            batch["attention_mask"],
+            layout.poolings,
+            kinds=layout.kinds,
+            copy=False,
+            check_finite=check_finite,
         )
         return [_Pooled(rows, pooled)]
     except torch.OutOfMemoryError:
@@ -408,9 +416,10 @@ def _pack(pieces: list[torch.Tensor], dtype: str) -> torch.Tensor:
     return out.view(torch.int16) if dtype == "bfloat16" else out  # bfloat16 is stored as raw bits
 
 
-def _min_max(stored: torch.Tensor, dtype: str) -> tuple[float, float]:
+def _min_max(stored: torch.Tensor, dtype: str) -> torch.Tensor:
+    """(min, max) of stored values as a float32 tensor on their device (read later: no device sync here)."""
     values = stored.view(torch.bfloat16) if dtype == "bfloat16" else stored
-    return tuple(float(v) for v in torch.aminmax(values))  # type: ignore[return-value]
+    return torch.stack(torch.aminmax(values)).to(torch.float32)
 
 
 def _to_store_dtype(packed: torch.Tensor, dtype: str) -> torch.Tensor:
@@ -421,34 +430,49 @@ def _to_store_dtype(packed: torch.Tensor, dtype: str) -> torch.Tensor:
     return packed.to(torch.float32)
 
 
+@dataclass
+class _Landed:
+    """A batch's packed values on the host, with their min/max, and the pooled tensors they came from (needed
+    only if the values are not all finite)."""
+
+    rows: list[int]
+    values: np.ndarray
+    min_max: tuple[float, float]
+    pooled: dict
+
+
 class _HostCopier:
     """Device -> host copies of packed batches: synchronous on the CPU; on CUDA, non-blocking into pinned
-    buffers on a side stream, handed back one batch later."""
+    buffers on a side stream, handed back one batch later, so that nothing waits for the device in between
+    (the min/max that decides a batch's fate is read only then)."""
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
         self.stream = torch.cuda.Stream(device) if self.cuda else None
-        self.pending: list[tuple[torch.cuda.Event, torch.Tensor, np.ndarray]] = []
+        self.pending: list[tuple[torch.cuda.Event, torch.Tensor, torch.Tensor, _Pooled]] = []
 
-    def submit(self, values: torch.Tensor, local: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    def submit(self, values: torch.Tensor, min_max: torch.Tensor, part: _Pooled) -> list[_Landed]:
         if not self.cuda:
-            return _host_view(values), local
+            return [_Landed(part.rows, _host_view(values), tuple(min_max.tolist()), part.pooled)]
         host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+        host_min_max = torch.empty(2, dtype=torch.float32, pin_memory=True)
         self.stream.wait_stream(torch.cuda.current_stream(values.device))
         with torch.cuda.stream(self.stream):
             host.copy_(values, non_blocking=True)
+            host_min_max.copy_(min_max, non_blocking=True)
             values.record_stream(self.stream)
+            min_max.record_stream(self.stream)
             event = torch.cuda.Event()
             event.record(self.stream)
-        self.pending.append((event, host, local))
-        return self._pop() if len(self.pending) > 1 else None
+        self.pending.append((event, host, host_min_max, part))
+        return [self._pop()] if len(self.pending) > 1 else []
 
-    def _pop(self) -> tuple[np.ndarray, np.ndarray]:
-        event, host, local = self.pending.pop(0)
+    def _pop(self) -> _Landed:
+        event, host, host_min_max, part = self.pending.pop(0)
         event.synchronize()
-        return _host_view(host), local
+        return _Landed(part.rows, _host_view(host), tuple(host_min_max.tolist()), part.pooled)
 
-    def drain(self) -> list[tuple[np.ndarray, np.ndarray]]:
+    def drain(self) -> list[_Landed]:
         return [self._pop() for _ in range(len(self.pending))]
 
 

@@ -98,7 +98,15 @@ class MaskPooler:
 
     MAX_RUNS = 4  # more runs of equal spans than this: max masks the ragged positions instead
 
-    def __init__(self, mask: torch.Tensor, poolings: Sequence[str], check_finite: bool = True) -> None:
+    def __init__(
+        self,
+        mask: torch.Tensor,
+        poolings: Sequence[str],
+        check_finite: bool = True,
+        device: torch.device | str | None = None,
+    ) -> None:
+        """`device`: where the states to pool will be. The mask's bookkeeping is done where the mask is, so that
+        a host mask (as the tokenizer makes it) costs no waits for a GPU; what pooling needs is moved once."""
         if mask.dim() != 2:
             raise InputError(f"mask must have shape (batch, tokens), got {tuple(mask.shape)}")
         _check_poolings(poolings)
@@ -116,12 +124,26 @@ class MaskPooler:
         self.lowest: dict[torch.dtype, torch.Tensor] = {}  # -inf, the fill of masked positions for max
         self.rows = torch.arange(batch, device=mask.device)
         self.runs: list[tuple[int, int, int, int]] | None = None
+        self.first: int | torch.Tensor = 0
+        self.last: int | torch.Tensor = 0
+        self.span: tuple[int, int] = (0, 0)
+        self.ragged: list[tuple[int, int, torch.Tensor]] = []
         if batch:
             first = self.mask.to(torch.uint8).argmax(dim=1)  # first index holding the maximum (a real token)
             last = tokens - 1 - self.mask.flip(1).to(torch.uint8).argmax(dim=1)
             self.first, self.last = self._same_or_each(first), self._same_or_each(last)
             self.runs = self._runs(first, last, counts)
             self.span, self.ragged = self._max_regions() if self.runs is None else ((0, 0), [])
+        if device is not None and torch.device(device) != self.mask.device:
+            self._move(torch.device(device))
+
+    def _move(self, device: torch.device) -> None:
+        def move(value: Any) -> Any:
+            return value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+
+        self.mask, self.counts, self.rows = move(self.mask), move(self.counts), move(self.rows)
+        self.first, self.last = move(self.first), move(self.last)
+        self.ragged = [(lo, hi, move(mask)) for lo, hi, mask in self.ragged]
 
     @staticmethod
     def _same_or_each(index: torch.Tensor) -> int | torch.Tensor:
@@ -670,10 +692,10 @@ def run_layers(
         )
 
     device = loaded.device
+    # refuses rows without a real token, before the forward pass; a host mask is looked at on the host
+    pooler = MaskPooler(attention_mask, poolings, check_finite, device=device)
     input_ids = input_ids.to(device)
     attention_mask = attention_mask.to(device=device, dtype=torch.long)
-    # refuses rows without a real token, before the forward pass
-    pooler = MaskPooler(attention_mask, poolings, check_finite)
 
     results: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
     want_hidden = "hidden" in kinds

@@ -106,11 +106,19 @@ def compressor_config(dtype: str) -> dict:
             "blocksize": 256 * 2**10}  # fmt: skip
 
 
-def default_block_rows(row_bytes: int, target_bytes: int = 160 * 2**20) -> int:
-    """Rows per block (= shard rows): a power of two that keeps one block's buffer near `target_bytes`."""
+def default_block_rows(
+    row_bytes: int, chunk_row_bytes: int = 128, target_bytes: int = 160 * 2**20, max_bytes: int = 2**30
+) -> int:
+    """Rows per block (= shard rows = the rows of every inner chunk): a power of two up to 4,096 that keeps one
+    block's buffer near `target_bytes`; for wide rows, as many more as inner chunks (rows x `chunk_row_bytes`)
+    need to reach 128 KiB while a block stays within `max_bytes`. Blosc and zarr pay per chunk: a 1B model's
+    ~1 MB rows would otherwise get 128-row blocks, whose 16 KiB chunks compress at half the speed of 256 KiB
+    ones and starve a GPU's feeding thread of the GIL (BENCHMARKS.md, GPU)."""
     rows = 4096
     while rows > 64 and rows * row_bytes > target_bytes:
         rows //= 2
+    while rows < 4096 and rows * chunk_row_bytes < 128 * 2**10 and 2 * rows * row_bytes <= max_bytes:
+        rows *= 2
     return rows
 
 

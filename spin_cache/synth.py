@@ -88,7 +88,7 @@ def make_synthetic_store(
         widths=dict.fromkeys(kinds, width),
         n_rows=n_rows,
         dtype=dtype,
-        block_rows=block_rows or default_block_rows(row_bytes),
+        block_rows=block_rows or default_block_rows(row_bytes, DEFAULT_CHUNK_COLS * (4 if dtype == "float32" else 2)),
         chunk_cols=DEFAULT_CHUNK_COLS,
     )
     params = {

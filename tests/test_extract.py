@@ -391,3 +391,17 @@ def test_shards_written_by_spin_cache_are_zarrs_own_bytes(tmp_path, dtype):
         shard = tmp_path / "g" / "x" / "c" / str(block) / "0"
         shard.write_bytes(encoder.encode(values[block * 128 : (block + 1) * 128]))
     np.testing.assert_array_equal(zarr.open_array(tmp_path / "g" / "x", mode="r")[:], values)
+
+
+def test_default_block_rows_keep_blocks_bounded_and_inner_chunks_large():
+    """Blocks stay near 160 MiB (MiniLM: 2,048 rows of 71 kB), but wide rows (a 1B model's ~1 MB) get enough
+    rows for 128 KiB float16 inner chunks as long as a block stays within 1 GiB."""
+    from spin_cache.store import default_block_rows
+
+    chunk_row_bytes = 64 * 2  # 64 float16 columns
+    assert default_block_rows(100, chunk_row_bytes) == 4096
+    assert default_block_rows(35712 * 2, chunk_row_bytes) == 2048
+    assert default_block_rows(513_024 * 2, chunk_row_bytes) == 1024  # 22-layer Llama, hidden 2048, FFN 5632
+    seven_b = (33 * 4096 + 32 * 11008) * 3 * 2
+    rows = default_block_rows(seven_b, chunk_row_bytes)
+    assert rows == 256 and rows * seven_b <= 2**30 < 2 * rows * seven_b
