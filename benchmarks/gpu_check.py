@@ -13,7 +13,7 @@ padding), so `tokenizer.pad` does what it does in extraction. Inputs are random 
 1. Precision: pooled features (run_layers, every layer, kinds hidden+ffn, poolings last/mean/max) of a few rows in
    bfloat16 on the device against float32 on the CPU with the same (bf16-rounded) weights: relative Frobenius error
    per layer, the worst, and whether every value is finite.
-2. Speed, alternating for --repeats rounds after a warm-up of both sides:
+2. Speed, alternating for --repeats rounds after a warm-up of both sides (a whole bare pass first):
    - bare forward: the same model, block rows, length-sorted batches, `tokenizer.pad` and forward call (mask,
      position ids, no KV cache: `forward_arguments`) as extraction, outputs discarded;
    - extraction: the real block phase, `spin_cache.extract._extract_blocks`, into a fresh store on local disk with
@@ -239,11 +239,11 @@ class _Probe:
 
             return wrapper
 
-        def counted_write(block, arrays, info, threads=1):
+        def counted_write(block, arrays, info, threads=1, row_index=None):
             with self.lock:
                 self.raw_bytes += sum(a.nbytes for a in arrays.values())
                 self.blocks += 1
-            return timed("write", write_block)(block, arrays, info, threads)
+            return timed("write", write_block)(block, arrays, info, threads, row_index=row_index)
 
         ex._pool_block, ex._BlockWriter.put, ex._BlockWriter.close = (
             timed("pool", pool_block), timed("put_wait", put), timed("close_wait", close))  # fmt: skip
@@ -423,14 +423,17 @@ def run_model(name: str, args, device: torch.device, t_start: float) -> dict:
     pin_malloc_thresholds()  # as extraction does (process-wide): both sides run with the same allocator settings
     root = tempfile.mkdtemp(prefix=f"gpu_check_{name}_", dir=args.tmp)
     try:
-        # warm-up: a couple of batches through each side (kernels, cuBLAS handles, pinned host buffers, threads)
+        # warm-up: one whole bare pass (every batch shape meets its kernels once: the first pass over new shapes
+        # ran 3-5x slower on an H100), then a couple of batches of extraction (pinned buffers, writer threads)
         warm_rows = min(args.rows, 2 * args.batch_size)
         warm = new_store(loaded, name, warm_rows, lengths[:warm_rows], os.path.join(root, "warm"), args.block_rows)
         block_rows = warm.layout.block_rows
         t0 = time.perf_counter()
+        bare_forward(loaded, encodings, block_rows, args.batch_size)
         bare_forward(loaded, encodings[:warm_rows], block_rows, args.batch_size)
         extract_blocks(loaded, warm, encodings[:warm_rows], args.batch_size)
-        print(f"warm-up ({warm_rows} rows each side): {time.perf_counter() - t0:.1f}s; block rows {block_rows}, "
+        print(f"warm-up (a whole bare pass, {warm_rows} rows extracted): {time.perf_counter() - t0:.1f}s; "
+              f"block rows {block_rows}, "
               f"{-(-args.rows // block_rows)} blocks")  # fmt: skip
         res["block_rows"] = block_rows
         res["n_blocks"] = -(-args.rows // block_rows)
@@ -529,8 +532,26 @@ def profile_extraction(loaded, name: str, args, encodings: list[list[int]], leng
     text = io.StringIO()
     pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(16)
     body = text.getvalue()
-    print(f"profile: extraction of {n} rows under cProfile took {seconds:.2f}s; main thread, by own time:")
+    print(f"profile: extraction of {n} rows under cProfile took {seconds:.2f}s; by own time (every thread):")
     print(body[body.find("ncalls") :].rstrip())
+    shutil.rmtree(folder, ignore_errors=True)
+    if loaded.device.type != "cuda":
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    store = new_store(loaded, name, n, lengths[:n], folder, args.block_rows)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        seconds, _, _ = extract_blocks(loaded, store, encodings[:n], args.batch_size)
+    events = prof.key_averages()
+
+    def device_us(e) -> float:
+        return float(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)))
+
+    busy = sum(device_us(e) for e in events) / 1e6
+    print(f"profile: the same extraction under torch.profiler took {seconds:.2f}s; GPU busy {busy:.2f}s "
+          f"({busy / seconds:.0%}); top ops by GPU time:")  # fmt: skip
+    for e in sorted(events, key=device_us, reverse=True)[:10]:
+        print(f"  {e.key[:60]:60s} {device_us(e) / 1e3:9.1f} ms  {e.count:6d} calls")
     shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -283,12 +283,9 @@ def _extract_blocks(
     try:
         for block in blocks:
             start, stop = layout.block_range(block)
-            buffer, arrays, overflow = _pool_block(
-                loaded, store, encodings, start, stop, batch_size, bar, writer.spare()
-            )
+            pooled = _pool_block(loaded, store, encodings, start, stop, batch_size, bar, writer.spare())
             tokens += sum(len(encodings[i]) for i in range(start, stop))
-            threads = cores if block == blocks[-1] else write_threads
-            writer.put(block, arrays, {"overflow": overflow}, threads=threads, buffer=buffer)
+            writer.put(block, pooled, threads=cores if block == blocks[-1] else write_threads)
             report.written_blocks += 1
             elapsed = max(time.perf_counter() - t_start, 1e-9)
             bar.set_postfix_str(f"{tokens / elapsed:,.0f} tok/s", refresh=False)
@@ -299,6 +296,16 @@ def _extract_blocks(
         numcodecs.blosc.set_nthreads(blosc_threads)
 
 
+@dataclass
+class _PooledBlock:
+    """One row block's pooled values in the stored dtype, ready for the writer."""
+
+    buffer: torch.Tensor  # (rows, every array's columns), rows in the order they were pooled (by length)
+    arrays: dict[tuple[str, str, int], np.ndarray]  # column views of `buffer`, one per array
+    row_index: np.ndarray  # the block's row r is buffer row row_index[r]
+    overflow: int  # values beyond float16's range
+
+
 def _pool_block(
     loaded: LoadedModel,
     store: ActivationStore,
@@ -307,25 +314,27 @@ def _pool_block(
     stop: int,
     batch_size: int,
     bar: object,
-    spare: np.ndarray | None = None,
-) -> tuple[np.ndarray, dict[tuple[str, str, int], np.ndarray], int]:
-    """Pool one row block. Each batch's pooled values are packed into one tensor in the stored dtype (on the
-    model's device, converted as they are concatenated) and copied to the host once, into one block-wide buffer
-    whose column slices are the arrays' values (the writer thread copies them into chunks, off the model's
-    critical path; a `spare` buffer the writer has finished with is reused: a fresh one costs a page fault per
-    4 KiB). On CUDA the copy goes to pinned memory on a side stream and lands only after the next batch's
-    forward has been queued, so the GPU never waits on it."""
+    spare: torch.Tensor | None = None,
+) -> _PooledBlock:
+    """Pool one row block, batches sorted by length. Each batch's pooled values are packed into the stored dtype
+    as they are concatenated and land as one contiguous slice of a block-wide buffer, in pooling order: nothing
+    is scattered on the model's thread, the writer gathers rows back into place as it cuts chunks. On the CPU
+    the concatenation writes straight into the buffer; on CUDA the buffer is pinned and each batch is copied
+    into it on a side stream, landing only after the next batch's forward has been queued, so the GPU never
+    waits on it. A `spare` buffer the writer has finished with is reused (a fresh one costs a page fault per
+    4 KiB, and pinning)."""
     layout = store.layout
-    out_dtype = np.uint16 if layout.dtype == "bfloat16" else np.dtype(layout.dtype)
     keys = layout.array_keys()
     offsets = np.cumsum([0] + [layout.widths[k[0]] for k in keys])
-    shape = (stop - start, int(offsets[-1]))
-    fits = spare is not None and spare.dtype == out_dtype and spare.shape[0] >= shape[0] and spare.shape[1] == shape[1]
-    block = spare[: shape[0]] if fits else np.empty(shape, dtype=out_dtype)  # type: ignore[index]
+    buffer = _block_buffer(spare, (stop - start, int(offsets[-1])), layout.dtype, loaded.device)
+    block = _host_view(buffer)
     # Longest first: the first batch shows at once whether memory suffices.
     order = sorted(range(start, stop), key=lambda i: (-len(encodings[i]), i))
+    position = np.empty(len(order), dtype=np.int64)  # buffer row of each of the block's rows
+    position[np.asarray(order) - start] = np.arange(len(order))
     copier = _HostCopier(loaded.device)
     overflow = 0
+    filled = 0
 
     def exact(rows: list[int], pooled: dict | None) -> Iterator[tuple[list[int], torch.Tensor, int]]:
         """The slow route, for a batch whose fast values are not all finite: the float32 values tell values beyond
@@ -342,27 +351,36 @@ def _pool_block(
             beyond = _count_beyond_float16(values, low, high) if layout.dtype == "float16" else 0
             yield part.rows, _to_store_dtype(values, layout.dtype), beyond
 
-    def land(landed: _Landed) -> int:
-        """Put a batch's values into the block; returns its count of values beyond float16's range."""
-        if all(math.isfinite(v) for v in landed.min_max):  # finite in the stored dtype: finite in float32 too
-            block[np.asarray(landed.rows) - start] = landed.values
+    def check(landed: _Landed) -> int:
+        """A landed batch that is finite in the stored dtype is finite in float32 too and in place; any other is
+        replaced by the slow route's values. Returns the count of values beyond float16's range."""
+        if all(math.isfinite(v) for v in landed.min_max):
             return 0
         beyond = 0
         for rows, values, part_beyond in exact(landed.rows, landed.pooled):
-            block[np.asarray(rows) - start] = _host_view(values)
+            block[position[np.asarray(rows) - start]] = _host_view(values)
             beyond += part_beyond
         return beyond
 
     for b0 in range(0, len(order), batch_size):
         for part in _pooled_batches(loaded, encodings, order[b0 : b0 + batch_size], layout, check_finite=False):
-            # Packed straight into the stored dtype; its min/max (over half the bytes) is read when the copy lands
-            stored = _pack([part.pooled[(k, layer)][p] for k, p, layer in keys], layout.dtype)
-            for landed in copier.submit(stored, _min_max(stored, layout.dtype), part):
-                overflow += land(landed)
+            pieces = [part.pooled[(k, layer)][p] for k, p, layer in keys]
+            target = buffer[filled : filled + len(part.rows)]
+            filled += len(part.rows)
+            for landed in copier.submit(pieces, target, part, layout.dtype):
+                overflow += check(landed)
         bar.update(min(batch_size, len(order) - b0))  # type: ignore[attr-defined]
     for landed in copier.drain():
-        overflow += land(landed)
-    return block, {key: block[:, offsets[j] : offsets[j + 1]] for j, key in enumerate(keys)}, overflow
+        overflow += check(landed)
+    arrays = {key: block[:, offsets[j] : offsets[j + 1]] for j, key in enumerate(keys)}
+    return _PooledBlock(buffer=buffer, arrays=arrays, row_index=position, overflow=overflow)
+
+
+def _block_buffer(spare: torch.Tensor | None, shape: tuple[int, int], dtype: str, device: torch.device) -> torch.Tensor:
+    torch_dtype = _STORE_TORCH_DTYPES[dtype]
+    if spare is not None and spare.dtype == torch_dtype and spare.shape[0] >= shape[0] and spare.shape[1] == shape[1]:
+        return spare[: shape[0]]
+    return torch.empty(shape, dtype=torch_dtype, pin_memory=device.type == "cuda")
 
 
 @dataclass
@@ -408,17 +426,20 @@ def _count_beyond_float16(values: torch.Tensor, low: float, high: float) -> int:
     return int((values.abs() > FLOAT16_MAX).sum())
 
 
-def _pack(pieces: list[torch.Tensor], dtype: str) -> torch.Tensor:
-    """Concatenate float32 pieces along columns, converting to the stored dtype in the same pass."""
-    torch_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(dtype, torch.float32)
-    out = torch.empty((pieces[0].shape[0], sum(p.shape[1] for p in pieces)), dtype=torch_dtype, device=pieces[0].device)
-    torch.cat(pieces, dim=1, out=out)
-    return out.view(torch.int16) if dtype == "bfloat16" else out  # bfloat16 is stored as raw bits
+_STORE_TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def _min_max(stored: torch.Tensor, dtype: str) -> torch.Tensor:
-    """(min, max) of stored values as a float32 tensor on their device (read later: no device sync here)."""
-    values = stored.view(torch.bfloat16) if dtype == "bfloat16" else stored
+def _pack(pieces: list[torch.Tensor], dtype: str, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Concatenate float32 pieces along columns, converting to the stored dtype in the same pass (into `out`,
+    if given)."""
+    if out is None:
+        shape = (pieces[0].shape[0], sum(p.shape[1] for p in pieces))
+        out = torch.empty(shape, dtype=_STORE_TORCH_DTYPES[dtype], device=pieces[0].device)
+    return torch.cat(pieces, dim=1, out=out)
+
+
+def _min_max(values: torch.Tensor) -> torch.Tensor:
+    """(min, max) as a float32 tensor on the values' device (read later: no device sync here)."""
     return torch.stack(torch.aminmax(values)).to(torch.float32)
 
 
@@ -432,53 +453,57 @@ def _to_store_dtype(packed: torch.Tensor, dtype: str) -> torch.Tensor:
 
 @dataclass
 class _Landed:
-    """A batch's packed values on the host, with their min/max, and the pooled tensors they came from (needed
-    only if the values are not all finite)."""
+    """A batch whose packed values are in the block buffer, with their min/max, and the pooled tensors they came
+    from (needed only if the values are not all finite)."""
 
     rows: list[int]
-    values: np.ndarray
     min_max: tuple[float, float]
     pooled: dict
 
 
 class _HostCopier:
-    """Device -> host copies of packed batches: synchronous on the CPU; on CUDA, non-blocking into pinned
-    buffers on a side stream, handed back one batch later, so that nothing waits for the device in between
-    (the min/max that decides a batch's fate is read only then)."""
+    """Packs each batch into its slice of the host block buffer: directly on the CPU; on CUDA, packed on the
+    device and copied with a non-blocking copy into the pinned buffer on a side stream, handed back one batch
+    later, so that nothing waits for the device in between (the min/max that decides a batch's fate is read
+    only then)."""
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
         self.stream = torch.cuda.Stream(device) if self.cuda else None
-        self.pending: list[tuple[torch.cuda.Event, torch.Tensor, torch.Tensor, _Pooled]] = []
+        self.pending: list[tuple[torch.cuda.Event, torch.Tensor, _Pooled]] = []
 
-    def submit(self, values: torch.Tensor, min_max: torch.Tensor, part: _Pooled) -> list[_Landed]:
+    def submit(self, pieces: list[torch.Tensor], target: torch.Tensor, part: _Pooled, dtype: str) -> list[_Landed]:
         if not self.cuda:
-            return [_Landed(part.rows, _host_view(values), tuple(min_max.tolist()), part.pooled)]
-        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            packed = _pack(pieces, dtype, out=target)
+            return [_Landed(part.rows, tuple(_min_max(packed).tolist()), part.pooled)]
+        packed = _pack(pieces, dtype)
+        min_max = _min_max(packed)
         host_min_max = torch.empty(2, dtype=torch.float32, pin_memory=True)
-        self.stream.wait_stream(torch.cuda.current_stream(values.device))
+        self.stream.wait_stream(torch.cuda.current_stream(packed.device))
         with torch.cuda.stream(self.stream):
-            host.copy_(values, non_blocking=True)
+            target.copy_(packed, non_blocking=True)
             host_min_max.copy_(min_max, non_blocking=True)
-            values.record_stream(self.stream)
+            packed.record_stream(self.stream)
             min_max.record_stream(self.stream)
             event = torch.cuda.Event()
             event.record(self.stream)
-        self.pending.append((event, host, host_min_max, part))
+        self.pending.append((event, host_min_max, part))
         return [self._pop()] if len(self.pending) > 1 else []
 
     def _pop(self) -> _Landed:
-        event, host, host_min_max, part = self.pending.pop(0)
+        event, host_min_max, part = self.pending.pop(0)
         event.synchronize()
-        return _Landed(part.rows, _host_view(host), tuple(host_min_max.tolist()), part.pooled)
+        return _Landed(part.rows, tuple(host_min_max.tolist()), part.pooled)
 
     def drain(self) -> list[_Landed]:
         return [self._pop() for _ in range(len(self.pending))]
 
 
 def _host_view(values: torch.Tensor) -> np.ndarray:
-    array = values.cpu().numpy()
-    return array.view(np.uint16) if values.dtype == torch.int16 else array
+    """A numpy view of host values (numpy has no bfloat16: its raw bits, as uint16)."""
+    if values.dtype in (torch.bfloat16, torch.int16):
+        return values.view(torch.int16).cpu().numpy().view(np.uint16)
+    return values.cpu().numpy()
 
 
 def _lower_this_threads_priority() -> None:
@@ -509,23 +534,24 @@ class _BlockWriter:
                 return
             if self.error is not None:
                 continue
-            block, arrays, info, threads, buffer = item
+            block, pooled, threads = item
             try:
-                self.store.write_block(block, arrays, info, threads)
+                info = {"overflow": pooled.overflow}
+                self.store.write_block(block, pooled.arrays, info, threads, row_index=pooled.row_index)
             except BaseException as exc:  # re-raised in the main thread
                 self.error = exc
-            self.spares.put(buffer)
+            self.spares.put(pooled.buffer)
 
-    def spare(self) -> np.ndarray | None:
+    def spare(self) -> torch.Tensor | None:
         try:
             return self.spares.get_nowait()
         except queue.Empty:
             return None
 
-    def put(self, block: int, arrays: dict, info: dict, threads: int, buffer: np.ndarray) -> None:
-        """Queue a block's arrays (views of `buffer`, which comes back as a spare once written)."""
+    def put(self, block: int, pooled: _PooledBlock, threads: int) -> None:
+        """Queue a pooled block (its buffer comes back as a spare once written)."""
         self._raise()
-        self.queue.put((block, arrays, info, threads, buffer))
+        self.queue.put((block, pooled, threads))
 
     def close(self) -> None:
         self.queue.put(None)

@@ -436,10 +436,16 @@ class ActivationStore:
         return self._writers[name]
 
     def write_block(
-        self, block: int, arrays: dict[tuple[str, str, int], np.ndarray], info: dict, threads: int = 1
+        self,
+        block: int,
+        arrays: dict[tuple[str, str, int], np.ndarray],
+        info: dict,
+        threads: int = 1,
+        row_index: np.ndarray | None = None,
     ) -> None:
         """Write one row block of every array (`threads` arrays at once: compression runs without the GIL),
-        then its commit marker (the marker makes the block count)."""
+        then its commit marker (the marker makes the block count). With `row_index`, the block's rows are
+        `array[row_index]` (extraction fills its buffer in length order; the gather is folded into chunking)."""
         from concurrent.futures import ThreadPoolExecutor
 
         start, stop = self.layout.block_range(block)
@@ -449,13 +455,13 @@ class ActivationStore:
             name = array_name(*key)
             array, encoder = self._writer_for(name)
             if encoder is None:  # not the layout spin-cache creates: let zarr write it
-                array[start:stop] = arrays[key]
+                array[start:stop] = arrays[key] if row_index is None else arrays[key][row_index]
                 return
-            parts = encoder.encode_parts(arrays[key])
+            parts = encoder.encode_parts(arrays[key], row_index)
             fs.makedirs(f"{root}/{name}/c/{block}", exist_ok=True)
             with fs.open(f"{root}/{name}/c/{block}/0", "wb") as f:
-                for part in parts:
-                    f.write(part)
+                for i in range(0, len(parts), 64):  # a few large writes: each write is a GIL round trip
+                    f.write(b"".join(parts[i : i + 64]))
 
         with ThreadPoolExecutor(max(1, threads)) as pool:
             list(pool.map(write, arrays))
@@ -695,20 +701,23 @@ class RowShardEncoder:
         zarr stores edge chunks whole)."""
         return b"".join(self.encode_parts(values))
 
-    def encode_parts(self, values: np.ndarray) -> list[bytes]:
+    def encode_parts(self, values: np.ndarray, row_index: np.ndarray | None = None) -> list[bytes]:
         """The shard's bytes as consecutive pieces, to be written one after another (joining them would copy
-        the whole shard once more)."""
+        the whole shard once more). With `row_index`, the shard's rows are `values[row_index]`."""
         rows, cols = self.shard_shape
         if values.shape != (rows, cols):
             padded = np.zeros((rows, cols), dtype=self.dtype)
-            padded[: values.shape[0], : values.shape[1]] = values
-            values = padded
+            padded[: values.shape[0], : values.shape[1]] = values if row_index is None else values[row_index]
+            values, row_index = padded, None
         n_chunks = cols // self.inner_cols
         index = np.full((1, n_chunks, 2), 2**64 - 1, dtype="<u8")  # all ones: chunk absent (= fill value)
         parts: list[bytes] = []
         offset = 0
         for j in range(n_chunks):
-            chunk = np.ascontiguousarray(values[:, j * self.inner_cols : (j + 1) * self.inner_cols], dtype=self.dtype)
+            columns = slice(j * self.inner_cols, (j + 1) * self.inner_cols)
+            chunk = np.ascontiguousarray(
+                values[:, columns] if row_index is None else values[row_index, columns], dtype=self.dtype
+            )
             if self._all_zero(chunk):  # like zarr, a chunk equal to the fill value (0) is not stored
                 continue
             compressed = self.blosc.encode(chunk)
