@@ -657,7 +657,6 @@ class RowShardEncoder:
         self.shard_shape = shard_shape
         self.inner_cols = inner_cols
         self.dtype = np.dtype(dtype).newbyteorder("<")  # the bytes codec is little endian
-        self._magnitude_bits = _magnitude_bits(self.dtype)
         shuffle = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE}
         shuffle["bitshuffle"] = numcodecs.Blosc.BITSHUFFLE
         self.blosc = numcodecs.Blosc(
@@ -718,32 +717,23 @@ class RowShardEncoder:
             chunk = np.ascontiguousarray(
                 values[:, columns] if row_index is None else values[row_index, columns], dtype=self.dtype
             )
-            if self._all_zero(chunk):  # like zarr, a chunk equal to the fill value (0) is not stored
-                continue
             compressed = self.blosc.encode(chunk)
+            # Like zarr, a chunk equal to the fill value (0) is not stored; only one that compressed to under an
+            # eighth can be (all zeros compress to a few bytes), so only such are tested.
+            if len(compressed) <= chunk.nbytes // 8 and self._all_zero(chunk):
+                continue
             parts += [compressed, np.uint32(google_crc32c.value(compressed)).tobytes()]
             index[0, j] = (offset, len(compressed) + 4)
             offset += len(compressed) + 4
         index_bytes = index.tobytes()
         return [*parts, index_bytes, np.uint32(google_crc32c.value(index_bytes)).tobytes()]
 
-    def _all_zero(self, chunk: np.ndarray) -> bool:
-        """`not chunk.any()`, 10x faster: tested on 64-bit words with the sign bits of floats cleared (-0.0 == 0)."""
-        if chunk.nbytes % 8 or self._magnitude_bits is None:
-            return not chunk.any()
-        words = chunk.reshape(-1).view("<u8")
-        return not np.bitwise_and(words, self._magnitude_bits).any()
-
-
-def _magnitude_bits(dtype: np.dtype) -> np.uint64 | None:
-    """A 64-bit word of `dtype` elements with every bit set except, for floats, the sign bit: a word ANDed with
-    it is zero exactly when all its elements equal zero."""
-    if dtype.itemsize > 8 or 8 % dtype.itemsize or dtype.kind not in "fiub":
-        return None
-    ones = np.full(8 // dtype.itemsize, np.iinfo(f"u{dtype.itemsize}").max, dtype=f"<u{dtype.itemsize}")
-    if dtype.kind == "f":
-        ones >>= 1
-    return ones.view("<u8")[0]
+    @staticmethod
+    def _all_zero(chunk: np.ndarray) -> bool:
+        """Every bit zero, as zarr 3.1 compares a chunk with the fill value (bit for bit: a chunk of -0.0 is
+        stored); tested on 64-bit words, 10x faster than `not chunk.any()` on float16."""
+        flat = chunk.reshape(-1)
+        return not (flat.view(np.uint8) if flat.nbytes % 8 else flat.view("<u8")).any()
 
 
 def new_manifest(*, model: dict, dataset: dict, extraction: dict, layout: Layout) -> dict:
