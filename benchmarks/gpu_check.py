@@ -239,11 +239,11 @@ class _Probe:
 
             return wrapper
 
-        def counted_write(block, arrays, info, threads=1, row_index=None):
+        def counted_write(block, arrays, info, threads=1, **options):
             with self.lock:
                 self.raw_bytes += sum(a.nbytes for a in arrays.values())
                 self.blocks += 1
-            return timed("write", write_block)(block, arrays, info, threads, row_index=row_index)
+            return timed("write", write_block)(block, arrays, info, threads, **options)
 
         ex._pool_block, ex._BlockWriter.put, ex._BlockWriter.close = (
             timed("pool", pool_block), timed("put_wait", put), timed("close_wait", close))  # fmt: skip

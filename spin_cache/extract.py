@@ -271,12 +271,14 @@ def _extract_blocks(
     # gaps instead of competing with it. On a GPU the host's cores are free but for the one feeding the device:
     # the writer compresses up to 8 arrays at once (~1 MB of output per example for a 1B model); more threads
     # would take the GIL from the feeding thread between their calls into Blosc.
-    # After the last block the model is done and its write may use every core.
+    # Once the last block is pooled the model is done: whatever is left to write (often a block and a half on
+    # the CPU, where the writer only gets the gaps) may use every core.
     blosc_threads = numcodecs.blosc.get_nthreads()
     numcodecs.blosc.set_nthreads(1)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     write_threads = _CPU_WRITE_THREADS if loaded.device.type == "cpu" else max(1, min(cores - 1, 8))
-    writer = _BlockWriter(store)
+    throttle = _Throttle(write_threads)
+    writer = _BlockWriter(store, throttle, threads=max(cores, write_threads))
     bar = tqdm(total=n_rows, desc="extract", unit="ex", disable=not progress, smoothing=0.1)
     tokens = 0
     t_start = time.perf_counter()
@@ -285,7 +287,9 @@ def _extract_blocks(
             start, stop = layout.block_range(block)
             pooled = _pool_block(loaded, store, encodings, start, stop, batch_size, bar, writer.spare())
             tokens += sum(len(encodings[i]) for i in range(start, stop))
-            writer.put(block, pooled, threads=cores if block == blocks[-1] else write_threads)
+            if block == blocks[-1]:
+                throttle.raise_to(cores)
+            writer.put(block, pooled)
             report.written_blocks += 1
             elapsed = max(time.perf_counter() - t_start, 1e-9)
             bar.set_postfix_str(f"{tokens / elapsed:,.0f} tok/s", refresh=False)
@@ -514,12 +518,39 @@ def _lower_this_threads_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
-class _BlockWriter:
-    """A background thread that writes finished blocks; the queue bound keeps memory bounded. Written blocks'
-    buffers come back as spares for the next blocks."""
+class _Throttle:
+    """A gate that lets at most `limit` threads through at once; the limit can be raised while threads wait."""
 
-    def __init__(self, store: ActivationStore, max_pending: int = 1) -> None:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+        self.changed = threading.Condition()
+
+    def raise_to(self, limit: int) -> None:
+        with self.changed:
+            self.limit = max(self.limit, limit)
+            self.changed.notify_all()
+
+    def __enter__(self) -> None:
+        with self.changed:
+            self.changed.wait_for(lambda: self.active < self.limit)
+            self.active += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self.changed:
+            self.active -= 1
+            self.changed.notify()
+
+
+class _BlockWriter:
+    """A background thread that writes finished blocks, each array through `throttle` (so the number of arrays
+    compressed at once can grow mid-block); the queue bound keeps memory bounded. Written blocks' buffers come
+    back as spares for the next blocks."""
+
+    def __init__(self, store: ActivationStore, throttle: _Throttle, threads: int, max_pending: int = 1) -> None:
         self.store = store
+        self.throttle = throttle
+        self.threads = threads
         self.queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self.spares: queue.SimpleQueue = queue.SimpleQueue()
         self.error: BaseException | None = None
@@ -534,10 +565,12 @@ class _BlockWriter:
                 return
             if self.error is not None:
                 continue
-            block, pooled, threads = item
+            block, pooled = item
             try:
                 info = {"overflow": pooled.overflow}
-                self.store.write_block(block, pooled.arrays, info, threads, row_index=pooled.row_index)
+                self.store.write_block(
+                    block, pooled.arrays, info, self.threads, row_index=pooled.row_index, gate=self.throttle
+                )
             except BaseException as exc:  # re-raised in the main thread
                 self.error = exc
             self.spares.put(pooled.buffer)
@@ -548,10 +581,10 @@ class _BlockWriter:
         except queue.Empty:
             return None
 
-    def put(self, block: int, pooled: _PooledBlock, threads: int) -> None:
+    def put(self, block: int, pooled: _PooledBlock) -> None:
         """Queue a pooled block (its buffer comes back as a spare once written)."""
         self._raise()
-        self.queue.put((block, pooled, threads))
+        self.queue.put((block, pooled))
 
     def close(self) -> None:
         self.queue.put(None)

@@ -13,6 +13,7 @@ writer, in one piece, and a crash loses at most the blocks whose marker was not 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -442,16 +443,22 @@ class ActivationStore:
         info: dict,
         threads: int = 1,
         row_index: np.ndarray | None = None,
+        gate: contextlib.AbstractContextManager | None = None,
     ) -> None:
         """Write one row block of every array (`threads` arrays at once: compression runs without the GIL),
         then its commit marker (the marker makes the block count). With `row_index`, the block's rows are
-        `array[row_index]` (extraction fills its buffer in length order; the gather is folded into chunking)."""
+        `array[row_index]` (extraction fills its buffer in length order; the gather is folded into chunking).
+        Each array is written inside `gate`, if given (extraction's limit on threads while the model runs)."""
         from concurrent.futures import ThreadPoolExecutor
 
         start, stop = self.layout.block_range(block)
         fs, root = _fs(self.url, self.storage_options)
 
         def write(key: tuple[str, str, int]) -> None:
+            with gate or contextlib.nullcontext():
+                write_array(key)
+
+        def write_array(key: tuple[str, str, int]) -> None:
             name = array_name(*key)
             array, encoder = self._writer_for(name)
             if encoder is None:  # not the layout spin-cache creates: let zarr write it

@@ -414,3 +414,46 @@ def test_default_block_rows_keep_blocks_bounded_and_inner_chunks_large():
     seven_b = (33 * 4096 + 32 * 11008) * 3 * 2
     rows = default_block_rows(seven_b, chunk_row_bytes)
     assert rows == 256 and rows * seven_b <= 2**30 < 2 * rows * seven_b
+
+
+def test_writer_throttle_holds_threads_to_its_limit_until_raised():
+    """While the model runs on the CPU the writer compresses one array at a time; once the last block is pooled
+    the limit is raised and arrays already waiting go through at once."""
+    import threading
+
+    from spin_cache.extract import _Throttle
+
+    throttle = _Throttle(1)
+    lock, release = threading.Lock(), threading.Event()
+    inside, peak, started = 0, 0, 0
+
+    def work() -> None:
+        nonlocal inside, peak, started
+        with lock:
+            started += 1
+        with throttle:
+            with lock:
+                inside += 1
+                peak = max(peak, inside)
+            release.wait(30)
+            with lock:
+                inside -= 1
+
+    def wait_until(condition) -> None:
+        deadline = time.monotonic() + 30
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: started == 3 and inside == 1)
+    time.sleep(0.2)  # the two others are blocked in the gate, not merely late
+    assert inside == 1 and peak == 1
+    throttle.raise_to(3)
+    wait_until(lambda: inside == 3)
+    assert inside == 3
+    release.set()
+    for t in threads:
+        t.join()
+    assert peak == 3 and inside == 0
