@@ -7,6 +7,14 @@
 # The wheels (zarr, numcodecs, google-crc32c, donfig, polars, polars-runtime-32; built for CPython 3.12,
 # manylinux x86_64) lie in the git-ignored .whl/ folder, which the device run carries. They go into their own
 # folder (--no-deps: nothing the device already has, numpy or typing_extensions, is shadowed).
+# To fill .whl/ (versions as in the local venv; CPython 3.12 as on the device):
+#   for w in zarr==3.1.6 numcodecs==0.16.6 google-crc32c==1.9.0 donfig==0.8.1.post1 polars==2.1.0 \
+#            polars-runtime-32==2.1.0; do
+#     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#       -d .whl "$w"; done
+# (polars-runtime-32's wheel is 54 MB; recompressed with LZMA it is 33 MB, which keeps the carried tree under the
+# device tool's 64 MiB.)
 # Output: $OUT/gpu_check.log (everything), $OUT/gpu_check.txt and $OUT/gpu_check.json (from gpu_check.py).
 # Exit status: gpu_check.py's (1: a check failed), 3 when the wheels do not install.
 set -o pipefail
