@@ -55,7 +55,6 @@ from .store import (
 DEFAULT_CHUNK_COLS = 64
 DEFAULT_MAX_LENGTH = 512
 DEFAULT_STORES_DIR = "stores"
-_CPU_WRITE_THREADS = 1
 
 
 @dataclass
@@ -276,7 +275,7 @@ def _extract_blocks(
     blosc_threads = numcodecs.blosc.get_nthreads()
     numcodecs.blosc.set_nthreads(1)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    write_threads = _CPU_WRITE_THREADS if loaded.device.type == "cpu" else max(1, min(cores - 1, 8))
+    write_threads = 1 if loaded.device.type == "cpu" else max(1, min(cores - 1, 8))
     throttle = _Throttle(write_threads)
     writer = _BlockWriter(store, throttle, threads=max(cores, write_threads))
     bar = tqdm(total=n_rows, desc="extract", unit="ex", disable=not progress, smoothing=0.1)
