@@ -48,6 +48,7 @@ from .store import (
     Layout,
     default_block_rows,
     describe_differences,
+    dtype_bytes,
     fingerprint_inputs,
     new_manifest,
 )
@@ -177,9 +178,7 @@ def run_extraction(
                 "hidden": list(range(loaded.adapter.num_layers + 1)),
                 "ffn": list(range(1, loaded.adapter.num_layers + 1)),
             }
-            row_bytes = sum(widths[k] * len(layers[k]) * len(poolings) for k in kinds) * (
-                4 if dtype == "float32" else 2
-            )
+            row_bytes = sum(widths[k] * len(layers[k]) * len(poolings) for k in kinds) * dtype_bytes(dtype)
             layout = Layout(
                 kinds=tuple(kinds),
                 poolings=poolings,
@@ -187,7 +186,7 @@ def run_extraction(
                 widths={k: widths[k] for k in kinds},
                 n_rows=len(dataset),
                 dtype=dtype,
-                block_rows=block_rows or default_block_rows(row_bytes, chunk_cols * (4 if dtype == "float32" else 2)),
+                block_rows=block_rows or default_block_rows(row_bytes, chunk_cols * dtype_bytes(dtype)),
                 chunk_cols=chunk_cols,
             )
             model_info |= {
@@ -277,7 +276,7 @@ def _extract_blocks(
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     write_threads = 1 if loaded.device.type == "cpu" else max(1, min(cores - 1, 8))
     throttle = _Throttle(write_threads)
-    writer = _BlockWriter(store, throttle, threads=max(cores, write_threads))
+    writer = _BlockWriter(store, throttle, threads=cores)
     bar = tqdm(total=n_rows, desc="extract", unit="ex", disable=not progress, smoothing=0.1)
     tokens = 0
     t_start = time.perf_counter()
@@ -343,8 +342,11 @@ def _pool_block(
         """The slow route, for a batch whose fast values are not all finite: the float32 values tell values beyond
         float16's range (counted) from NaN or inf, which padded positions may have leaked into the fast mean: such
         a batch is pooled again the exact way."""
-        parts = [_Pooled(rows, pooled)] if pooled is not None else []
-        parts = parts or _pooled_batches(loaded, encodings, rows, layout, check_finite=True)
+        parts = (
+            [_Pooled(rows, pooled)]
+            if pooled is not None
+            else _pooled_batches(loaded, encodings, rows, layout, check_finite=True)
+        )
         for part in parts:
             values = torch.cat([part.pooled[(k, layer)][p] for k, p, layer in keys], dim=1)
             low, high = (float(v) for v in torch.aminmax(values))
@@ -352,7 +354,7 @@ def _pool_block(
                 yield from exact(part.rows, None)
                 continue
             beyond = _count_beyond_float16(values, low, high) if layout.dtype == "float16" else 0
-            yield part.rows, _to_store_dtype(values, layout.dtype), beyond
+            yield part.rows, values.to(_STORE_TORCH_DTYPES[layout.dtype]), beyond
 
     def check(landed: _Landed) -> int:
         """A landed batch that is finite in the stored dtype is finite in float32 too and in place; any other is
@@ -451,14 +453,6 @@ def _min_max(values: torch.Tensor) -> torch.Tensor:
     return torch.stack(torch.aminmax(values)).to(torch.float32)
 
 
-def _to_store_dtype(packed: torch.Tensor, dtype: str) -> torch.Tensor:
-    if dtype == "float16":
-        return packed.to(torch.float16)
-    if dtype == "bfloat16":  # round to nearest even, kept as raw bits (see store.py)
-        return packed.to(torch.bfloat16).view(torch.int16)
-    return packed.to(torch.float32)
-
-
 @dataclass
 class _Landed:
     """A batch whose packed values are in the block buffer, with their min/max, and the pooled tensors they came
@@ -509,7 +503,7 @@ class _HostCopier:
 
 def _host_view(values: torch.Tensor) -> np.ndarray:
     """A numpy view of host values (numpy has no bfloat16: its raw bits, as uint16)."""
-    if values.dtype in (torch.bfloat16, torch.int16):
+    if values.dtype == torch.bfloat16:
         return values.view(torch.int16).cpu().numpy().view(np.uint16)
     return values.cpu().numpy()
 

@@ -98,12 +98,16 @@ def canonical_hash(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+def dtype_bytes(dtype: str) -> int:
+    """Bytes per stored value (bfloat16 is stored as its raw 16 bits)."""
+    return 4 if dtype == "float32" else 2
+
+
 def compressor_config(dtype: str) -> dict:
     """Blosc(zstd, level 1, byte shuffle, 256 KiB blocks): chosen by measurement on MiniLM activations
     (BENCHMARKS.md). A whole float16 inner chunk (2,048 rows x 64 neurons) is one Blosc block, so zstd's entropy
     tables are built once per chunk: 0.40x raw float32 instead of 0.44x with Blosc's default blocks, and faster."""
-    typesize = 4 if dtype == "float32" else 2
-    return {"name": "blosc", "cname": "zstd", "clevel": 1, "shuffle": "shuffle", "typesize": typesize,
+    return {"name": "blosc", "cname": "zstd", "clevel": 1, "shuffle": "shuffle", "typesize": dtype_bytes(dtype),
             "blocksize": 256 * 2**10}  # fmt: skip
 
 

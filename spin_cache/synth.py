@@ -32,6 +32,7 @@ from .store import (
     canonical_hash,
     default_block_rows,
     describe_differences,
+    dtype_bytes,
     fingerprint_inputs,
     new_manifest,
 )
@@ -80,7 +81,7 @@ def make_synthetic_store(
     layers = {"hidden": list(range(n_layers + 1)), "ffn": list(range(1, n_layers + 1))}
     layers = {k: layers[k] for k in kinds}
     planted_counts = _normalise_informative(DEFAULT_INFORMATIVE if informative is None else informative, layers, width)
-    row_bytes = width * sum(len(layers[k]) for k in kinds) * len(poolings) * (4 if dtype == "float32" else 2)
+    row_bytes = width * sum(len(layers[k]) for k in kinds) * len(poolings) * dtype_bytes(dtype)
     layout = Layout(
         kinds=kinds,
         poolings=poolings,
@@ -88,7 +89,7 @@ def make_synthetic_store(
         widths=dict.fromkeys(kinds, width),
         n_rows=n_rows,
         dtype=dtype,
-        block_rows=block_rows or default_block_rows(row_bytes, DEFAULT_CHUNK_COLS * (4 if dtype == "float32" else 2)),
+        block_rows=block_rows or default_block_rows(row_bytes, DEFAULT_CHUNK_COLS * dtype_bytes(dtype)),
         chunk_cols=DEFAULT_CHUNK_COLS,
     )
     params = {
