@@ -21,7 +21,7 @@ padding), so `tokenizer.pad` does what it does in extraction. Inputs are random 
      rows); afterwards every block must be committed.
    Reported: bare_seconds / extract_seconds (extraction throughput relative to the bare forward), examples/s,
    tokens/s, and where extraction's time goes (pooling on the main thread, main thread blocked on the writer
-   slot, the writer process's wall time in write_block and its MB/s).
+   queue, the writer thread's wall time in write_block and its MB/s).
 3. Store check: a few stored rows read back and compared with a direct run_layers of the same rows.
 4. A short markdown table, printed last. With $OUT set: $OUT/gpu_check.txt (this output) and $OUT/gpu_check.json.
 Exit status 1 when a model failed or a check did not pass.
@@ -211,8 +211,8 @@ def bare_forward(loaded, encodings: list[list[int]], block_rows: int, batch_size
 
 
 class _Probe:
-    """Where extraction's time goes, from wrappers around _pool_block and the writer's slot/put/close (a
-    perf_counter call per block: no measurable cost); the writer process reports its own time per block."""
+    """Where extraction's time goes, from wrappers around _pool_block, the writer queue and store.write_block (a
+    perf_counter call per block: no measurable cost)."""
 
     def __init__(self) -> None:
         self.t = {"pool": 0.0, "put_wait": 0.0, "close_wait": 0.0, "write": 0.0}
@@ -223,10 +223,10 @@ class _Probe:
     @contextlib.contextmanager
     def attached(self, store):
         from spin_cache import extract as ex
-        from spin_cache.writer import BlockWriter
 
-        saved = (ex._pool_block, BlockWriter.slot, BlockWriter.put, BlockWriter.close)
-        pool_block, slot, put, close = saved
+        saved = (ex._pool_block, ex._BlockWriter.put, ex._BlockWriter.close)
+        pool_block, put, close = saved
+        write_block = store.write_block
 
         def timed(key: str, fn):
             def wrapper(*args, **kwargs):
@@ -239,23 +239,20 @@ class _Probe:
 
             return wrapper
 
-        def counted_put(writer, block, slot_index, rows, row_index, info):
-            self.raw_bytes += rows * writer.slots.arrays[slot_index].shape[1] * writer.slots.arrays.itemsize
-            self.blocks += 1
-            return put(writer, block, slot_index, rows, row_index, info)
+        def counted_write(block, arrays, info, threads=1, **options):
+            with self.lock:
+                self.raw_bytes += sum(a.nbytes for a in arrays.values())
+                self.blocks += 1
+            return timed("write", write_block)(block, arrays, info, threads, **options)
 
-        def closed(writer):
-            try:
-                return timed("close_wait", close)(writer)
-            finally:
-                self.t["write"] += writer.write_seconds
-
-        ex._pool_block, BlockWriter.slot, BlockWriter.put, BlockWriter.close = (
-            timed("pool", pool_block), timed("put_wait", slot), counted_put, closed)  # fmt: skip
+        ex._pool_block, ex._BlockWriter.put, ex._BlockWriter.close = (
+            timed("pool", pool_block), timed("put_wait", put), timed("close_wait", close))  # fmt: skip
+        store.write_block = counted_write  # the writer thread calls self.store.write_block
         try:
             yield self
         finally:
-            ex._pool_block, BlockWriter.slot, BlockWriter.put, BlockWriter.close = saved
+            ex._pool_block, ex._BlockWriter.put, ex._BlockWriter.close = saved
+            del store.write_block
 
 
 def extract_blocks(loaded, store, encodings: list[list[int]], batch_size: int) -> tuple[float, _Probe, object]:
@@ -483,8 +480,8 @@ def run_model(name: str, args, device: torch.device, t_start: float) -> dict:
                   f"({args.rows / rnd['extract_s']:,.0f} ex/s, {n_tokens / rnd['extract_s']:,.0f} tok/s) | "
                   f"throughput vs bare {rnd['ratio']:.3f}x | blocks {rnd['blocks_committed']}/{res['n_blocks']} "
                   f"committed")  # fmt: skip
-            print(f"  extract time: pooling blocks (main thread) {t['pool']:.2f}s, waiting for a free slot "
-                  f"{t['put_wait']:.2f}s + final drain {t['close_wait']:.2f}s; writer process in write_block "
+            print(f"  extract time: pooling blocks (main thread) {t['pool']:.2f}s, blocked on the writer queue "
+                  f"{t['put_wait']:.2f}s + final drain {t['close_wait']:.2f}s; writer thread in write_block "
                   f"{t['write']:.2f}s wall ({rnd['raw_bytes'] / busy / 1e6:,.0f} MB/s of float16), stored "
                   f"{rnd['stored_bytes'] / 1e6:,.0f} MB ({rnd['stored_bytes'] / max(rnd['raw_bytes'], 1):.2f}x raw), "
                   f"overflow {rnd['overflow']}"

@@ -8,11 +8,14 @@ flight and the finished store is identical to an uninterrupted run (batches depe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
+import queue
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +52,6 @@ from .store import (
     fingerprint_inputs,
     new_manifest,
 )
-from .writer import BlockWriter
 
 DEFAULT_CHUNK_COLS = 64
 DEFAULT_MAX_LENGTH = 512
@@ -257,59 +259,52 @@ def _extract_blocks(
     progress: bool,
     report: ExtractionReport,
 ) -> None:
+    import numcodecs.blosc
     from tqdm.auto import tqdm
 
     layout = store.layout
     n_rows = sum(layout.block_range(b)[1] - layout.block_range(b)[0] for b in blocks)
     pin_malloc_thresholds()  # reuse freed activations instead of faulting in fresh pages every batch
-    # On the CPU the model already uses every core: the writer compresses one array at a time, at the lowest
-    # priority, in the gaps. On a GPU the host's cores are free but for the one feeding the device: up to 8
-    # arrays at once (~1 MB of output per example for a 1B model). Once the last block is pooled the model is
-    # done: whatever is left to write (often a block and a half on the CPU) may use every core.
+    # On the CPU the model already uses every core: one compression thread, at the lowest priority, fills the
+    # gaps instead of competing with it. On a GPU the host's cores are free but for the one feeding the device:
+    # the writer compresses up to 8 arrays at once (~1 MB of output per example for a 1B model); more threads
+    # would take the GIL from the feeding thread between their calls into Blosc.
+    # Once the last block is pooled the model is done: whatever is left to write (often a block and a half on
+    # the CPU, where the writer only gets the gaps) may use every core.
+    blosc_threads = numcodecs.blosc.get_nthreads()
+    numcodecs.blosc.set_nthreads(1)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     write_threads = 1 if loaded.device.type == "cpu" else max(1, min(cores - 1, 8))
-    width = sum(layout.widths[k[0]] for k in layout.array_keys())
-    writer = BlockWriter(store.url, store.storage_options, (layout.block_rows, width), layout.dtype, write_threads)
-    unpin = _pin_for_device(writer.slots.arrays, loaded.device)
+    throttle = _Throttle(write_threads)
+    writer = _BlockWriter(store, throttle, threads=cores)
     bar = tqdm(total=n_rows, desc="extract", unit="ex", disable=not progress, smoothing=0.1)
     tokens = 0
     t_start = time.perf_counter()
     try:
         for block in blocks:
             start, stop = layout.block_range(block)
-            slot, values = writer.slot()
-            pooled = _pool_block(loaded, store, encodings, start, stop, batch_size, bar, values)
+            pooled = _pool_block(loaded, store, encodings, start, stop, batch_size, bar, writer.spare())
             tokens += sum(len(encodings[i]) for i in range(start, stop))
             if block == blocks[-1]:
-                writer.all_cores()
-            writer.put(block, slot, stop - start, pooled.row_index, {"overflow": pooled.overflow})
+                throttle.raise_to(cores)
+            writer.put(block, pooled)
             report.written_blocks += 1
             elapsed = max(time.perf_counter() - t_start, 1e-9)
             bar.set_postfix_str(f"{tokens / elapsed:,.0f} tok/s", refresh=False)
         writer.close()
     finally:
         writer.stop()
-        unpin()
         bar.close()
-
-
-def _pin_for_device(slots: np.ndarray, device: torch.device) -> Callable[[], None]:
-    """On CUDA, page-lock the shared block slots so that device->host copies into them run asynchronously (an
-    unpinned buffer still works: each copy just waits). Returns the undo."""
-    if device.type != "cuda" or slots.nbytes == 0:
-        return lambda: None
-    cudart = torch.cuda.cudart()
-    pointer = slots.ctypes.data
-    if int(cudart.cudaHostRegister(pointer, slots.nbytes, 0)) != 0:
-        return lambda: None
-    return lambda: int(cudart.cudaHostUnregister(pointer)) and None
+        numcodecs.blosc.set_nthreads(blosc_threads)
 
 
 @dataclass
 class _PooledBlock:
-    """One row block pooled into its slot: rows in the order they were pooled (by length)."""
+    """One row block's pooled values in the stored dtype, ready for the writer."""
 
-    row_index: np.ndarray  # the block's row r is slot row row_index[r]
+    buffer: torch.Tensor  # (rows, every array's columns), rows in the order they were pooled (by length)
+    arrays: dict[tuple[str, str, int], np.ndarray]  # column views of `buffer`, one per array
+    row_index: np.ndarray  # the block's row r is buffer row row_index[r]
     overflow: int  # values beyond float16's range
 
 
@@ -321,20 +316,20 @@ def _pool_block(
     stop: int,
     batch_size: int,
     bar: object,
-    slot: np.ndarray,
+    spare: torch.Tensor | None = None,
 ) -> _PooledBlock:
-    """Pool one row block into `slot` (a shared block buffer the writer process reads), batches sorted by
-    length. Each batch's pooled values are packed into the stored dtype as they are concatenated and land as
-    one contiguous slice of the slot, in pooling order: nothing is scattered on the model's thread, the writer
-    gathers rows back into place as it cuts chunks. On the CPU the concatenation writes straight into the slot;
-    on CUDA each batch is copied into it (pinned) on a side stream, landing only after the next batch's
-    forward has been queued, so the GPU never waits on it."""
+    """Pool one row block, batches sorted by length. Each batch's pooled values are packed into the stored dtype
+    as they are concatenated and land as one contiguous slice of a block-wide buffer, in pooling order: nothing
+    is scattered on the model's thread, the writer gathers rows back into place as it cuts chunks. On the CPU
+    the concatenation writes straight into the buffer; on CUDA the buffer is pinned and each batch is copied
+    into it on a side stream, landing only after the next batch's forward has been queued, so the GPU never
+    waits on it. A `spare` buffer the writer has finished with is reused (a fresh one costs a page fault per
+    4 KiB, and pinning)."""
     layout = store.layout
     keys = layout.array_keys()
-    block = slot[: stop - start]
-    buffer = torch.from_numpy(block)
-    if layout.dtype == "bfloat16":  # numpy holds bfloat16 as its raw bits
-        buffer = buffer.view(torch.bfloat16)
+    offsets = np.cumsum([0] + [layout.widths[k[0]] for k in keys])
+    buffer = _block_buffer(spare, (stop - start, int(offsets[-1])), layout.dtype, loaded.device)
+    block = _host_view(buffer)
     # Longest first: the first batch shows at once whether memory suffices.
     order = sorted(range(start, stop), key=lambda i: (-len(encodings[i]), i))
     position = np.empty(len(order), dtype=np.int64)  # buffer row of each of the block's rows
@@ -382,7 +377,20 @@ def _pool_block(
         bar.update(min(batch_size, len(order) - b0))  # type: ignore[attr-defined]
     for landed in copier.drain():
         overflow += check(landed)
-    return _PooledBlock(row_index=position, overflow=overflow)
+    arrays = {key: block[:, offsets[j] : offsets[j + 1]] for j, key in enumerate(keys)}
+    return _PooledBlock(buffer=buffer, arrays=arrays, row_index=position, overflow=overflow)
+
+
+def _block_buffer(spare: torch.Tensor | None, shape: tuple[int, int], dtype: str, device: torch.device) -> torch.Tensor:
+    torch_dtype = _STORE_TORCH_DTYPES[dtype]
+    if spare is not None and spare.dtype == torch_dtype and spare.shape[0] >= shape[0] and spare.shape[1] == shape[1]:
+        return spare[: shape[0]]
+    if device.type == "cuda":
+        return torch.empty(shape, dtype=torch_dtype, pin_memory=True)
+    # numpy asks for transparent huge pages for large arrays, torch does not: the writer reads this buffer a
+    # 128-byte run per row and chunk, and 4 KiB pages made its reads ~5% slower
+    array = np.empty(shape, dtype=np.uint16 if dtype == "bfloat16" else np.dtype(dtype))
+    return torch.from_numpy(array).view(torch_dtype)
 
 
 @dataclass
@@ -498,6 +506,97 @@ def _host_view(values: torch.Tensor) -> np.ndarray:
     if values.dtype == torch.bfloat16:
         return values.view(torch.int16).cpu().numpy().view(np.uint16)
     return values.cpu().numpy()
+
+
+def _lower_this_threads_priority() -> None:
+    """Run the calling thread at the lowest CPU priority (Linux: nice is per thread). The model's worker threads
+    wait for each other at every parallel operation, so a writer that preempts one of them stalls them all; at low
+    priority it runs in the gaps instead, and when it falls behind the bounded queue makes the model wait."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
+class _Throttle:
+    """A gate that lets at most `limit` threads through at once; the limit can be raised while threads wait."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+        self.changed = threading.Condition()
+
+    def raise_to(self, limit: int) -> None:
+        with self.changed:
+            self.limit = max(self.limit, limit)
+            self.changed.notify_all()
+
+    def __enter__(self) -> None:
+        with self.changed:
+            self.changed.wait_for(lambda: self.active < self.limit)
+            self.active += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self.changed:
+            self.active -= 1
+            self.changed.notify()
+
+
+class _BlockWriter:
+    """A background thread that writes finished blocks, each array through `throttle` (so the number of arrays
+    compressed at once can grow mid-block); the queue bound keeps memory bounded. Written blocks' buffers come
+    back as spares for the next blocks."""
+
+    def __init__(self, store: ActivationStore, throttle: _Throttle, threads: int, max_pending: int = 1) -> None:
+        self.store = store
+        self.throttle = throttle
+        self.threads = threads
+        self.queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self.spares: queue.SimpleQueue = queue.SimpleQueue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="spin-cache-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        _lower_this_threads_priority()
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue
+            block, pooled = item
+            try:
+                info = {"overflow": pooled.overflow}
+                self.store.write_block(
+                    block, pooled.arrays, info, self.threads, row_index=pooled.row_index, gate=self.throttle
+                )
+            except BaseException as exc:  # re-raised in the main thread
+                self.error = exc
+            self.spares.put(pooled.buffer)
+
+    def spare(self) -> torch.Tensor | None:
+        try:
+            return self.spares.get_nowait()
+        except queue.Empty:
+            return None
+
+    def put(self, block: int, pooled: _PooledBlock) -> None:
+        """Queue a pooled block (its buffer comes back as a spare once written)."""
+        self._raise()
+        self.queue.put((block, pooled))
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        self._raise()
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise SpinCacheError(f"writing to {self.store.url} failed: {self.error}") from self.error
 
 
 # ------------------------------------------------------------------------------------------------------------
