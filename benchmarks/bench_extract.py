@@ -6,6 +6,8 @@ Bare forward: the same model, rows, blocks and length-sorted batches as `spin-ca
 Extraction: `run_extraction` into a fresh store (forward + pooling of every layer + background writing); the
 ratio uses its block phase (model loading and tokenising are excluded from both sides). Each round runs both, in
 alternating order, and the ratio compares the runs of one round: this VM's speed drifts by 10-20% over minutes.
+With --without-writing each round also runs the extraction with the store's write_block replaced by a no-op
+(pooling and packing only, nothing committed): the difference to the full extraction is what writing costs.
 """
 
 from __future__ import annotations
@@ -63,9 +65,19 @@ def column_reads(store_path: str, share: float, seed: int = 0) -> dict:
     }
 
 
-def extraction(dataset, batch_size: int, keep: dict) -> tuple[float, int]:
+def extraction(dataset, batch_size: int, keep: dict, write: bool = True) -> tuple[float, int]:
     """Seconds of the block phase of one extraction into a fresh store (and its block rows); the first store's
-    sizes and column-read costs go into `keep`."""
+    sizes and column-read costs go into `keep`. With write=False blocks are pooled and packed but not written."""
+    if not write:
+        real = ActivationStore.write_block
+        ActivationStore.write_block = lambda self, *args, **kwargs: None
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                report = run_extraction(data=dataset, out=os.path.join(tmp, "store"), batch_size=batch_size,
+                                        progress=False)  # fmt: skip
+                return report.extract_seconds, report.store.layout.block_rows
+        finally:
+            ActivationStore.write_block = real
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "store")
         report = run_extraction(data=dataset, out=out, batch_size=batch_size, progress=False)
@@ -81,6 +93,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="rows per split (default: all of SST-2)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3, help="rounds of (bare, extract), order alternated")
+    ap.add_argument("--without-writing", action="store_true", help="also time extraction with writing switched off")
     args = ap.parse_args()
     dataset = load_dataset("sst2")
     if args.limit:
@@ -93,11 +106,12 @@ def main() -> None:
     rounds = []
     for r in range(args.repeats):
         seconds = {}
-        for mode in ("bare", "extract") if r % 2 else ("extract", "bare"):  # alternate: this VM's speed drifts
+        modes = ["bare", "extract"] + (["no_writing"] if args.without_writing else [])
+        for mode in modes if r % 2 else modes[::-1]:  # alternate: this VM's speed drifts
             if mode == "bare":
                 seconds[mode] = bare_forward(loaded, encodings, block_rows, args.batch_size)
             else:
-                seconds[mode], block_rows = extraction(dataset, args.batch_size, keep)
+                seconds[mode], block_rows = extraction(dataset, args.batch_size, keep, write=mode == "extract")
         rounds.append(seconds)
         print(json.dumps({k: round(v, 2) for k, v in seconds.items()}), flush=True)
     ratios = [r["extract"] / r["bare"] for r in rounds]
@@ -111,6 +125,10 @@ def main() -> None:
     print(f"extract: {times('extract')} | ratio to the bare forward of the same round: "
           f"median {statistics.median(ratios):.3f}x (range {min(ratios):.3f}-{max(ratios):.3f}); "
           f"all rounds' seconds: {total:.3f}x")  # fmt: skip
+    if args.without_writing:
+        no_writing = sum(r["no_writing"] for r in rounds) / sum(r["bare"] for r in rounds)
+        print(f"extract without writing: {times('no_writing')} | all rounds' seconds: {no_writing:.3f}x the bare "
+              f"forward (writing adds {total - no_writing:+.3f}x)")  # fmt: skip
     print(f"whole command (first run, with model load, tokenising, hashing): {keep['command_s']:.1f}s")
     print(f"store {keep['stored'] / 2**20:.1f} MiB vs float32 {keep['float32'] / 2**20:.1f} MiB: "
           f"{keep['stored'] / keep['float32']:.3f}x")  # fmt: skip
