@@ -68,24 +68,20 @@ def column_reads(store_path: str, share: float, seed: int = 0) -> dict:
 def extraction(dataset, batch_size: int, keep: dict, write: bool = True) -> tuple[float, int]:
     """Seconds of the block phase of one extraction into a fresh store (and its block rows); the first store's
     sizes and column-read costs go into `keep`. With write=False blocks are pooled and packed but not written."""
+    real_write_block = ActivationStore.write_block
     if not write:
-        real = ActivationStore.write_block
         ActivationStore.write_block = lambda self, *args, **kwargs: None
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                report = run_extraction(data=dataset, out=os.path.join(tmp, "store"), batch_size=batch_size,
-                                        progress=False)  # fmt: skip
-                return report.extract_seconds, report.store.layout.block_rows
-        finally:
-            ActivationStore.write_block = real
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "store")
-        report = run_extraction(data=dataset, out=out, batch_size=batch_size, progress=False)
-        if not keep:
-            info = report.store.info()
-            keep |= {"stored": sum(info["bytes_stored"].values()), "float32": info["bytes_float32"],
-                     "reads_5pct": column_reads(out, 0.05), "command_s": report.seconds}  # fmt: skip
-        return report.extract_seconds, report.store.layout.block_rows
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "store")
+            report = run_extraction(data=dataset, out=out, batch_size=batch_size, progress=False)
+            if write and not keep:
+                info = report.store.info()
+                keep |= {"stored": sum(info["bytes_stored"].values()), "float32": info["bytes_float32"],
+                         "reads_5pct": column_reads(out, 0.05), "command_s": report.seconds}  # fmt: skip
+            return report.extract_seconds, report.store.layout.block_rows
+    finally:
+        ActivationStore.write_block = real_write_block
 
 
 def main() -> None:
