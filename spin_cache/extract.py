@@ -170,7 +170,7 @@ def run_extraction(
             existing = _wait_for_store(url, probe_manifest, storage_options)
         if shard is not None:
             device = _shard_device(device, shard)
-        loaded = load_model(str(model_path), device=device, dtype=_torch_dtype(compute_dtype))
+        loaded = load_model(str(model_path), device=device, dtype=_TORCH_DTYPES[compute_dtype])
         encodings, n_tokens, truncated = _tokenize(loaded, dataset, max_length)
         if existing is None:
             widths = {"hidden": loaded.adapter.hidden_size, "ffn": loaded.adapter.ffn_size}
@@ -354,7 +354,7 @@ def _pool_block(
                 yield from exact(part.rows, None)
                 continue
             beyond = _count_beyond_float16(values, low, high) if layout.dtype == "float16" else 0
-            yield part.rows, values.to(_STORE_TORCH_DTYPES[layout.dtype]), beyond
+            yield part.rows, values.to(_TORCH_DTYPES[layout.dtype]), beyond
 
     def check(landed: _Landed) -> int:
         """A landed batch that is finite in the stored dtype is finite in float32 too and in place; any other is
@@ -382,7 +382,7 @@ def _pool_block(
 
 
 def _block_buffer(spare: torch.Tensor | None, shape: tuple[int, int], dtype: str, device: torch.device) -> torch.Tensor:
-    torch_dtype = _STORE_TORCH_DTYPES[dtype]
+    torch_dtype = _TORCH_DTYPES[dtype]
     if spare is not None and spare.dtype == torch_dtype and spare.shape[0] >= shape[0] and spare.shape[1] == shape[1]:
         return spare[: shape[0]]
     if device.type == "cuda":
@@ -436,7 +436,8 @@ def _count_beyond_float16(values: torch.Tensor, low: float, high: float) -> int:
     return int((values.abs() > FLOAT16_MAX).sum())
 
 
-_STORE_TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+# stored and compute dtypes by name
+_TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def _pack(pieces: list[torch.Tensor], dtype: str, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -444,7 +445,7 @@ def _pack(pieces: list[torch.Tensor], dtype: str, out: torch.Tensor | None = Non
     if given)."""
     if out is None:
         shape = (pieces[0].shape[0], sum(p.shape[1] for p in pieces))
-        out = torch.empty(shape, dtype=_STORE_TORCH_DTYPES[dtype], device=pieces[0].device)
+        out = torch.empty(shape, dtype=_TORCH_DTYPES[dtype], device=pieces[0].device)
     return torch.cat(pieces, dim=1, out=out)
 
 
@@ -814,10 +815,6 @@ def _existing_store(url: str, wanted: dict, overwrite: bool, storage_options: di
             "pass another --out, or --overwrite to replace it"
         )
     return store
-
-
-def _torch_dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 def _transformers_version() -> str:
