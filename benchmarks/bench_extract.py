@@ -1,11 +1,15 @@
 """Extraction cost against a bare forward pass, store size against raw float32, and column-read cost.
 
-    python benchmarks/bench_extract.py [--limit N] [--batch-size 32] [--repeats 3]
+    python benchmarks/bench_extract.py [--limit N] [--batch-size 32] [--repeats 3] [--without-writing]
 
 Bare forward: the same model, rows, blocks and length-sorted batches as `spin-cache extract`, outputs discarded.
-Extraction: `run_extraction` into a fresh store (forward + pooling of every layer + background writing); the
-ratio uses its block phase (model loading and tokenising are excluded from both sides). Each round runs both, in
-alternating order, and the ratio compares the runs of one round: this VM's speed drifts by 10-20% over minutes.
+Extraction: `run_extraction` into a fresh store (forward + pooling of every layer + background writing), its block
+phase (model loading and tokenising are excluded from both sides).
+The two are paired batch by batch, because this VM's speed drifts by 10-20% within a minute: during the
+extraction, each batch's bare forward runs right before its pooled forward or right after it (alternately), with
+the background writer paused meanwhile (it finishes the array in hand first, charged to the extraction). The
+extraction's time is its block phase less those bare forwards, so both sides of the ratio are measured within
+the same fraction of a second. All the writer's work stays inside the extraction's time.
 With --without-writing each round also runs the extraction with the store's write_block replaced by a no-op
 (pooling and packing only, nothing committed): the difference to the full extraction is what writing costs.
 """
@@ -13,17 +17,20 @@ With --without-writing each round also runs the extraction with the store's writ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
 
+from spin_cache import extract as X
 from spin_cache.allocator import pin_malloc_thresholds
 from spin_cache.data import load_dataset
 from spin_cache.extract import _tokenize, run_extraction
@@ -31,18 +38,65 @@ from spin_cache.models import load_model
 from spin_cache.store import ActivationStore
 
 
-def bare_forward(loaded, encodings, block_rows: int, batch_size: int) -> float:
+def bare_batch(loaded, encodings, rows: list[int]) -> None:
+    """The bare forward of one batch: padded as extraction pads it, outputs discarded."""
     runner = loaded.adapter.runner or loaded.model
-    t0 = time.perf_counter()
     with torch.inference_mode():
-        for start in range(0, len(encodings), block_rows):
-            stop = min(start + block_rows, len(encodings))
-            order = sorted(range(start, stop), key=lambda i: (-len(encodings[i]), i))
-            for b0 in range(0, len(order), batch_size):
-                rows = order[b0 : b0 + batch_size]
-                batch = loaded.tokenizer.pad({"input_ids": [encodings[i] for i in rows]}, return_tensors="pt")
-                runner(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    return time.perf_counter() - t0
+        batch = loaded.tokenizer.pad({"input_ids": [encodings[i] for i in rows]}, return_tensors="pt")
+        runner(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+
+class _PausableThrottle(X._Throttle):
+    """extract's writer gate, able to hold the writer while a bare forward runs (the benchmark's, not the product's)."""
+
+    def pause(self) -> int:
+        with self.changed:
+            limit, self.limit = self.limit, 0
+            while self.active:  # the array in hand (extraction's time); its exit may wake a writer thread, not us
+                self.changed.wait(0.001)
+            return limit
+
+    def resume(self, limit: int) -> None:
+        with self.changed:
+            self.limit = limit
+            self.changed.notify_all()
+
+
+@contextlib.contextmanager
+def paired_bare_forwards(loaded, encodings) -> Iterator[list[float]]:
+    """While active, every batch the extraction runs is paired with the bare forward of the same rows, right
+    before it or right after it (alternately), with the writer paused; yields the list of their seconds."""
+    bare: list[float] = []
+    throttles: list[_PausableThrottle] = []
+    real_pooled_batches, real_throttle = X._pooled_batches, X._Throttle
+
+    def throttle(limit: int) -> _PausableThrottle:
+        throttles.append(_PausableThrottle(limit))
+        return throttles[-1]
+
+    def bare_now(rows: list[int]) -> None:
+        limit = throttles[-1].pause()
+        t0 = time.perf_counter()
+        bare_batch(loaded, encodings, rows)
+        bare.append(time.perf_counter() - t0)
+        throttles[-1].resume(limit)
+
+    def pooled_batches(loaded_x, encodings_x, rows, layout, check_finite):
+        if check_finite:  # the slow route for a non-finite batch, or an out-of-memory split: not paired
+            return real_pooled_batches(loaded_x, encodings_x, rows, layout, check_finite)
+        before = len(bare) % 2 == 0
+        if before:
+            bare_now(rows)
+        pooled = real_pooled_batches(loaded_x, encodings_x, rows, layout, check_finite)
+        if not before:
+            bare_now(rows)
+        return pooled
+
+    X._pooled_batches, X._Throttle = pooled_batches, throttle
+    try:
+        yield bare
+    finally:
+        X._pooled_batches, X._Throttle = real_pooled_batches, real_throttle
 
 
 def column_reads(store_path: str, share: float, seed: int = 0) -> dict:
@@ -65,21 +119,23 @@ def column_reads(store_path: str, share: float, seed: int = 0) -> dict:
     }
 
 
-def extraction(dataset, batch_size: int, keep: dict, write: bool = True) -> tuple[float, int]:
-    """Seconds of the block phase of one extraction into a fresh store (and its block rows); the first store's
-    sizes and column-read costs go into `keep`. With write=False blocks are pooled and packed but not written."""
+def extraction(dataset, loaded, encodings, batch_size: int, keep: dict, write: bool = True) -> tuple[float, float]:
+    """(extraction seconds, bare forward seconds) of one extraction into a fresh store, paired block by block;
+    the first store's sizes and column-read costs go into `keep`. With write=False blocks are pooled and packed
+    but not written."""
     real_write_block = ActivationStore.write_block
     if not write:
         ActivationStore.write_block = lambda self, *args, **kwargs: None
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, paired_bare_forwards(loaded, encodings) as bare:
             out = os.path.join(tmp, "store")
             report = run_extraction(data=dataset, out=out, batch_size=batch_size, progress=False)
             if write and not keep:
                 info = report.store.info()
                 keep |= {"stored": sum(info["bytes_stored"].values()), "float32": info["bytes_float32"],
-                         "reads_5pct": column_reads(out, 0.05), "command_s": report.seconds}  # fmt: skip
-            return report.extract_seconds, report.store.layout.block_rows
+                         "reads_5pct": column_reads(out, 0.05), "command_s": report.seconds - sum(bare),
+                         "block_rows": report.store.layout.block_rows}  # fmt: skip
+            return report.extract_seconds - sum(bare), sum(bare)
     finally:
         ActivationStore.write_block = real_write_block
 
@@ -98,33 +154,30 @@ def main() -> None:
     encodings, _, _ = _tokenize(loaded, dataset, 512)
     pin_malloc_thresholds()  # what extraction does: both sides run with the same allocator settings
     keep: dict = {}
-    block_rows = 2048
     rounds = []
-    for r in range(args.repeats):
+    for _ in range(args.repeats):
         seconds = {}
-        modes = ["bare", "extract"] + (["no_writing"] if args.without_writing else [])
-        for mode in modes if r % 2 else modes[::-1]:  # alternate: this VM's speed drifts
-            if mode == "bare":
-                seconds[mode] = bare_forward(loaded, encodings, block_rows, args.batch_size)
-            else:
-                seconds[mode], block_rows = extraction(dataset, args.batch_size, keep, write=mode == "extract")
+        for mode in ("extract", "no_writing") if args.without_writing else ("extract",):
+            extract_s, bare_s = extraction(dataset, loaded, encodings, args.batch_size, keep, write=mode == "extract")
+            seconds |= {mode: extract_s, f"bare ({mode})": bare_s}
         rounds.append(seconds)
         print(json.dumps({k: round(v, 2) for k, v in seconds.items()}), flush=True)
-    ratios = [r["extract"] / r["bare"] for r in rounds]
-    total = sum(r["extract"] for r in rounds) / sum(r["bare"] for r in rounds)
-    print(f"\nrows {len(dataset)}  batch {args.batch_size}  blocks of {block_rows}  threads {torch.get_num_threads()}")
+    ratios = [r["extract"] / r["bare (extract)"] for r in rounds]
+    total = sum(r["extract"] for r in rounds) / sum(r["bare (extract)"] for r in rounds)
+    print(f"\nrows {len(dataset)}  batch {args.batch_size}  blocks of {keep['block_rows']}  "
+          f"threads {torch.get_num_threads()}")  # fmt: skip
 
     def times(mode: str) -> str:
         return " ".join(f"{r[mode]:.1f}s" for r in rounds)
 
-    print(f"bare forward: {times('bare')}")
-    print(f"extract: {times('extract')} | ratio to the bare forward of the same round: "
+    print(f"bare forward (paired with the extraction): {times('bare (extract)')}")
+    print(f"extract: {times('extract')} | ratio to its paired bare forward: "
           f"median {statistics.median(ratios):.3f}x (range {min(ratios):.3f}-{max(ratios):.3f}); "
           f"all rounds' seconds: {total:.3f}x")  # fmt: skip
     if args.without_writing:
-        no_writing = sum(r["no_writing"] for r in rounds) / sum(r["bare"] for r in rounds)
-        print(f"extract without writing: {times('no_writing')} | all rounds' seconds: {no_writing:.3f}x the bare "
-              f"forward (writing adds {total - no_writing:+.3f}x)")  # fmt: skip
+        no_writing = sum(r["no_writing"] for r in rounds) / sum(r["bare (no_writing)"] for r in rounds)
+        print(f"extract without writing: {times('no_writing')} | all rounds' seconds: {no_writing:.3f}x its paired "
+              f"bare forward (writing adds {total - no_writing:+.3f}x)")  # fmt: skip
     print(f"whole command (first run, with model load, tokenising, hashing): {keep['command_s']:.1f}s")
     print(f"store {keep['stored'] / 2**20:.1f} MiB vs float32 {keep['float32'] / 2**20:.1f} MiB: "
           f"{keep['stored'] / keep['float32']:.3f}x")  # fmt: skip
