@@ -33,7 +33,6 @@ import torch
 from spin_cache import extract as X
 from spin_cache.allocator import pin_malloc_thresholds
 from spin_cache.data import load_dataset
-from spin_cache.extract import _tokenize, run_extraction
 from spin_cache.models import load_model
 from spin_cache.store import ActivationStore
 
@@ -120,7 +119,7 @@ def column_reads(store_path: str, share: float, seed: int = 0) -> dict:
 
 
 def extraction(dataset, loaded, encodings, batch_size: int, keep: dict, write: bool = True) -> tuple[float, float]:
-    """(extraction seconds, bare forward seconds) of one extraction into a fresh store, paired block by block;
+    """(extraction seconds, bare forward seconds) of one extraction into a fresh store, paired batch by batch;
     the first store's sizes and column-read costs go into `keep`. With write=False blocks are pooled and packed
     but not written."""
     real_write_block = ActivationStore.write_block
@@ -129,7 +128,7 @@ def extraction(dataset, loaded, encodings, batch_size: int, keep: dict, write: b
     try:
         with tempfile.TemporaryDirectory() as tmp, paired_bare_forwards(loaded, encodings) as bare:
             out = os.path.join(tmp, "store")
-            report = run_extraction(data=dataset, out=out, batch_size=batch_size, progress=False)
+            report = X.run_extraction(data=dataset, out=out, batch_size=batch_size, progress=False)
             if write and not keep:
                 info = report.store.info()
                 keep |= {"stored": sum(info["bytes_stored"].values()), "float32": info["bytes_float32"],
@@ -144,14 +143,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--limit", type=int, default=None, help="rows per split (default: all of SST-2)")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3, help="rounds of (bare, extract), order alternated")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of paired extractions")
     ap.add_argument("--without-writing", action="store_true", help="also time extraction with writing switched off")
     args = ap.parse_args()
     dataset = load_dataset("sst2")
     if args.limit:
         dataset = dataset.subset(args.limit)
     loaded = load_model("minilm", device="cpu")
-    encodings, _, _ = _tokenize(loaded, dataset, 512)
+    encodings, _, _ = X._tokenize(loaded, dataset, 512)
     pin_malloc_thresholds()  # what extraction does: both sides run with the same allocator settings
     keep: dict = {}
     rounds = []
