@@ -66,6 +66,7 @@ def paired_bare_forwards(loaded, encodings) -> Iterator[list[float]]:
     """While active, every batch the extraction runs is paired with the bare forward of the same rows, right
     before it or right after it (alternately), with the writer paused; yields the list of their seconds."""
     bare: list[float] = []
+    all_threads = torch.get_num_threads()
     throttles: list[_PausableThrottle] = []
     real_pooled_batches, real_throttle = X._pooled_batches, X._Throttle
 
@@ -75,9 +76,12 @@ def paired_bare_forwards(loaded, encodings) -> Iterator[list[float]]:
 
     def bare_now(rows: list[int]) -> None:
         limit = throttles[-1].pause()
+        threads = torch.get_num_threads()  # extraction may have handed a core to its writer: not the bare forward
+        torch.set_num_threads(all_threads)
         t0 = time.perf_counter()
         bare_batch(loaded, encodings, rows)
         bare.append(time.perf_counter() - t0)
+        torch.set_num_threads(threads)
         throttles[-1].resume(limit)
 
     def pooled_batches(loaded_x, encodings_x, rows, layout, check_finite):
@@ -122,9 +126,10 @@ def extraction(dataset, loaded, encodings, batch_size: int, keep: dict, write: b
     """(extraction seconds, bare forward seconds) of one extraction into a fresh store, paired batch by batch;
     the first store's sizes and column-read costs go into `keep`. With write=False blocks are pooled and packed
     but not written."""
-    real_write_block = ActivationStore.write_block
-    if not write:
+    real_write_block, real_flops_per_byte = ActivationStore.write_block, X.MODEL_FLOPS_PER_WRITTEN_BYTE
+    if not write:  # nothing written: no core is handed to the writer either
         ActivationStore.write_block = lambda self, *args, **kwargs: None
+        X.MODEL_FLOPS_PER_WRITTEN_BYTE = 0.0
     try:
         with tempfile.TemporaryDirectory() as tmp, paired_bare_forwards(loaded, encodings) as bare:
             out = os.path.join(tmp, "store")
@@ -136,7 +141,7 @@ def extraction(dataset, loaded, encodings, batch_size: int, keep: dict, write: b
                          "block_rows": report.store.layout.block_rows}  # fmt: skip
             return report.extract_seconds - sum(bare), sum(bare)
     finally:
-        ActivationStore.write_block = real_write_block
+        ActivationStore.write_block, X.MODEL_FLOPS_PER_WRITTEN_BYTE = real_write_block, real_flops_per_byte
 
 
 def main() -> None:

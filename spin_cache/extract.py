@@ -277,13 +277,24 @@ def _extract_blocks(
     write_threads = 1 if loaded.device.type == "cpu" else max(1, min(cores - 1, 8))
     throttle = _Throttle(write_threads)
     writer = _BlockWriter(store, throttle, threads=cores)
+    core_for_writer = None
+    if loaded.device.type == "cpu":
+        flops_per_token = 2.0 * sum(p.numel() for b in loaded.adapter.blocks for p in b.parameters())
+        block_bytes = (
+            layout.block_rows * sum(layout.widths[k[0]] for k in layout.array_keys()) * dtype_bytes(layout.dtype)
+        )
+        core_for_writer = _CoreForWriter(flops_per_token, block_bytes)
     bar = tqdm(total=n_rows, desc="extract", unit="ex", disable=not progress, smoothing=0.1)
     tokens = 0
     t_start = time.perf_counter()
     try:
         for block in blocks:
             start, stop = layout.block_range(block)
-            pooled = _pool_block(loaded, store, encodings, start, stop, batch_size, bar, writer.spare())
+            if core_for_writer is not None:
+                core_for_writer.start_block(block)
+            pooled = _pool_block(
+                loaded, store, encodings, start, stop, batch_size, bar, writer.spare(), core_for_writer
+            )
             tokens += sum(len(encodings[i]) for i in range(start, stop))
             if block == blocks[-1]:
                 throttle.raise_to(cores)
@@ -294,6 +305,8 @@ def _extract_blocks(
         writer.close()
     finally:
         writer.stop()
+        if core_for_writer is not None:
+            core_for_writer.restore()
         bar.close()
         numcodecs.blosc.set_nthreads(blosc_threads)
 
@@ -317,6 +330,7 @@ def _pool_block(
     batch_size: int,
     bar: object,
     spare: torch.Tensor | None = None,
+    core_for_writer: _CoreForWriter | None = None,
 ) -> _PooledBlock:
     """Pool one row block, batches sorted by length. Each batch's pooled values are packed into the stored dtype
     as they are concatenated and land as one contiguous slice of a block-wide buffer, in pooling order: nothing
@@ -324,7 +338,7 @@ def _pool_block(
     the concatenation writes straight into the buffer; on CUDA the buffer is pinned and each batch is copied
     into it on a side stream, landing only after the next batch's forward has been queued, so the GPU never
     waits on it. A `spare` buffer the writer has finished with is reused (a fresh one costs a page fault per
-    4 KiB, and pinning)."""
+    4 KiB, and pinning). `core_for_writer`, on the CPU, sets the model's threads before each batch."""
     layout = store.layout
     keys = layout.array_keys()
     offsets = np.cumsum([0] + [layout.widths[k[0]] for k in keys])
@@ -368,6 +382,9 @@ def _pool_block(
         return beyond
 
     for b0 in range(0, len(order), batch_size):
+        if core_for_writer is not None:
+            batch_rows = order[b0 : b0 + batch_size]
+            core_for_writer.before_batch(len(batch_rows), max(len(encodings[i]) for i in batch_rows))
         for part in _pooled_batches(loaded, encodings, order[b0 : b0 + batch_size], layout, check_finite=False):
             pieces = [part.pooled[(k, layer)][p] for k, p, layer in keys]
             target = buffer[filled : filled + len(part.rows)]
@@ -539,6 +556,52 @@ class _Throttle:
         with self.changed:
             self.active -= 1
             self.changed.notify()
+
+
+# The arithmetic one model thread does in the time one writer thread encodes and writes one byte of a block
+# (float16 activations through Blosc zstd-1 + crc32c). Measured here: the bundled MiniLM runs ~76 GFLOP/s on
+# one thread of this CPU, the writer ~210 MB/s (BENCHMARKS.md, Extraction). Only the schedule below depends on
+# it, never a stored value; if it is off on another CPU the writer either finishes early (a core idles for the
+# rest of those batches) or late (the rest is written beside the model, as without a schedule).
+MODEL_FLOPS_PER_WRITTEN_BYTE = 350.0
+
+
+class _CoreForWriter:
+    """On the CPU, hands one of the model's cores to the writer at the start of each block, for about as long as
+    writing the previous block takes.
+
+    The model's OpenMP threads keep every core busy and wait for each other at every operation, so a writer that
+    takes a core from one of them stalls them all: its CPU time costs about as much wall time. The forward pass
+    on one thread fewer of two runs ~1.9x slower, so giving the writer a core of its own costs about half that.
+    How long is decided from what is known before the block runs (the block's bytes, the batches' tokens, the
+    model's size), never from timings: results of a batch can differ in the last bit with the thread count
+    (MKL splits some matrix products by thread), and a store must not depend on when its writer ran. The first
+    block has nothing to write before it and keeps every thread."""
+
+    def __init__(self, flops_per_token: float, block_bytes: int, threads: int | None = None) -> None:
+        self.threads = threads or torch.get_num_threads()
+        self.flops_per_token = flops_per_token
+        # the arithmetic the model's remaining threads do while one writer thread writes a block
+        self.block_flops = block_bytes * MODEL_FLOPS_PER_WRITTEN_BYTE * max(self.threads - 1, 0)
+        self.current = torch.get_num_threads()
+        self.left = 0.0
+
+    def start_block(self, block: int) -> None:
+        self.left = self.block_flops if block > 0 and self.threads > 1 else 0.0
+
+    def before_batch(self, rows: int, tokens: int) -> None:
+        """Set the threads for a batch of `rows` padded to `tokens`."""
+        wanted = self.threads - 1 if self.left > 0 else self.threads
+        self.left -= rows * tokens * self.flops_per_token
+        self._set(wanted)
+
+    def restore(self) -> None:
+        self._set(self.threads)
+
+    def _set(self, threads: int) -> None:
+        if threads != self.current:
+            torch.set_num_threads(threads)
+            self.current = threads
 
 
 class _BlockWriter:
