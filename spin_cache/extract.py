@@ -571,8 +571,9 @@ class _CoreForWriter:
     writing the previous block takes.
 
     The model's OpenMP threads keep every core busy and wait for each other at every operation, so a writer that
-    takes a core from one of them stalls them all: its CPU time costs about as much wall time. The forward pass
-    on one thread fewer of two runs ~1.9x slower, so giving the writer a core of its own costs about half that.
+    takes a core from one of them stalls them all: its CPU time costs about as much wall time. On one thread
+    fewer of two the forward pass runs ~1.6x slower (measured here), so a core of the writer's own costs ~40% of
+    that.
     How long is decided from what is known before the block runs (the block's bytes, the batches' tokens, the
     model's size), never from timings: results of a batch can differ in the last bit with the thread count
     (MKL splits some matrix products by thread), and a store must not depend on when its writer ran. The first
