@@ -559,7 +559,7 @@ class _Throttle:
 
 
 # The arithmetic one model thread does in the time one writer thread encodes and writes one byte of a block
-# (float16 activations through Blosc zstd-1 + crc32c). Measured here: the bundled MiniLM runs ~76 GFLOP/s on
+# (float16 activations through Blosc zstd-1 + crc32c). Measured here: the bundled MiniLM runs ~76-90 GFLOP/s on
 # one thread of this CPU, the writer ~210 MB/s (BENCHMARKS.md, Extraction). Only the schedule below depends on
 # it, never a stored value; if it is off on another CPU the writer either finishes early (a core idles for the
 # rest of those batches) or late (the rest is written beside the model, as without a schedule).
