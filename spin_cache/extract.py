@@ -280,10 +280,7 @@ def _extract_blocks(
     core_for_writer = None
     if loaded.device.type == "cpu":
         flops_per_token = 2.0 * sum(p.numel() for b in loaded.adapter.blocks for p in b.parameters())
-        block_bytes = (
-            layout.block_rows * sum(layout.widths[k[0]] for k in layout.array_keys()) * dtype_bytes(layout.dtype)
-        )
-        core_for_writer = _CoreForWriter(flops_per_token, block_bytes)
+        core_for_writer = _CoreForWriter(flops_per_token, layout.block_rows * layout.row_bytes)
     bar = tqdm(total=n_rows, desc="extract", unit="ex", disable=not progress, smoothing=0.1)
     tokens = 0
     t_start = time.perf_counter()
@@ -382,16 +379,16 @@ def _pool_block(
         return beyond
 
     for b0 in range(0, len(order), batch_size):
+        rows = order[b0 : b0 + batch_size]
         if core_for_writer is not None:
-            batch_rows = order[b0 : b0 + batch_size]
-            core_for_writer.before_batch(len(batch_rows), max(len(encodings[i]) for i in batch_rows))
-        for part in _pooled_batches(loaded, encodings, order[b0 : b0 + batch_size], layout, check_finite=False):
+            core_for_writer.before_batch(len(rows), max(len(encodings[i]) for i in rows))
+        for part in _pooled_batches(loaded, encodings, rows, layout, check_finite=False):
             pieces = [part.pooled[(k, layer)][p] for k, p, layer in keys]
             target = buffer[filled : filled + len(part.rows)]
             filled += len(part.rows)
             for landed in copier.submit(pieces, target, part, layout.dtype):
                 overflow += check(landed)
-        bar.update(min(batch_size, len(order) - b0))  # type: ignore[attr-defined]
+        bar.update(len(rows))  # type: ignore[attr-defined]
     for landed in copier.drain():
         overflow += check(landed)
     arrays = {key: block[:, offsets[j] : offsets[j + 1]] for j, key in enumerate(keys)}
@@ -579,16 +576,15 @@ class _CoreForWriter:
     (MKL splits some matrix products by thread), and a store must not depend on when its writer ran. The first
     block has nothing to write before it and keeps every thread."""
 
-    def __init__(self, flops_per_token: float, block_bytes: int, threads: int | None = None) -> None:
-        self.threads = threads or torch.get_num_threads()
+    def __init__(self, flops_per_token: float, block_bytes: int) -> None:
+        self.threads = self.current = torch.get_num_threads()
         self.flops_per_token = flops_per_token
-        # the arithmetic the model's remaining threads do while one writer thread writes a block
-        self.block_flops = block_bytes * MODEL_FLOPS_PER_WRITTEN_BYTE * max(self.threads - 1, 0)
-        self.current = torch.get_num_threads()
+        # the arithmetic the model's remaining threads do while one writer thread writes a block (none on one)
+        self.block_flops = block_bytes * MODEL_FLOPS_PER_WRITTEN_BYTE * (self.threads - 1)
         self.left = 0.0
 
     def start_block(self, block: int) -> None:
-        self.left = self.block_flops if block > 0 and self.threads > 1 else 0.0
+        self.left = self.block_flops if block > 0 else 0.0
 
     def before_batch(self, rows: int, tokens: int) -> None:
         """Set the threads for a batch of `rows` padded to `tokens`."""

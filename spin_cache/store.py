@@ -151,6 +151,11 @@ class Layout:
     def array_keys(self) -> list[tuple[str, str, int]]:
         return [(k, p, layer) for k in self.kinds for p in self.poolings for layer in self.layers[k]]
 
+    @property
+    def row_bytes(self) -> int:
+        """Stored bytes of one row across every array."""
+        return sum(self.widths[k] for k, _, _ in self.array_keys()) * dtype_bytes(self.dtype)
+
     def to_dict(self) -> dict:
         return {
             "kinds": list(self.kinds),
