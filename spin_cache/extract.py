@@ -37,6 +37,7 @@ from .models import (
     default_poolings,
     load_model,
     model_identity,
+    pool_layers_into,
     resolve_model_path,
     run_layers,
 )
@@ -329,13 +330,14 @@ def _pool_block(
     spare: torch.Tensor | None = None,
     core_for_writer: _CoreForWriter | None = None,
 ) -> _PooledBlock:
-    """Pool one row block, batches sorted by length. Each batch's pooled values are packed into the stored dtype
-    as they are concatenated and land as one contiguous slice of a block-wide buffer, in pooling order: nothing
-    is scattered on the model's thread, the writer gathers rows back into place as it cuts chunks. On the CPU
-    the concatenation writes straight into the buffer; on CUDA the buffer is pinned and each batch is copied
-    into it on a side stream, landing only after the next batch's forward has been queued, so the GPU never
-    waits on it. A `spare` buffer the writer has finished with is reused (a fresh one costs a page fault per
-    4 KiB, and pinning). `core_for_writer`, on the CPU, sets the model's threads before each batch."""
+    """Pool one row block, batches sorted by length. Each batch's pooled values land in the stored dtype as one
+    contiguous slice of a block-wide buffer, in pooling order: nothing is scattered on the model's thread, the
+    writer gathers rows back into place as it cuts chunks. On the CPU each activation is pooled straight into
+    that slice inside its forward hook (by the fused kernel, see `spin_cache.kernels`); on CUDA the batch's
+    pooled values are packed on the device and copied into the pinned buffer on a side stream, landing only
+    after the next batch's forward has been queued, so the GPU never waits on it. A `spare` buffer the writer
+    has finished with is reused (a fresh one costs a page fault per 4 KiB, and pinning). `core_for_writer`, on
+    the CPU, sets the model's threads before each batch."""
     layout = store.layout
     keys = layout.array_keys()
     offsets = np.cumsum([0] + [layout.widths[k[0]] for k in keys])
@@ -367,21 +369,34 @@ def _pool_block(
             beyond = _count_beyond_float16(values, low, high) if layout.dtype == "float16" else 0
             yield part.rows, values.to(_TORCH_DTYPES[layout.dtype]), beyond
 
-    def check(landed: _Landed) -> int:
-        """A landed batch that is finite in the stored dtype is finite in float32 too and in place; any other is
-        replaced by the slow route's values. Returns the count of values beyond float16's range."""
-        if all(math.isfinite(v) for v in landed.min_max):
-            return 0
+    def redo(rows: list[int], pooled: dict | None) -> int:
+        """Replace a batch's values by the slow route's; returns the count of values beyond float16's range."""
         beyond = 0
-        for rows, values, part_beyond in exact(landed.rows, landed.pooled):
-            block[position[np.asarray(rows) - start]] = _host_view(values)
+        for part_rows, values, part_beyond in exact(rows, pooled):
+            block[position[np.asarray(part_rows) - start]] = _host_view(values)
             beyond += part_beyond
         return beyond
+
+    def check(landed: _Landed) -> int:
+        """A landed batch that is finite in the stored dtype is finite in float32 too and in place; any other is
+        redone."""
+        return 0 if all(math.isfinite(v) for v in landed.min_max) else redo(landed.rows, landed.pooled)
+
+    columns: dict[tuple[str, int], dict[str, int]] = {}
+    for j, (kind, pooling, layer) in enumerate(keys):
+        columns.setdefault((kind, layer), {})[pooling] = int(offsets[j])
 
     for b0 in range(0, len(order), batch_size):
         rows = order[b0 : b0 + batch_size]
         if core_for_writer is not None:
             core_for_writer.before_batch(len(rows), max(len(encodings[i]) for i in rows))
+        if loaded.device.type == "cpu":  # pooled straight into the buffer (by the fused kernel, where it applies)
+            target = buffer[filled : filled + len(rows)]
+            filled += len(rows)
+            if _pool_into(loaded, encodings, rows, columns, target):
+                overflow += redo(rows, None)
+            bar.update(len(rows))  # type: ignore[attr-defined]
+            continue
         for part in _pooled_batches(loaded, encodings, rows, layout, check_finite=False):
             pieces = [part.pooled[(k, layer)][p] for k, p, layer in keys]
             target = buffer[filled : filled + len(part.rows)]
@@ -405,6 +420,19 @@ def _block_buffer(spare: torch.Tensor | None, shape: tuple[int, int], dtype: str
     # 128-byte run per row and chunk, and 4 KiB pages made its reads ~5% slower
     array = np.empty(shape, dtype=np.uint16 if dtype == "bfloat16" else np.dtype(dtype))
     return torch.from_numpy(array).view(torch_dtype)
+
+
+def _pool_into(
+    loaded: LoadedModel,
+    encodings: list[list[int]],
+    rows: list[int],
+    columns: dict[tuple[str, int], dict[str, int]],
+    target: torch.Tensor,
+) -> int:
+    """Run one batch on the CPU, its pooled values written into `target`; returns the count of values that are
+    not finite (then the batch must be pooled again the exact way)."""
+    batch = loaded.tokenizer.pad({"input_ids": [encodings[i] for i in rows]}, padding=True, return_tensors="pt")
+    return pool_layers_into(loaded, batch["input_ids"], batch["attention_mask"], columns, target)
 
 
 @dataclass
@@ -454,12 +482,10 @@ def _count_beyond_float16(values: torch.Tensor, low: float, high: float) -> int:
 _TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def _pack(pieces: list[torch.Tensor], dtype: str, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Concatenate float32 pieces along columns, converting to the stored dtype in the same pass (into `out`,
-    if given)."""
-    if out is None:
-        shape = (pieces[0].shape[0], sum(p.shape[1] for p in pieces))
-        out = torch.empty(shape, dtype=_TORCH_DTYPES[dtype], device=pieces[0].device)
+def _pack(pieces: list[torch.Tensor], dtype: str) -> torch.Tensor:
+    """Concatenate float32 pieces along columns, converting to the stored dtype in the same pass."""
+    shape = (pieces[0].shape[0], sum(p.shape[1] for p in pieces))
+    out = torch.empty(shape, dtype=_TORCH_DTYPES[dtype], device=pieces[0].device)
     return torch.cat(pieces, dim=1, out=out)
 
 
@@ -479,20 +505,16 @@ class _Landed:
 
 
 class _HostCopier:
-    """Packs each batch into its slice of the host block buffer: directly on the CPU; on CUDA, packed on the
-    device and copied with a non-blocking copy into the pinned buffer on a side stream, handed back one batch
-    later, so that nothing waits for the device in between (the min/max that decides a batch's fate is read
-    only then)."""
+    """On CUDA, packs each batch on the device and copies it with a non-blocking copy into its slice of the
+    pinned host block buffer on a side stream, handed back one batch later, so that nothing waits for the device
+    in between (the min/max that decides a batch's fate is read only then)."""
 
     def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.stream = torch.cuda.Stream(device) if self.cuda else None
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.pending: list[tuple[torch.cuda.Event, torch.Tensor, _Pooled]] = []
 
     def submit(self, pieces: list[torch.Tensor], target: torch.Tensor, part: _Pooled, dtype: str) -> list[_Landed]:
-        if not self.cuda:
-            packed = _pack(pieces, dtype, out=target)
-            return [_Landed(part.rows, tuple(_min_max(packed).tolist()), part.pooled)]
+        assert self.stream is not None, "on the CPU batches are pooled straight into the buffer"
         packed = _pack(pieces, dtype)
         min_max = _min_max(packed)
         host_min_max = torch.empty(2, dtype=torch.float32, pin_memory=True)

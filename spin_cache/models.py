@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from spin_cache import kernels
 from spin_cache.errors import InputError
 
 POOLINGS = ("first", "last", "mean", "max")
@@ -187,6 +188,21 @@ class MaskPooler:
                 p: torch.zeros(0, states.shape[2], dtype=torch.float32, device=states.device) for p in self.poolings
             }
         return {p: getattr(self, "_" + p)(states) for p in self.poolings}
+
+    def pool_into(self, states: torch.Tensor, out: torch.Tensor, columns: dict[str, int]) -> int:
+        """Pool `states` with each pooling of `columns` ({pooling: first column}) and write the values, converted,
+        into those columns of `out` (B, columns). Returns how many written values are not finite; when not zero
+        the caller must not trust `out` (with check_finite=False, NaN or inf at padded positions may have leaked
+        into a mean) and pools the batch again the exact way. :func:`spin_cache.kernels.pool_into` does the same
+        in one pass on the CPU."""
+        pooled = self(states)
+        width = states.shape[2]
+        not_finite = 0
+        for pooling, column in columns.items():
+            target = out[:, column : column + width]
+            target.copy_(pooled[pooling])
+            not_finite += int((~torch.isfinite(target)).sum())
+        return not_finite
 
     def _pick(self, states: torch.Tensor, index: int | torch.Tensor) -> torch.Tensor:
         if isinstance(index, int):  # a copy, not a view: a view would keep the whole (B, T, D) tensor alive
@@ -666,8 +682,78 @@ def run_layers(
     With ``check_finite=False`` mean pooling skips its per-layer check for NaN or inf at padded positions (which
     its fast route would let leak in): the caller must check the results and redo a batch that is not finite.
     """
-    adapter = loaded.adapter
-    num_layers = adapter.num_layers
+    poolings, kinds = _check_run(loaded, input_ids, attention_mask, poolings, kinds, upto_layer)
+    upto = loaded.adapter.num_layers if upto_layer is None else int(upto_layer)
+    # refuses rows without a real token, before the forward pass; a host mask is looked at on the host
+    pooler = MaskPooler(attention_mask, poolings, check_finite, device=loaded.device)
+    results: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+
+    def record(kind: str, layer: int, states: torch.Tensor) -> None:
+        results[(kind, layer)] = pooler(states)
+
+    _forward_with_hooks(loaded, input_ids, attention_mask, kinds, upto, record)
+    order = {k: i for i, k in enumerate(KINDS)}
+    # clone outside inference mode: callers get ordinary tensors (inference tensors refuse in-place updates)
+    return {
+        key: {p: t.clone() if copy and t.is_inference() else t for p, t in results[key].items()}
+        for key in sorted(results, key=lambda k: (order[k[0]], k[1]))
+        if key[0] in kinds and key[1] <= upto
+    }
+
+
+def pool_layers_into(
+    loaded: LoadedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    columns: dict[tuple[str, int], dict[str, int]],
+    out: torch.Tensor,
+) -> int:
+    """Run one forward pass over every layer and write each wanted pooled reading straight into `out`
+    (B, columns), converted to its dtype: ``columns[(kind, layer)][pooling]`` is where that reading's first
+    column goes. On the CPU the fused kernel (:mod:`spin_cache.kernels`) pools each activation in one read.
+
+    Returns how many written values are not finite. Padded positions are not checked for NaN or inf first (the
+    fast mean would let them leak in): when the count is not zero, pool the batch again with
+    :func:`run_layers` (``check_finite=True``) before trusting it.
+    """
+    kinds = tuple(dict.fromkeys(kind for kind, _ in columns))
+    poolings = tuple(dict.fromkeys(p for wanted in columns.values() for p in wanted))
+    _check_run(loaded, input_ids, attention_mask, poolings, kinds, None)
+    if out.shape[0] != input_ids.shape[0]:
+        raise InputError(f"out has {out.shape[0]} rows for a batch of {input_ids.shape[0]}")
+    # The kernel needs only each row's span of real tokens (a few numpy operations: small tensor operations
+    # between the model's cost ~50 us each on cold caches); torch's bookkeeping is built only if some activation
+    # is not the kernel's (bfloat16 compute, a GPU, rows with gaps) or to refuse rows without a real token.
+    spans = kernels.token_spans(attention_mask)
+    pooler = None if spans is not None else MaskPooler(attention_mask, poolings, False, device=loaded.device)
+    not_finite = 0
+
+    def write(kind: str, layer: int, states: torch.Tensor) -> None:
+        nonlocal not_finite, pooler
+        wanted = columns.get((kind, layer))
+        if not wanted:
+            return
+        if spans is not None and kernels.can_pool_into(states, out):
+            not_finite += kernels.pool_into(states, *spans, out, wanted)
+            return
+        if pooler is None:
+            pooler = MaskPooler(attention_mask, poolings, False, device=loaded.device)
+        not_finite += pooler.pool_into(states, out, wanted)
+
+    _forward_with_hooks(loaded, input_ids, attention_mask, kinds, loaded.adapter.num_layers, write)
+    return not_finite
+
+
+def _check_run(
+    loaded: LoadedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    poolings: Sequence[str],
+    kinds: Sequence[str],
+    upto_layer: int | None,
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Validate a pass's arguments; returns the poolings and kinds as tuples without repeats."""
+    num_layers = loaded.adapter.num_layers
     if isinstance(poolings, str):
         poolings = (poolings,)
     if isinstance(kinds, str):
@@ -680,40 +766,47 @@ def run_layers(
     bad = [k for k in kinds if k not in KINDS]
     if bad:
         raise InputError(f"unknown kind {bad[0]!r}; choose from {', '.join(KINDS)}")
-    if upto_layer is None:
-        upto_layer = num_layers
-    if not 0 <= int(upto_layer) <= num_layers:
+    if upto_layer is not None and not 0 <= int(upto_layer) <= num_layers:
         raise InputError(f"upto_layer must be between 0 and {num_layers} for this model, got {upto_layer}")
-    upto = int(upto_layer)
     if input_ids.dim() != 2 or tuple(attention_mask.shape) != tuple(input_ids.shape):
         raise InputError(
             f"input_ids and attention_mask must both have shape (batch, tokens), got "
             f"{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}"
         )
+    return poolings, kinds
 
+
+def _forward_with_hooks(
+    loaded: LoadedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    kinds: Sequence[str],
+    upto: int,
+    on_states: Callable[[str, int, torch.Tensor], None],
+) -> None:
+    """One forward pass (stopped after block `upto`) that hands each wanted (kind, layer)'s full (B, T, D)
+    activation to `on_states` as it is produced, in inference mode."""
+    adapter = loaded.adapter
+    num_layers = adapter.num_layers
     device = loaded.device
-    # refuses rows without a real token, before the forward pass; a host mask is looked at on the host
-    pooler = MaskPooler(attention_mask, poolings, check_finite, device=device)
     input_ids = input_ids.to(device)
     attention_mask = attention_mask.to(device=device, dtype=torch.long)
-
-    results: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
     want_hidden = "hidden" in kinds
     want_ffn = "ffn" in kinds
+    seen: set[tuple[str, int]] = set()
     handles: list[Any] = []
 
     def record(kind: str, layer: int, states: torch.Tensor) -> None:
-        key = (kind, layer)
-        if key in results:
+        if (kind, layer) in seen:
             raise InputError(
                 f"the {kind} activation of layer {layer} was produced twice in one pass "
                 "(chunked feed-forward?); set chunk_size_feed_forward=0 in the model config"
             )
-        results[key] = pooler(states)
+        seen.add((kind, layer))
+        on_states(kind, layer, states)
 
     def embed_pre_hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        states = args[0] if args else kwargs["hidden_states"]
-        record("hidden", 0, states)
+        record("hidden", 0, args[0] if args else kwargs["hidden_states"])
         if upto == 0:
             raise _StopForward
 
@@ -733,7 +826,6 @@ def run_layers(
         return hook
 
     runner, kwargs = forward_arguments(loaded, attention_mask)
-
     try:
         if want_hidden or upto == 0:
             handles.append(adapter.blocks[0].register_forward_pre_hook(embed_pre_hook, with_kwargs=True))
@@ -746,18 +838,10 @@ def run_layers(
         output = None
         with torch.inference_mode(), contextlib.suppress(_StopForward):
             output = runner(input_ids=input_ids, **kwargs)
-        if want_hidden and upto == num_layers:
-            if output is None:
-                raise RuntimeError("the model stopped before its last layer")
-            results[("hidden", num_layers)] = pooler(_first_tensor(output))
+            if want_hidden and upto == num_layers:
+                if output is None:
+                    raise RuntimeError("the model stopped before its last layer")
+                record("hidden", num_layers, _first_tensor(output))
     finally:
         for handle in handles:
             handle.remove()
-
-    order = {k: i for i, k in enumerate(KINDS)}
-    # clone outside inference mode: callers get ordinary tensors (inference tensors refuse in-place updates)
-    return {
-        key: {p: t.clone() if copy and t.is_inference() else t for p, t in results[key].items()}
-        for key in sorted(results, key=lambda k: (order[k[0]], k[1]))
-        if key[0] in kinds and key[1] <= upto
-    }
