@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from . import __version__
+from . import __version__, kernels
 from .allocator import pin_malloc_thresholds
 from .data import LabelledDataset, load_dataset
 from .errors import InputError, SpinCacheError, StoreMismatchError
@@ -232,6 +232,7 @@ def run_extraction(
                     "torch_version": torch.__version__,
                     "transformers_version": _transformers_version(),
                     "device": str(loaded.device) if loaded is not None else f"{workers} workers on {device}",
+                    "pooling": _pooling_route(loaded),
                     "batch_size": batch_size,
                     "padding_side": tokenizer.padding_side,
                     "n_truncated": report.n_truncated,
@@ -693,6 +694,15 @@ def resolve_compute_dtype(compute_dtype: str, device: str) -> str:
     if dev.type == "cuda" and torch.cuda.is_bf16_supported():
         return "bfloat16"
     return "float32"
+
+
+def _pooling_route(loaded: LoadedModel | None) -> str:
+    """What pooled the activations (for the manifest): `mean` may differ in its last stored bit between the two."""
+    if loaded is None:
+        return "by the workers (fused kernel where each could build it)"
+    float32 = next(loaded.model.parameters()).dtype == torch.float32  # the kernel takes float32 activations
+    fused = loaded.device.type == "cpu" and float32 and kernels.fused_pooling() is not None
+    return "fused kernel (spin_cache.kernels)" if fused else "torch"
 
 
 def _check_parallel(workers: int, shard: tuple[int, int] | None) -> None:
