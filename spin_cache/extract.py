@@ -391,7 +391,7 @@ def _pool_block(
         rows = order[b0 : b0 + batch_size]
         if core_for_writer is not None:
             core_for_writer.before_batch(len(rows), max(len(encodings[i]) for i in rows))
-        if loaded.device.type == "cpu":  # pooled straight into the buffer (by the fused kernel, where it applies)
+        if loaded.device.type != "cuda":  # pooled straight into the buffer (by the fused kernel on the CPU)
             target = buffer[filled : filled + len(rows)]
             filled += len(rows)
             if _pool_into(loaded, encodings, rows, columns, target):
@@ -430,7 +430,7 @@ def _pool_into(
     columns: dict[tuple[str, int], dict[str, int]],
     target: torch.Tensor,
 ) -> int:
-    """Run one batch on the CPU, its pooled values written into `target`; returns the count of values that are
+    """Run one batch off CUDA, its pooled values written into `target`; returns the count of values that are
     not finite (then the batch must be pooled again the exact way)."""
     batch = loaded.tokenizer.pad({"input_ids": [encodings[i] for i in rows]}, padding=True, return_tensors="pt")
     return pool_layers_into(loaded, batch["input_ids"], batch["attention_mask"], columns, target)

@@ -11,7 +11,7 @@ import torch
 
 from spin_cache import kernels
 from spin_cache.extract import run_extraction
-from spin_cache.models import POOLINGS, MaskPooler
+from spin_cache.models import POOLINGS, MaskPooler, load_model, pool_layers_into, run_layers
 from spin_cache.store import ActivationStore
 
 HAVE_COMPILER = shutil.which("c++") is not None and shutil.which("ninja") is not None
@@ -162,3 +162,27 @@ def test_where_the_kernel_cannot_be_built_torch_pools_and_the_user_is_told(tmp_p
         assert not kernels.can_pool_into(torch.zeros(1, 1, 4), torch.zeros(1, 4, dtype=torch.float16))
     finally:
         kernels.fused_pooling.cache_clear()
+
+
+@pytest.mark.parametrize("compute", [torch.float32, torch.bfloat16])
+def test_pool_layers_into_writes_what_run_layers_returns(compute):
+    """float32 activations go through the kernel, bfloat16 ones (no kernel for them) through torch."""
+    loaded = load_model("minilm", device="cpu", dtype=compute)
+    batch = loaded.tokenizer(["a gripping, funny film", "dull.", "not for me"], padding=True, return_tensors="pt")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    expected = run_layers(loaded, ids, mask, ("first", "mean", "max"))
+    columns, at = {}, 0
+    for key, pooled in expected.items():
+        columns[key] = {}
+        for pooling, values in pooled.items():
+            columns[key][pooling] = at
+            at += values.shape[1]
+    out = torch.empty(3, at, dtype=torch.float16)
+    assert pool_layers_into(loaded, ids, mask, columns, out) == 0
+    for key, pooled in expected.items():
+        for pooling, values in pooled.items():
+            got, want = out[:, columns[key][pooling] :][:, : values.shape[1]].float(), values.half().float()
+            if pooling == "mean" and compute == torch.float32:
+                torch.testing.assert_close(got, want, rtol=ULP[torch.float16], atol=1e-6)
+            else:
+                assert torch.equal(got, want), (key, pooling)
