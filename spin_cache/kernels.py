@@ -1,4 +1,4 @@
-"""A fused pooling kernel for extraction on the CPU, compiled once per machine on first use.
+"""A fused pooling kernel for extraction on the CPU, compiled once per environment on first use.
 
 torch pools one activation in four operations (a copy for ``first``, a batched matmul for ``mean``, ``amax`` for
 ``max``, a concatenating cast to the stored dtype), each reading the (B, T, D) tensor again, each starting on
@@ -7,8 +7,8 @@ caches the model's matrix products have just swept. This kernel reads each row's
 bundled MiniLM over SST-2 (BENCHMARKS.md, Extraction): extraction without writing costs 1.04x of the bare forward
 pass instead of 1.08x, and with writing 1.09x instead of 1.14x.
 
-It is built with ``torch.utils.cpp_extension.load_inline`` (a C++ compiler and ninja; ~30 s, once per machine
-and torch version, cached under ``~/.cache/spin-cache/kernels``), for this CPU's instruction set: without
+It is built with ``torch.utils.cpp_extension.load_inline`` (a C++ compiler and ninja; ~30 s, once per CPU
+and torch installation, cached under ``~/.cache/spin-cache/kernels``), for this CPU's instruction set: without
 ``-march=native`` it ran 3x slower here. Where it cannot be built, pooling falls back to torch with a warning;
 ``SPIN_CACHE_FUSED_POOLING=0`` turns it off. Results do not depend on the number of threads (each task pools one
 row's slice of columns on its own), so a store is the same however the threads were set while it was made.
@@ -153,7 +153,10 @@ def _cpu_signature() -> str:
 
 def _build_name() -> str:
     h = hashlib.sha256()
-    for part in (_SOURCE, " ".join(_FLAGS), torch.__version__, sys.version, _cpu_signature()):
+    # torch's folder too: the build's ninja file names its headers, so two environments sharing one build
+    # directory would rebuild it in turn
+    torch_folder = str(Path(torch.__file__).resolve().parent)
+    for part in (_SOURCE, " ".join(_FLAGS), torch.__version__, torch_folder, sys.version, _cpu_signature()):
         h.update(part.encode())
         h.update(b"\0")
     return "spin_cache_pool_" + h.hexdigest()[:16]
