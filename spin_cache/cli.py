@@ -70,7 +70,10 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
             "examples:\n"
             "  spin-cache extract                                  # bundled MiniLM on bundled SST-2\n"
             "  spin-cache extract --data reviews.csv --text-column body --label-column stars\n"
-            "  spin-cache extract --model ./my-gpt2 --train tr.jsonl --dev dev.jsonl --test te.jsonl\n\n" + EXIT_CODES
+            "  spin-cache extract --model ./my-gpt2 --train tr.jsonl --dev dev.jsonl --test te.jsonl\n\n"
+            "On the CPU, pooling runs in a C++ kernel compiled for this machine on first use (~30 s, cached in\n"
+            "~/.cache/spin-cache/kernels; needs a C++ compiler). Without one, torch pools, a little slower.\n"
+            "SPIN_CACHE_FUSED_POOLING=0 turns the kernel off.\n\n" + EXIT_CODES
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
