@@ -9,23 +9,43 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from . import __version__
+from .errors import EXIT_CODES_HELP as EXIT_CODES
 from .errors import SpinCacheError
 from .head import HEAD_C_GRID, PROBE_C_GRID
+from .validation import (
+    FRACTIONS,
+    NON_NEGATIVE_INT,
+    PERCENTS,
+    POSITIVE_FLOAT,
+    POSITIVE_FLOATS,
+    POSITIVE_INT,
+    POSITIVE_INTS,
+    Constraint,
+    arg_type,
+    choices_type,
+)
 
-EXIT_CODES = """exit codes:
-  0  success (for verify: no damage found)
-  1  failure (for verify: damage found; the lines above name each array and chunk)
-  2  bad input or usage: a file, row, column or option that cannot be used as given
-  3  an existing store or run was made from other inputs (see --overwrite)
-  4  a store, run or head is damaged or incomplete
-  5  the store is being written by another process (the message names it)
-"""
+KINDS = ("hidden", "ffn")
+POOLINGS = ("first", "last", "mean", "max")
+_positive_int = arg_type(POSITIVE_INT)
+_kinds = choices_type(KINDS)
+_poolings = choices_type(POOLINGS)
 
 
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _memory_budget(text: str) -> int:
+    from .parallel import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except SpinCacheError as exc:
+        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[-1]) from None
 
 
 def _say(args: argparse.Namespace, text: str) -> None:
@@ -90,15 +110,17 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-column", default="label", help="column holding the label (default: label)")
     p.add_argument("--out", help="store path or URL, e.g. s3://bucket/prefix (default: ./stores/<fingerprint>)")
     _add_storage_options(p)
-    p.add_argument("--kinds", type=_csv, default=["hidden", "ffn"], help="hidden,ffn (default: both)")
+    p.add_argument("--kinds", type=_kinds, default=["hidden", "ffn"], help="hidden,ffn (default: both)")
     p.add_argument(
         "--poolings",
-        type=_csv,
+        type=_poolings,
         default=None,
         help="any of first,last,mean,max (default: first,mean,max for encoders; last,mean,max for decoders)",
     )
-    p.add_argument("--max-length", type=int, default=None, help="truncate longer examples (default: 512 or less)")
-    p.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (default: 32)")
+    p.add_argument(
+        "--max-length", type=_positive_int, default=None, help="truncate longer examples (default: 512 or less)"
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="examples per forward pass (default: 32)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument(
         "--dtype",
@@ -112,11 +134,16 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
         choices=["auto", "float32", "bfloat16", "float16"],
         help="model dtype (default auto: bfloat16 on CUDA where supported, else float32)",
     )
-    p.add_argument("--block-rows", type=int, default=None, help="rows per committed block / shard (default: auto)")
-    p.add_argument("--chunk-cols", type=int, default=64, help="neurons per inner chunk (default: 64)")
+    p.add_argument(
+        "--block-rows", type=_positive_int, default=None, help="rows per committed block / shard (default: auto)"
+    )
+    p.add_argument("--chunk-cols", type=_positive_int, default=64, help="neurons per inner chunk (default: 64)")
     p.add_argument("--overwrite", action="store_true", help="replace a store made from other inputs")
     p.add_argument(
-        "--workers", type=int, default=1, help="local worker processes, one model each (one GPU each if several)"
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="local worker processes, one model each (one GPU each if several)",
     )
     p.add_argument(
         "--shard",
@@ -135,6 +162,8 @@ def _shard(value: str) -> tuple[int, int]:
         i, n = (int(v) for v in value.split("/"))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected I/N like 0/4, got {value!r}") from exc
+    if n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {value!r}")
     return i, n
 
 
@@ -346,13 +375,6 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 # ---- probe / sweep / predict ---------------------------------------------------------------------------------
 
 
-def _floats(value: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in _csv(value))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {value!r}") from exc
-
-
 def _add_scheduler(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--scheduler",
@@ -360,7 +382,7 @@ def _add_scheduler(p: argparse.ArgumentParser) -> None:
         help="sync, threads (default), processes or a dask.distributed address tcp://HOST:PORT "
         "(also $SPIN_CACHE_SCHEDULER)",
     )
-    p.add_argument("--workers", type=int, default=None, help="local workers (default: one per core)")
+    p.add_argument("--workers", type=_positive_int, default=None, help="local workers (default: one per core)")
 
 
 def _add_probe(sub: argparse._SubParsersAction) -> None:
@@ -381,19 +403,20 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--C",
         dest="c_grid",
-        type=_floats,
+        type=arg_type(POSITIVE_FLOATS),
         default=PROBE_C_GRID,
         help="C grid, chosen on dev (default: the paper's 0.1,0.2,1,10,100 plus 0.01,0.02,0.05; see BENCHMARKS.md)",
     )
     p.add_argument("--metric", default="accuracy", choices=["accuracy", "macro_f1"], help="default: accuracy")
     p.add_argument(
         "--memory-budget",
+        type=_memory_budget,
         default=None,
         help="memory for all probes running at once, e.g. 8G (default: half the machine); a layer that does not "
         "fit its task's share is streamed in row blocks",
     )
-    p.add_argument("--kinds", type=_csv, default=None, help="only these kinds (default: all in the store)")
-    p.add_argument("--poolings", type=_csv, default=None, help="only these poolings (default: all in the store)")
+    p.add_argument("--kinds", type=_kinds, default=None, help="only these kinds (default: all in the store)")
+    p.add_argument("--poolings", type=_poolings, default=None, help="only these poolings (default: all in the store)")
     _add_scheduler(p)
     p.add_argument("--json", action="store_true", help="print the probes table as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
@@ -401,7 +424,6 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
-    from .parallel import parse_bytes
     from .probe import ProbeSettings, run_probes
     from .share import open_store
 
@@ -415,7 +437,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         poolings=args.poolings,
         scheduler=args.scheduler,
         workers=args.workers,
-        memory_budget=parse_bytes(args.memory_budget) if args.memory_budget else None,
+        memory_budget=args.memory_budget,
         storage_options=options,
         progress=not args.quiet,
     )
@@ -454,29 +476,30 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     rule = p.add_mutually_exclusive_group()
     rule.add_argument(
         "--eta",
-        type=_floats,
+        type=arg_type(FRACTIONS),
         default=None,
         help="cumulative saliency shares (default: 0.001,0.01,0.05,0.1,0.2,0.3,0.5,0.8,0.9,0.95)",
     )
-    rule.add_argument("--top-k", type=_floats, default=None, help="neurons per layer, e.g. 1,8,64")
-    rule.add_argument("--top-percent", type=_floats, default=None, help="percent of each layer, e.g. 1,5,10")
+    rule.add_argument("--top-k", type=arg_type(POSITIVE_INTS), default=None, help="neurons per layer, e.g. 1,8,64")
+    rule.add_argument("--top-percent", type=arg_type(PERCENTS), default=None, help="percent of each layer, e.g. 1,5,10")
     p.add_argument(
         "--C",
         dest="c_grid",
-        type=_floats,
+        type=arg_type(POSITIVE_FLOATS),
         default=HEAD_C_GRID,
         help="head C grid, chosen on dev (default: " + ",".join(f"{c:g}" for c in HEAD_C_GRID) + ")",
     )
     p.add_argument("--head-penalty", default="l2", choices=["l1", "l2"], help="head regularisation (default: l2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random control (default: 0)")
+    p.add_argument("--seed", type=arg_type(NON_NEGATIVE_INT), default=0, help="seed of the random control (default: 0)")
     p.add_argument(
         "--memory-budget",
+        type=_memory_budget,
         default=None,
         help="memory for all sweep groups running at once, e.g. 8G (default: half the machine); a group whose "
         "selected columns do not fit its share is fitted on row blocks read on demand",
     )
-    p.add_argument("--kinds", type=_csv, default=None, help="only these kinds")
-    p.add_argument("--poolings", type=_csv, default=None, help="only these poolings")
+    p.add_argument("--kinds", type=_kinds, default=None, help="only these kinds")
+    p.add_argument("--poolings", type=_poolings, default=None, help="only these poolings")
     _add_scheduler(p)
     p.add_argument("--json", action="store_true", help="print the result table as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
@@ -484,7 +507,6 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .parallel import parse_bytes
     from .probe import ProbeRun
     from .share import open_store
     from .sweep import DEFAULT_ETAS, SweepSettings, run_sweep
@@ -510,7 +532,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         poolings=args.poolings,
         scheduler=args.scheduler,
         workers=args.workers,
-        memory_budget=parse_bytes(args.memory_budget) if args.memory_budget else None,
+        memory_budget=args.memory_budget,
         storage_options=options,
         progress=not args.quiet,
     )
@@ -566,7 +588,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="output file (.jsonl or .csv; default: JSON Lines on stdout)")
     p.add_argument("--format", choices=["jsonl", "csv"], default=None, help="output format (default: from --out)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="texts per forward pass (default: 32)")
     p.add_argument("--json", action="store_true", help="print one JSON object with every prediction")
     p.set_defaults(func=_cmd_predict)
 
@@ -664,9 +686,12 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 def _informative(value: str) -> dict[int, int]:
     try:
         pairs = [item.split(":") for item in _csv(value)]
-        return {int(layer): int(n) for layer, n in pairs}
+        planted = {int(layer): int(n) for layer, n in pairs}
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected LAYER:COUNT pairs like 3:4,5:4, got {value!r}") from exc
+    if not planted or any(layer < 0 or n < 1 for layer, n in planted.items()):
+        raise argparse.ArgumentTypeError(f"expected LAYER:COUNT pairs with LAYER >= 0 and COUNT >= 1, got {value!r}")
+    return planted
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
@@ -681,15 +706,19 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", required=True, help="store path or URL")
-    p.add_argument("--rows", type=int, default=10000, help="examples (default: 10000)")
-    p.add_argument("--layers", type=int, default=6, help="layers (default: 6)")
-    p.add_argument("--width", type=int, default=512, help="neurons per layer (default: 512)")
-    p.add_argument("--kinds", type=_csv, default=["hidden", "ffn"], help="default: hidden,ffn")
-    p.add_argument("--poolings", type=_csv, default=["mean"], help="default: mean")
+    p.add_argument("--rows", type=_positive_int, default=10000, help="examples (default: 10000)")
+    p.add_argument("--layers", type=_positive_int, default=6, help="layers (default: 6)")
+    p.add_argument("--width", type=_positive_int, default=512, help="neurons per layer (default: 512)")
+    p.add_argument("--kinds", type=_kinds, default=["hidden", "ffn"], help="default: hidden,ffn")
+    p.add_argument("--poolings", type=_poolings, default=["mean"], help="default: mean")
     p.add_argument("--informative", type=_informative, default=None, help="LAYER:COUNT pairs (default: 3:4,5:4)")
-    p.add_argument("--classes", type=int, default=2, help="number of classes (default: 2)")
-    p.add_argument("--signal", type=float, default=1.0, help="signal strength in noise units (default: 1.0)")
-    p.add_argument("--seed", type=int, default=0, help="default: 0")
+    p.add_argument(
+        "--classes", type=arg_type(Constraint("int", low=2)), default=2, help="number of classes (default: 2)"
+    )
+    p.add_argument(
+        "--signal", type=arg_type(POSITIVE_FLOAT), default=1.0, help="signal strength in noise units (default: 1.0)"
+    )
+    p.add_argument("--seed", type=arg_type(NON_NEGATIVE_INT), default=0, help="default: 0")
     p.add_argument("--overwrite", action="store_true", help="replace a store made from other arguments")
     p.add_argument("--json", action="store_true", help="print the store's path, fingerprint and planted neurons")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -783,8 +812,15 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: the option, what is wrong, and where to read more (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="spin-cache",
         description=(
             "Turn a frozen transformer into a text classifier by reading its internal neurons (SPIN, Jiao et al. "
@@ -794,7 +830,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"spin-cache {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for add in COMMANDS:
         add(sub)
     return parser
@@ -810,17 +846,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpinCacheError as exc:
         print(f"spin-cache: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except Exception as exc:  # a storage failure (endpoint down, access denied) mid-run is one line too
-        from .share import remote_error
-
-        err = remote_error(exc, getattr(args, "store", None) or getattr(args, "url", None))
-        if err is None:
-            raise
-        print(f"spin-cache: error: {err}", file=sys.stderr)
-        return err.exit_code
     except KeyboardInterrupt:
         print("spin-cache: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as exc:
+        err = _known_failure(exc, args)
+        if err is not None:
+            print(f"spin-cache: error: {err}", file=sys.stderr)
+            return err.exit_code
+        log = write_crash_log(args)
+        print(
+            f"spin-cache: internal error: {type(exc).__name__}: {_one_line(exc)} (traceback in {log}; "
+            "please report it with that file)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _known_failure(exc: Exception, args: argparse.Namespace) -> SpinCacheError | None:
+    """A storage failure (endpoint down, access denied) or a local file error, as one line naming the place."""
+    from .errors import InputError
+    from .share import remote_error
+
+    filename = getattr(exc, "filename", None) if isinstance(exc, OSError) else None
+    if filename is not None and "://" not in str(filename):  # a local file: name it, never blame S3
+        what = (exc.strerror or type(exc).__name__).lower()  # type: ignore[union-attr]
+        return InputError(f"{filename}: {what}; check the path and its permissions")
+    return remote_error(exc, getattr(args, "store", None) or getattr(args, "url", None))
+
+
+def write_crash_log(args: argparse.Namespace) -> Path:
+    """Write the current exception's traceback and the command line to a log file; return its path."""
+    import tempfile
+    import time
+    import traceback
+
+    folder = Path(os.environ.get("SPIN_CACHE_LOG_DIR") or Path.home() / ".cache" / "spin-cache" / "logs")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        folder = Path(tempfile.gettempdir())
+    path = folder / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    path.write_text(
+        f"spin-cache {__version__}\ncommand: {_command_line(args)}\n\n{traceback.format_exc()}", encoding="utf-8"
+    )
+    return path
 
 
 if __name__ == "__main__":
