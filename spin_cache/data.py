@@ -37,6 +37,8 @@ SUPPORTED_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet", ".txt")
 
 _FINGERPRINT_VERSION = b"spin_cache.LabelledDataset.v1"
 _INT_RE = re.compile(r"[+-]?\d+")
+# a decimal number as written in a file: 1, +1, -2, 1.0, .5, 2., 1e3, 1.5E-2 (not nan, inf or hex)
+_NUMBER_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _TXT_LINE_RE = re.compile(r"(\S+)\s+(.*\S)", re.DOTALL)
 
 
@@ -482,7 +484,21 @@ def _where(raw: _Raw, i: int, column: str) -> str:
     return f"{raw.path}: {raw.locate(i)}, column {column!r}"
 
 
+def _whole_number(raw: _Raw, i: int, value: float, written: Any) -> int:
+    """A numeric label as its class: whole numbers only (1.0 is class 1); anything else looks like a regression
+    target, which this tool does not fit."""
+    if value.is_integer():
+        return int(value)
+    what = "not finite" if value != value or value in (float("inf"), float("-inf")) else "not a whole number"
+    raise InputError(
+        f"{_where(raw, i, raw.label_col)}: the label {_short(written)} is {what}; spin-cache classifies "
+        "(regression is not supported): give each row a class, as a whole number or a name"
+    )
+
+
 def _label_value(raw: _Raw, i: int) -> int | str:
+    """The row's label as its class: a whole number for numeric labels (so 1, 1.0, "1" and " 1 " are one class,
+    named "1"), else the stripped string. Non-integer numbers are refused (regression is not supported)."""
     v = raw.label[i]
     col = raw.label_col
     if v is None or (isinstance(v, float) and v != v):
@@ -490,14 +506,18 @@ def _label_value(raw: _Raw, i: int) -> int | str:
     if isinstance(v, bool):
         return str(v).lower()
     if isinstance(v, int):
-        return v
+        return int(v)
     if isinstance(v, float):
-        return int(v) if v.is_integer() else repr(v)
+        return _whole_number(raw, i, v, v)
     if isinstance(v, str):
         s = v.strip()
         if not s:
             raise InputError(f"{_where(raw, i, col)}: the label is empty; fill it in or remove the row")
-        return int(s) if _INT_RE.fullmatch(s) else s
+        if _INT_RE.fullmatch(s):
+            return int(s)
+        if _NUMBER_RE.fullmatch(s):
+            return _whole_number(raw, i, float(s), s)
+        return s
     raise InputError(
         f"{_where(raw, i, col)}: the label must be a number or a string, not {type(v).__name__}; fix the row"
     )
@@ -562,32 +582,37 @@ def _build(name: str, rows: list[_Row], builtin: bool, train_path: str, id_flag:
         ids.append(row_id)
 
     raw_labels = [r.label for r in ordered]
-    if all(isinstance(lab, int) for lab in raw_labels):
-        values = sorted(set(raw_labels))
-        index = {v: k for k, v in enumerate(values)}
-        label_names = tuple(str(v) for v in values)
-        labels = np.array([index[v] for v in raw_labels], dtype=np.int64)
-    else:
-        names = sorted({str(v) for v in raw_labels})
-        index_s = {v: k for k, v in enumerate(names)}
-        label_names = tuple(names)
-        labels = np.array([index_s[str(v)] for v in raw_labels], dtype=np.int64)
+    numeric = all(isinstance(lab, int) for lab in raw_labels)
+    # the class of a label: numeric labels compare as numbers; once any label is a name, every label is its name
+    key: Callable[[int | str], int | str] = (lambda v: v) if numeric else str
 
-    if builtin:
-        if label_names != ("0", "1"):
-            raise InputError(
-                f"{_builtin_dir()}: the built-in SST-2 labels must be 0 and 1, found {list(label_names)}; "
-                "restore data/sst2 from the source checkout"
-            )
-        label_names = BUILTIN_LABEL_NAMES
-
-    train_labels = {r.label for r in ordered if r.split == "train"}
+    train_labels = {key(r.label) for r in ordered if r.split == "train"}
+    if builtin and train_labels != {0, 1}:
+        raise InputError(
+            f"{_builtin_dir()}: the built-in SST-2 labels must be 0 and 1, found {sorted(train_labels, key=str)} "
+            "in train; restore data/sst2 from the source checkout"
+        )
     if len(train_labels) < 2:
         only = next(iter(train_labels))
         raise InputError(
             f"{train_path}: the train split has a single class (label {str(only)!r}); "
             "a classifier needs at least two classes in train — check the label column and the split"
         )
+    for r in ordered:
+        if key(r.label) not in train_labels:
+            shown = ", ".join(str(v) for v in sorted(train_labels))
+            shown = shown if len(shown) <= 200 else shown[:197] + "..."
+            raise InputError(
+                f"{r.path}: {r.locate(r.index)}: label {str(r.label)!r} in the {r.split} split never occurs in "
+                f"train (train labels: {shown}); a classifier cannot predict a class it was not trained on — fix "
+                "the label, remove the row, or add training rows of that class"
+            )
+
+    # every label occurs in train, so the classes are train's: sorted (numbers numerically), indexed from 0
+    values = sorted(train_labels)
+    index = {v: k for k, v in enumerate(values)}
+    label_names = BUILTIN_LABEL_NAMES if builtin else tuple(str(v) for v in values)
+    labels = np.array([index[key(r.label)] for r in ordered], dtype=np.int64)
 
     return LabelledDataset(
         name=name,
@@ -625,9 +650,11 @@ def load_dataset(
 
     ``data="sst2"`` (or None with no split files) loads the built-in SST-2. Otherwise ``data`` is one
     file with a ``split_column``, or ``train`` and ``dev`` (and optionally ``test``) are separate files.
-    Integer labels (ints or integer strings) are mapped in sorted order to 0..n-1 with their string
-    forms as ``label_names``; other labels use the sorted unique strings. Raises InputError (one line,
-    naming file, line/row and column) on any problem.
+    Numeric labels are classes by value (1, 1.0, "1" and " 1 " are one class, named "1") and are mapped in
+    sorted order to 0..n-1 with their whole-number forms as ``label_names``; other labels use the sorted unique
+    strings. The classes are those of train: a dev or test label that train lacks is refused, and so is a
+    non-integer number (a regression target; spin-cache classifies). Raises InputError (one line, naming file,
+    line/row and column) on any problem.
     """
     cols = _Columns(text=text_column, label=label_column, split=split_column, id=id_column)
     split_files = {"train": train, "dev": dev, "test": test}

@@ -48,6 +48,8 @@ TOKENIZER_FILES = (
     "tokenizer.model",
 )
 _BLOCK_BYTES = 1 << 20
+# a plain sentence every usable tokenizer maps to known tokens (checked when a tokenizer is loaded)
+_TOKENIZER_PROBE = "The film was a gripping, funny and moving story about two old friends."
 
 BERT_TYPES = ("bert", "roberta", "xlm-roberta", "electra")
 DISTILBERT_TYPES = ("distilbert",)
@@ -311,13 +313,30 @@ def _hash_named_files(files: Sequence[Path]) -> str:
     return h.hexdigest()
 
 
+def tokenizer_files(path: Path) -> list[Path]:
+    """The tokenizer files (:data:`TOKENIZER_FILES`) present in model directory `path`.
+
+    Raises InputError when there are none: transformers would then build an empty tokenizer from the config
+    alone, every word would be its unknown token, and the recorded tokenizer hash would be the hash of nothing.
+    """
+    path = Path(path)
+    found = [path / n for n in TOKENIZER_FILES if (path / n).is_file()]
+    if not found:
+        raise InputError(
+            f"model directory {path} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); copy the "
+            "model's tokenizer files into it (e.g. tokenizer.save_pretrained) or pass a complete model directory"
+        )
+    return found
+
+
 def model_identity(path: Path) -> dict:
     """Identify a model directory by content.
 
     Returns ``{"model_type", "config_sha256", "weights_sha256", "tokenizer_sha256"}``: the config hash is over
     config.json's bytes, the weights hash over the sorted weight files (``*.safetensors``, ``*.bin``,
     ``*.pt``: name, size and contents streamed in 1 MiB blocks), the tokenizer hash likewise over the
-    tokenizer files present. Deterministic: the same files give the same identity wherever they lie.
+    tokenizer files present (a directory without any is refused, see :func:`tokenizer_files`). Deterministic:
+    the same files give the same identity wherever they lie.
     """
     path = Path(path)
     config_file = path / "config.json"
@@ -329,7 +348,7 @@ def model_identity(path: Path) -> dict:
     except (ValueError, AttributeError):
         raise InputError(f"{config_file} is not a JSON object; pass a valid model directory") from None
     weights = [p for p in path.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)]
-    tokenizer = [path / n for n in TOKENIZER_FILES if (path / n).is_file()]
+    tokenizer = tokenizer_files(path)
     return {
         "model_type": model_type,
         "config_sha256": hashlib.sha256(config_bytes).hexdigest(),
@@ -571,13 +590,15 @@ def load_model(
 ) -> LoadedModel:
     """Load a model and its tokenizer from a local directory (or the local HF cache), frozen, in eval mode.
 
-    ``device="auto"`` picks cuda when available. T5-family models load as encoder-only models.
+    ``device="auto"`` picks cuda when available. T5-family models load as encoder-only models. The tokenizer is
+    loaded (and checked, see :func:`load_tokenizer`) before the weights.
     """
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel
 
     path = resolve_model_path(name_or_path)
     identity = model_identity(path)
     dev = _resolve_device(device)
+    tokenizer = load_tokenizer(path)
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     except Exception as exc:
@@ -601,10 +622,27 @@ def load_model(
     model.requires_grad_(False)
     adapter = find_adapter(model)
     model.to(dev)
+    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, path=path, identity=identity, device=dev)
+
+
+def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
+    """Load a model directory's tokenizer (offline), checked, with a pad token (pad = eos, else unk, if missing).
+
+    Refuses (InputError) a directory without tokenizer files and a tokenizer that maps a plain English sentence
+    to unknown or special tokens only (an empty or wrong vocabulary): either would turn every text into the same
+    few ids and every extracted activation into garbage. :func:`load_model` loads its tokenizer here; so should
+    any other code that tokenizes for a model.
+    """
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(str(name_or_path))
+    tokenizer_files(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as exc:
-        raise InputError(f"cannot load the tokenizer in {path}: {type(exc).__name__}: {exc}") from None
+        message = _one_line(f"{type(exc).__name__}: {exc}")
+        raise InputError(f"cannot load the tokenizer in {path}: {message}; check its tokenizer files") from None
+    _check_tokenizer_knows_words(tokenizer, path)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -612,7 +650,32 @@ def load_model(
             tokenizer.pad_token = tokenizer.unk_token
         else:
             raise InputError(f"the tokenizer in {path} has no pad, eos or unk token to pad batches with")
-    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, path=path, identity=identity, device=dev)
+    return tokenizer
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _check_tokenizer_knows_words(tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
+    """Refuse a tokenizer under which a plain sentence is nothing but unknown (or special) tokens."""
+    try:
+        ids = list(tokenizer(_TOKENIZER_PROBE, add_special_tokens=False)["input_ids"])
+    except Exception as exc:
+        message = _one_line(f"{type(exc).__name__}: {exc}")
+        raise InputError(
+            f"the tokenizer in {path} cannot tokenize a plain sentence ({message}); check its tokenizer files"
+        ) from None
+    unknown = set(tokenizer.all_special_ids)
+    if tokenizer.unk_token_id is not None:
+        unknown.add(tokenizer.unk_token_id)
+    if all(i in unknown for i in ids):
+        got = "no tokens" if not ids else f"unknown tokens only ({tokenizer.convert_ids_to_tokens(ids[0])!r})"
+        raise InputError(
+            f"the tokenizer in model directory {path} maps a plain English sentence to {got}: its vocabulary "
+            f"({len(tokenizer)} tokens) is empty or wrong; copy the model's own tokenizer files into the directory"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------
