@@ -193,11 +193,14 @@ def test_separate_split_files(tmp_path: Path, ext: str) -> None:
 
 
 def test_string_labels_mapping_over_all_splits(tmp_path: Path) -> None:
-    train = write_jsonl(tmp_path / "train.jsonl", [{"text": "a", "label": "pos"}, {"text": "b", "label": "neg"}])
-    dev = write_jsonl(tmp_path / "dev.jsonl", [{"text": "c", "label": " neutral "}, {"text": "d", "label": "pos"}])
+    train = write_jsonl(
+        tmp_path / "train.jsonl",
+        [{"text": "a", "label": "pos"}, {"text": "b", "label": "neg"}, {"text": "e", "label": " neutral "}],
+    )
+    dev = write_jsonl(tmp_path / "dev.jsonl", [{"text": "c", "label": "neutral"}, {"text": "d", "label": "pos"}])
     ds = load_dataset(train=train, dev=dev)
     assert ds.label_names == ("neg", "neutral", "pos")
-    assert ds.labels.tolist() == [2, 0, 1, 2]
+    assert ds.labels.tolist() == [2, 0, 1, 1, 2]
     assert ds.n_classes == 3
 
 
@@ -205,11 +208,12 @@ def test_integer_labels_mapped_sorted(tmp_path: Path) -> None:
     records = [
         {"split": "train", "label": "7", "text": "a"},
         {"split": "train", "label": 3, "text": "b"},
-        {"split": "dev", "label": " 10 ", "text": "c"},
+        {"split": "train", "label": " 10 ", "text": "c"},
+        {"split": "dev", "label": 3, "text": "d"},
     ]
     ds = load_dataset(write_jsonl(tmp_path / "d.jsonl", records))
     assert ds.label_names == ("3", "7", "10")
-    assert ds.labels.tolist() == [1, 0, 2]
+    assert ds.labels.tolist() == [1, 0, 2, 0]
 
 
 def test_mixed_labels_are_strings(tmp_path: Path) -> None:
