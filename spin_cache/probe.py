@@ -26,9 +26,11 @@ import zarr
 from . import __version__
 from .errors import InputError, IntegrityError, StoreMismatchError
 from .head import METRICS, PROBE_C_GRID, Design, Standardizer, fit_c_path, predict_design, score_predictions
-from .parallel import run_tasks, task_memory_budget
+from .outputs import prepare_output_dir
+from .parallel import check_memory_budget, check_workers, run_tasks, task_memory_budget
 from .select import rank_order
 from .store import ActivationStore, array_name, create_array
+from .validation import POSITIVE_FLOAT, POSITIVE_FLOATS, POSITIVE_INT, check
 
 PROBE_FORMAT = "spin-cache-probes"
 
@@ -41,10 +43,14 @@ class ProbeSettings:
     tol: float = 1e-4
 
     def check(self) -> None:
+        """InputError naming the first setting out of its range (the same rules as the command line's)."""
         if self.metric not in METRICS:
             raise InputError(f"--metric {self.metric}: choose from {', '.join(METRICS)}")
-        if not self.c_grid or any(c <= 0 for c in self.c_grid):
-            raise InputError(f"--C {','.join(map(str, self.c_grid))}: give one or more positive values")
+        if isinstance(self.c_grid, (str, bytes)):
+            raise InputError(f"--C (c_grid) {self.c_grid!r}: give a sequence of numbers, not a string")
+        check("--C (c_grid)", self.c_grid, POSITIVE_FLOATS)
+        check("max_iter", self.max_iter, POSITIVE_INT)
+        check("tol", self.tol, POSITIVE_FLOAT)
 
 
 def saliency_from_coef(coef: np.ndarray) -> np.ndarray:
@@ -62,6 +68,12 @@ def rank_neurons(saliency: np.ndarray) -> np.ndarray:
 
 # In-memory probing holds about three float32 copies of a layer (values, standardised values, split copies).
 IN_MEMORY_COPIES = 3
+
+
+def block_memory_need(store: ActivationStore, width: int) -> int:
+    """Bytes one task needs at the least: one row block of `width` float32 columns and its copies (streaming reads
+    a block at a time, never less)."""
+    return IN_MEMORY_COPIES * 4 * min(store.layout.block_rows, store.layout.n_rows) * width
 
 
 def probe_layer(
@@ -165,6 +177,37 @@ class _LayerRows:
 
 ORDERED_DIR = "ordered.zarr"
 ORDERED_CHUNK_COLS = 16
+ORDERED_DAMAGED = "probe again into a new --out, or delete {url} to read the store instead"
+
+
+def ordered_damage(url: str, name: str, detail: object, chunk: str | None = None) -> IntegrityError:
+    """The one-line error for a damaged part of a probe run's ordered copy."""
+    where = f"{url}/{name}" if name else url
+    text = " ".join(str(detail).split())[:200]
+    return IntegrityError(
+        f"{where}: {'chunk ' + chunk + ' ' if chunk else ''}is damaged ({text}); {ORDERED_DAMAGED.format(url=url)}"
+    )
+
+
+def open_ordered_group(url: str, mode: str, *, store: object = None, **kwargs: object) -> zarr.Group:
+    """The ordered copy's group (at `url`, or through `store`); IntegrityError when its zarr.json is damaged."""
+    try:
+        return zarr.open_group(store or url, mode=mode, **kwargs)  # type: ignore[arg-type]
+    except Exception as exc:
+        raise ordered_damage(url, "zarr.json", f"{type(exc).__name__}: {exc}") from None
+
+
+def find_damaged_chunk(arr: zarr.Array, rows: slice, cols: slice, block_rows: int) -> str:
+    """The key (c/BLOCK/0) of the first shard in `rows` whose read of `cols` fails, for an error message."""
+    lo = rows.start or 0
+    hi = arr.shape[0] if rows.stop is None else rows.stop
+    for block in range(lo // block_rows, -(-hi // block_rows)):
+        start, stop = max(lo, block * block_rows), min(hi, (block + 1) * block_rows)
+        try:
+            arr[start:stop, cols]
+        except Exception:
+            return f"c/{block}/0 (rows {block * block_rows}-{min(arr.shape[0], (block + 1) * block_rows) - 1})"
+    return "(shard index)"
 
 
 def write_ordered_columns(url: str, store: ActivationStore, rows: _LayerRows, saliency: np.ndarray) -> None:
@@ -172,7 +215,7 @@ def write_ordered_columns(url: str, store: ActivationStore, rows: _LayerRows, sa
     contiguous prefix of this array, so a sweep reads only (about) the bytes of the columns it uses."""
     order = rank_order(saliency)
     keep = order[: max(1, int(np.count_nonzero(saliency)))]
-    group = zarr.open_group(url, mode="a")
+    group = open_ordered_group(url, mode="a")
     arr = create_array(
         group,
         array_name(rows.kind, rows.pooling, rows.layer),
@@ -202,13 +245,22 @@ class ProbeRun:
         meta_path = self.path / "run.json"
         if not meta_path.exists():
             raise InputError(f"{self.path}: not a probe run (run.json missing); make one with `spin-cache probe`")
-        self.meta = json.loads(meta_path.read_text())
+        self.meta = read_run_json(meta_path)
         if self.meta.get("format") != PROBE_FORMAT:
             raise InputError(f"{meta_path}: not a spin-cache probe run")
         if self.meta.get("status") != "complete":
             raise IntegrityError(f"{self.path}: the probe run is incomplete; rerun the same `spin-cache probe`")
-        self.probes = pl.read_parquet(self.path / "probes.parquet")
-        self.scores = pl.read_parquet(self.path / "neuron_scores.parquet")
+        try:
+            self.settings.check()
+            if not isinstance(self.meta.get("store_fingerprint"), str):
+                raise TypeError("no store_fingerprint")
+        except (KeyError, TypeError, InputError) as exc:
+            raise IntegrityError(
+                f"{meta_path}: settings or store fingerprint malformed ({type(exc).__name__}: {exc}); the probe run "
+                "is damaged: probe again into a new --out"
+            ) from None
+        self.probes = read_side_parquet(self.path / "probes.parquet", PROBE_COLUMNS)
+        self.scores = read_side_parquet(self.path / "neuron_scores.parquet", SCORE_COLUMNS)
 
     @property
     def store_fingerprint(self) -> str:
@@ -233,6 +285,42 @@ class ProbeRun:
             )
 
 
+PROBE_COLUMNS = ("kind", "pooling", "layer", "C", "dev_metric", "test_metric", "train_metric", "n_nonzero",
+                 "n_neurons", "iterations", "mode", "fit_seconds")  # fmt: skip
+SCORE_COLUMNS = ("kind", "pooling", "layer", "neuron", "saliency", "rank")
+
+
+def read_run_json(path: Path) -> dict:
+    """A probe run's run.json; IntegrityError (one line, naming the file) when it is not a JSON object."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise IntegrityError(
+            f"{path}: unreadable ({type(exc).__name__}: {' '.join(str(exc).split())}); the probe run is damaged: "
+            "probe again into a new --out"
+        ) from None
+    if not isinstance(meta, dict):
+        raise IntegrityError(f"{path}: not a JSON object; the probe run is damaged: probe again into a new --out")
+    return meta
+
+
+def read_side_parquet(path: Path, columns: Sequence[str], what_to_do: str | None = None) -> pl.DataFrame:
+    """One of a probe run's tables; IntegrityError naming the file when it is missing, unreadable or lacks a
+    column."""
+    what_to_do = what_to_do or "the probe run is damaged: probe again into a new --out"
+    try:
+        frame = pl.read_parquet(path)
+    except FileNotFoundError:
+        raise IntegrityError(f"{path}: missing; {what_to_do}") from None
+    except Exception as exc:  # polars raises ComputeError, OSError, ... for a truncated or altered file
+        detail = " ".join(str(exc).split())[:200]
+        raise IntegrityError(f"{path}: unreadable ({type(exc).__name__}: {detail}); {what_to_do}") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise IntegrityError(f"{path}: lacks column(s) {', '.join(missing)}; {what_to_do}")
+    return frame
+
+
 def run_probes(
     store_url: str,
     out: str | Path,
@@ -245,13 +333,20 @@ def run_probes(
     memory_budget: int | None = None,
     progress: bool = True,
     storage_options: dict | None = None,
+    dashboard: str | None = None,
 ) -> ProbeRun:
     """Probe every (kind, pooling, layer) of the store; finished probes are kept across reruns.
 
+    `out` must be missing, empty or an earlier probe run (spin-cache writes nothing into a folder it did not make).
     `memory_budget` (bytes, default half the machine's memory) is shared by the tasks that run at once; a
-    layer that does not fit its share is streamed in row blocks (the probes table says which, column `mode`)."""
+    layer that does not fit its share is streamed in row blocks (the probes table says which, column `mode`); a
+    budget below one row block per running task is refused. `dashboard`: an address for a local cluster's Dask
+    dashboard (default: none; see parallel.local_cluster)."""
     settings = settings or ProbeSettings()
     settings.check()
+    workers = check_workers(workers)
+    if memory_budget is not None:
+        memory_budget = check("--memory-budget", memory_budget, POSITIVE_INT)
     store = ActivationStore.open(store_url, storage_options=storage_options)
     if not store.is_complete:
         raise IntegrityError(f"{store_url}: the store is incomplete; finish it with the same `spin-cache extract`")
@@ -262,7 +357,9 @@ def run_probes(
     ]
     if not keys:
         raise InputError(f"no layers to probe: the store has kinds {store.kinds} and poolings {store.poolings}")
-    out = Path(out)
+    widest = max(store.width(k) for k in {k for k, _, _ in keys})
+    check_memory_budget(memory_budget, block_memory_need(store, widest), scheduler, workers)
+    out = prepare_output_dir(out, "probe run")
     meta = {
         "format": PROBE_FORMAT,
         "spin_cache_version": __version__,
@@ -277,11 +374,11 @@ def run_probes(
     parts.mkdir(parents=True, exist_ok=True)
     todo = [k for k in keys if not _part_path(parts, *k).exists()]
     ordered = str(out.resolve() / ORDERED_DIR)
-    zarr.open_group(ordered, mode="a", attributes={"store_fingerprint": store.fingerprint})
+    open_ordered_group(ordered, mode="a", attributes={"store_fingerprint": store.fingerprint})
     per_task = task_memory_budget(memory_budget, scheduler, workers)
     tasks = [(str(store_url), k, p, layer, settings, storage_options, ordered, per_task) for k, p, layer in todo]
     for _, result in run_tasks(
-        probe_layer, tasks, scheduler=scheduler, workers=workers, desc="probe", progress=progress
+        probe_layer, tasks, scheduler=scheduler, workers=workers, desc="probe", progress=progress, dashboard=dashboard
     ):
         _write_part(parts, result)
     _combine(out, keys)
@@ -291,9 +388,10 @@ def run_probes(
 
 
 def _start_run(out: Path, meta: dict) -> None:
+    """Write run.json first of all the run's files: a run that stops midway is still recognised as a probe run."""
     meta_path = out / "run.json"
     if meta_path.exists():
-        old = json.loads(meta_path.read_text())
+        old = read_run_json(meta_path)
         same = all(old.get(k) == meta[k] for k in ("store_fingerprint", "settings", "keys"))
         if not same:
             raise StoreMismatchError(
@@ -325,23 +423,12 @@ def _write_part(parts: Path, result: dict) -> None:
 
 
 def _combine(out: Path, keys: list[tuple[str, str, int]]) -> None:
-    frames = [pl.read_parquet(_part_path(out / "parts", *k)) for k in keys]
-    allp = pl.concat(frames, how="vertical")
-    probe_cols = [
-        "kind",
-        "pooling",
-        "layer",
-        "C",
-        "dev_metric",
-        "test_metric",
-        "train_metric",
-        "n_nonzero",
-        "n_neurons",
-        "iterations",
-        "mode",
-        "fit_seconds",
-    ]
-    probes = allp.group_by(["kind", "pooling", "layer"], maintain_order=True).first().select(probe_cols)
+    def part(key: tuple[str, str, int]) -> pl.DataFrame:
+        path = _part_path(out / "parts", *key)
+        return read_side_parquet(path, (*PROBE_COLUMNS, *SCORE_COLUMNS), "delete it and rerun the same command")
+
+    allp = pl.concat([part(k) for k in keys], how="vertical")
+    probes = allp.group_by(["kind", "pooling", "layer"], maintain_order=True).first().select(PROBE_COLUMNS)
     probes.write_parquet(out / "probes.parquet")
-    scores = allp.select(["kind", "pooling", "layer", "neuron", "saliency", "rank"])
+    scores = allp.select(SCORE_COLUMNS)
     scores.write_parquet(out / "neuron_scores.parquet")

@@ -496,20 +496,32 @@ def _png_size(png: bytes) -> tuple[int, int]:
     return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
 
 
+_PLACEHOLDER = (
+    "<!doctype html><meta charset='utf-8'><title>spin-cache report</title>"
+    "<p>This report is being written; if it stays like this, rerun <code>spin-cache report</code>.</p>\n"
+)
+
+
 def write_report(
     sweep_dir: str | os.PathLike, out_dir: str | os.PathLike, *, commands: list[str] | None = None
 ) -> Path:
     """Write OUT/report.html (self-contained) and the PNG figures beside it; return the HTML's path.
 
     `commands`: command lines to list besides those recorded in command.txt of the store, probe and sweep
-    directories. Raises InputError for a missing or invalid sweep directory.
+    directories. Raises InputError for a missing or invalid sweep directory, and for an `out_dir` that is a
+    file or a directory holding anything but an earlier report (spin-cache writes nothing into a folder it did not
+    make); report.html is written first (a placeholder), so a report stopped midway can be rerun into.
     """
+    from .outputs import prepare_output_dir
+
     run = _load(Path(sweep_dir))
-    out = Path(out_dir)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        out = prepare_output_dir(out_dir, "report")
+        target = out / "report.html"
+        if not target.exists():  # the marker first: a report stopped midway is still recognised as a report
+            target.write_text(_PLACEHOLDER, encoding="utf-8")
     except OSError as exc:
-        raise InputError(f"{out}: cannot create the report directory ({exc.strerror})") from None
+        raise InputError(f"--out {out_dir}: cannot write the report directory ({exc.strerror})") from None
     drawers = {"probes": _fig_probes, "neurons": _fig_neurons, "selection": _fig_selection,
                "early_exit": _fig_early_exit}  # fmt: skip
     figures: dict[str, tuple[Path, bytes, tuple[int, int]] | None] = {}
@@ -523,7 +535,6 @@ def write_report(
         png = path.read_bytes()
         figures[name] = (path, png, _png_size(png))
     page = _page(run, figures, _commands(run, commands))
-    target = out / "report.html"
     tmp = target.with_suffix(".html.tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(target)

@@ -25,6 +25,7 @@ from .allocator import release_free_heap
 from .errors import InputError
 from .head import (
     HEAD_C_GRID,
+    METRICS,
     Design,
     Head,
     SpinClassifier,
@@ -33,16 +34,43 @@ from .head import (
     predict_design,
     score_predictions,
 )
-from .parallel import default_memory_budget, run_tasks, task_memory_budget
-from .probe import IN_MEMORY_COPIES, ORDERED_DIR, ProbeRun
+from .outputs import MARKERS, prepare_output_dir
+from .parallel import check_memory_budget, check_workers, default_memory_budget, run_tasks, task_memory_budget
+from .probe import (
+    IN_MEMORY_COPIES,
+    ORDERED_DIR,
+    ProbeRun,
+    block_memory_need,
+    find_damaged_chunk,
+    open_ordered_group,
+    ordered_damage,
+)
 from .select import RULES, random_like, select
 from .store import ActivationStore, array_name, array_stored_bytes
+from .validation import (
+    FRACTIONS,
+    NON_NEGATIVE_INT,
+    PERCENTS,
+    POSITIVE_FLOAT,
+    POSITIVE_FLOATS,
+    POSITIVE_INT,
+    POSITIVE_INTS,
+    Constraint,
+    check,
+)
 
 # The paper's eta values plus 0.9 and 0.95: with MiniLM/SST-2 every kind and pooling scored best on dev at 0.8, the
 # grid's largest value; with 0.9 and 0.95 dev accuracy peaks inside the grid for three of six and flattens for the
 # others (BENCHMARKS.md).
 DEFAULT_ETAS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 0.9, 0.95)
 SWEEP_FORMAT = "spin-cache-sweep"
+SWEEP_MARKER = MARKERS["sweep"]  # sweep.json: written first, so a sweep that stops midway is still recognised
+#: The rule values' option and range, per selection rule.
+RULE_VALUES: dict[str, tuple[str, Constraint]] = {
+    "eta": ("--eta", FRACTIONS),
+    "top-k": ("--top-k", POSITIVE_INTS),
+    "top-percent": ("--top-percent", PERCENTS),
+}
 
 
 @dataclass(frozen=True)
@@ -57,12 +85,22 @@ class SweepSettings:
     seed: int = 0
 
     def check(self) -> None:
+        """InputError naming the first setting out of its range (the same rules as the command line's)."""
         if self.rule not in RULES:
             raise InputError(f"selection rule {self.rule!r}: choose from {', '.join(RULES)}")
-        if not self.values:
-            raise InputError("give at least one rule value (e.g. --eta 0.1,0.5)")
+        option, rule = RULE_VALUES.get(self.rule, ("values", POSITIVE_FLOATS))
+        for name, value in ((f"{option} (values)", self.values), ("--C (c_grid)", self.c_grid)):
+            if isinstance(value, (str, bytes)):
+                raise InputError(f"{name} {value!r}: give a sequence of numbers, not a string")
+        check(f"{option} (values)", self.values, rule)
+        check("--C (c_grid)", self.c_grid, POSITIVE_FLOATS)
         if self.penalty not in ("l1", "l2"):
             raise InputError(f"--head-penalty {self.penalty}: choose l1 or l2")
+        if self.metric not in METRICS:
+            raise InputError(f"--metric {self.metric}: choose from {', '.join(METRICS)}")
+        check("max_iter", self.max_iter, POSITIVE_INT)
+        check("tol", self.tol, POSITIVE_FLOAT)
+        check("--seed", self.seed, NON_NEGATIVE_INT)
 
 
 @dataclass
@@ -208,7 +246,7 @@ class OrderedCopy:
 
         self.url = url
         self.counter = CountingStore(LocalStore(url, read_only=True))
-        self.group = zarr.open_group(self.counter, mode="r")
+        self.group = open_ordered_group(url, mode="r", store=self.counter)
         self._stored_bytes: dict[tuple[str, str, int], int] = {}
 
     @property
@@ -216,11 +254,25 @@ class OrderedCopy:
         return self.counter.bytes_read
 
     def array(self, kind: str, pooling: str, layer: int) -> tuple[zarr.Array, np.ndarray] | None:
+        name = array_name(kind, pooling, layer)
+        if not Path(self.url, name, "zarr.json").exists():
+            return None  # not in the copy (a probe that kept no column, an older run): read the store
         try:
-            arr = self.group[array_name(kind, pooling, layer)]
-        except KeyError:
-            return None
-        return arr, np.asarray(arr.attrs["neurons"], dtype=np.int64)
+            arr = self.group[name]
+            neurons = np.asarray(arr.attrs["neurons"], dtype=np.int64)
+        except Exception as exc:
+            raise ordered_damage(self.url, f"{name}/zarr.json", f"{type(exc).__name__}: {exc}") from None
+        if not isinstance(arr, zarr.Array) or neurons.ndim != 1 or len(neurons) != arr.shape[1]:
+            raise ordered_damage(self.url, f"{name}/zarr.json", "its metadata does not describe its columns")
+        return arr, neurons
+
+    def read(self, arr: zarr.Array, rows: slice, cols: slice, block_rows: int) -> np.ndarray:
+        """arr[rows, cols]; IntegrityError naming the array and the damaged chunk when a chunk does not decode."""
+        try:
+            return arr[rows, cols]
+        except Exception as exc:
+            chunk = find_damaged_chunk(arr, rows, cols, block_rows)
+            raise ordered_damage(self.url, arr.path, f"{type(exc).__name__}: {exc}", chunk) from None
 
     def stored_bytes(self, kind: str, pooling: str, layer: int) -> int:
         """Bytes on disk of one array, listed once (streamed fits ask once per block and pass)."""
@@ -252,7 +304,7 @@ def _read_columns(
         if all(int(c) in position for c in cols):
             idx = np.array([position[int(c)] for c in cols], dtype=np.int64)
             span = slice(None) if rows is None else slice(int(rows[0]), int(rows[-1]) + 1)
-            prefix = arr[span, : int(idx.max()) + 1]
+            prefix = ordered.read(arr, span, slice(0, int(idx.max()) + 1), store.layout.block_rows)  # type: ignore[union-attr]
             if rows is not None:
                 prefix = prefix[rows - rows[0]]
             values = store.decode(prefix)[:, idx]
@@ -379,11 +431,19 @@ def run_sweep(
     memory_budget: int | None = None,
     progress: bool = True,
     storage_options: dict | None = None,
+    dashboard: str | None = None,
 ) -> SweepResult:
-    """Evaluate every configuration, write sweep.parquet and summary.json, and export the best head."""
+    """Evaluate every configuration, write sweep.parquet and summary.json, and export the best head.
+
+    `out` must be missing, empty or an earlier sweep (spin-cache writes nothing into a folder it did not make); its
+    sweep.json is written before anything else. A `memory_budget` below one row block per running task is
+    refused. `dashboard`: an address for a local cluster's Dask dashboard (default: none)."""
     run = ProbeRun(probes)
     settings = settings or SweepSettings(metric=run.settings.metric)
     settings.check()
+    workers = check_workers(workers)
+    if memory_budget is not None:
+        memory_budget = check("--memory-budget", memory_budget, POSITIVE_INT)
     store = ActivationStore.open(store_url, storage_options=storage_options)
     run.check_store(store)
     probed = set(run.probes.select("kind", "pooling").unique().iter_rows())
@@ -395,6 +455,19 @@ def run_sweep(
     ]
     if not groups:
         raise InputError(f"nothing to sweep: the store has kinds {store.kinds} and poolings {store.poolings}")
+    widest = max(store.width(k) for k, _ in groups)
+    check_memory_budget(memory_budget, block_memory_need(store, widest), scheduler, workers)
+    out = prepare_output_dir(out, "sweep")
+    meta = {
+        "format": SWEEP_FORMAT,
+        "spin_cache_version": __version__,
+        "store": str(store_url),
+        "store_fingerprint": store.fingerprint,
+        "probes": str(probes),
+        "settings": asdict(settings),
+    }
+    _write_json(out / SWEEP_MARKER, meta | {"status": "incomplete"})
+    (out / "summary.json").unlink(missing_ok=True)  # an earlier sweep's, no longer what this directory holds
     ordered_url = str(Path(probes).resolve() / ORDERED_DIR)
     per_task = task_memory_budget(memory_budget, scheduler, workers)
     tasks = [
@@ -411,7 +484,9 @@ def run_sweep(
         for k, p in groups
     ]
     results = [None] * len(tasks)
-    for i, res in run_tasks(sweep_group, tasks, scheduler=scheduler, workers=workers, desc="sweep", progress=progress):
+    for i, res in run_tasks(
+        sweep_group, tasks, scheduler=scheduler, workers=workers, desc="sweep", progress=progress, dashboard=dashboard
+    ):
         results[i] = res
     rows = [row for res in results for row in res["rows"]]
     bests = [res["best"] for res in results if res["best"] is not None]
@@ -421,8 +496,6 @@ def run_sweep(
     budget = memory_budget or default_memory_budget()
     control = random_control(str(store_url), spin, settings.seed, settings, storage_options, budget)
     table = _table(store, run, spin, bases, control)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     sweep = pl.DataFrame(rows).sort(["kind", "pooling", "value", "k"])
     sweep.write_parquet(out / "sweep.parquet")
     head_dir = out / "head"
@@ -431,17 +504,29 @@ def run_sweep(
     table["bytes_read"] = int(sum(r["bytes_read"] for r in results))
     table["bytes_of_columns"] = int(sum(r["bytes_of_columns"] for r in results))
     table["random_control"]["bytes_read"] = int(control["bytes_read"])
-    summary = {
-        "format": SWEEP_FORMAT,
-        "spin_cache_version": __version__,
-        "store": str(store_url),
-        "store_fingerprint": store.fingerprint,
-        "probes": str(probes),
-        "settings": asdict(settings),
-        "table": table,
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=_jsonable))
+    _write_json(out / "summary.json", meta | {"table": table})
+    _write_json(out / SWEEP_MARKER, meta | {"status": "complete"})
     return SweepResult(out, table, sweep)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    """Strict JSON (a metric that does not exist, NaN for an empty test split, is written as null), atomically."""
+    text = json.dumps(_finite_or_null(obj), indent=2, sort_keys=True, default=_jsonable, allow_nan=False)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _finite_or_null(obj: object) -> object:
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [_finite_or_null(v) for v in obj.tolist()]
+    return obj
 
 
 def _table(store: ActivationStore, run: ProbeRun, spin: dict, bases: list[dict], control: dict) -> dict:
