@@ -511,21 +511,22 @@ def run_sweep(
 
 def _write_json(path: Path, obj: dict) -> None:
     """Strict JSON (a metric that does not exist, NaN for an empty test split, is written as null), atomically."""
-    text = json.dumps(_finite_or_null(obj), indent=2, sort_keys=True, default=_jsonable, allow_nan=False)
+    text = json.dumps(finite_or_null(obj), indent=2, sort_keys=True, default=_jsonable, allow_nan=False)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text + "\n", encoding="utf-8")
     tmp.replace(path)
 
 
-def _finite_or_null(obj: object) -> object:
+def finite_or_null(obj: object) -> object:
+    """`obj` with every NaN or infinity replaced by None, tuples and arrays as lists: for strict JSON."""
     if isinstance(obj, (float, np.floating)):
         return float(obj) if np.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite_or_null(v) for k, v in obj.items()}
+        return {k: finite_or_null(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite_or_null(v) for v in obj]
+        return [finite_or_null(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return [_finite_or_null(v) for v in obj.tolist()]
+        return [finite_or_null(v) for v in obj.tolist()]
     return obj
 
 
