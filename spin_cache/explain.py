@@ -36,11 +36,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import InputError, StoreMismatchError
+from .errors import InputError
 from .head import Head
 from .models import LoadedModel, _first_tensor, _StopForward, forward_arguments
-
-HASH_KEYS = ("config_sha256", "weights_sha256", "tokenizer_sha256")
+from .predict import Predictor, check_head_fits, check_model_identity
 
 
 @dataclass
@@ -173,18 +172,13 @@ class Explanation:
 
 
 def _loaded_for(head: Head, model: LoadedModel | str | os.PathLike | None, device: str) -> LoadedModel:
-    """The head's model (checked by content hashes), loaded once; pass a LoadedModel to reuse one."""
+    """The head's model, loaded once; pass a LoadedModel to reuse one. Either way its content hashes must equal
+    the head's (a head that records none is refused) and the head's layers and neurons must lie inside it; a
+    relative model hint in the head resolves against the head's folder (see predict.resolve_head_model)."""
     if isinstance(model, LoadedModel):
-        wanted = head.info.get("model", {})
-        differ = [k for k in HASH_KEYS if wanted.get(k) and model.identity.get(k) != wanted.get(k)]
-        if differ:
-            raise StoreMismatchError(
-                f"{model.path}: this model's {', '.join(differ)} differ from the head's model "
-                f"({wanted.get('name')}); pass the model the store was extracted with"
-            )
+        check_model_identity(head, model.identity, model.path)
+        check_head_fits(head, model)
         return model
-    from .predict import Predictor
-
     return Predictor(head, None if model is None else str(model), device=device).loaded
 
 
