@@ -26,7 +26,7 @@ import torch
 from . import __version__, kernels
 from .allocator import pin_malloc_thresholds
 from .data import LabelledDataset, load_dataset
-from .errors import InputError, SpinCacheError, StoreMismatchError
+from .errors import InputError, IntegrityError, SpinCacheError, StoreMismatchError
 from .lock import StoreLock
 from .models import (
     DEFAULT_MODEL,
@@ -41,12 +41,14 @@ from .models import (
     resolve_model_path,
     run_layers,
 )
+from .outputs import check_store_destination
 from .store import (
     FLOAT16_MAX,
     FORMAT_VERSION,
     STORE_DTYPES,
     ActivationStore,
     Layout,
+    _fs,
     default_block_rows,
     describe_differences,
     dtype_bytes,
@@ -160,6 +162,7 @@ def run_extraction(
 
     existing = _existing_store(url, probe_manifest, overwrite, storage_options)
     if existing is not None and existing.is_complete:
+        existing.check_reusable()  # a cache hit only on a complete, consistent store; else exit 4 naming why
         return ExtractionReport(store=existing, cache_hit=True, seconds=time.perf_counter() - t0)
 
     with StoreLock(url, storage_options, shard if workers == 1 else None):
@@ -205,6 +208,8 @@ def run_extraction(
             )
         else:
             store = ActivationStore.open(url, mode="a", storage_options=storage_options)
+            if not store.is_complete and (shard is None or shard[0] == 0):
+                _repair_examples(store, _examples_table(dataset, n_tokens, truncated))
 
         report = ExtractionReport(store=store, n_truncated=int(truncated.sum()))
         committed = store.committed_blocks()
@@ -894,8 +899,20 @@ def _fingerprint(partial_manifest: dict) -> str:
     return canonical_hash(fingerprint_inputs(partial_manifest))
 
 
+def _repair_examples(store: ActivationStore, examples: pl.DataFrame) -> None:
+    """Resuming an incomplete store: write its examples table again if it is missing or unreadable (a crash while
+    the store was created). Same fingerprint, same table: it depends only on the dataset and the tokenizer."""
+    try:
+        store.examples  # noqa: B018 - reading it is the check
+    except IntegrityError:
+        store.write_examples(examples)
+
+
 def _existing_store(url: str, wanted: dict, overwrite: bool, storage_options: dict | None) -> ActivationStore | None:
-    if not ActivationStore.exists(url, storage_options):
+    """The store at `url` if there is one made from `wanted`; None where a new one may be created (nothing there,
+    an empty directory, or a store with `overwrite`). Anything else at `url` is refused, never deleted."""
+    fs, root = _fs(url, storage_options)
+    if not check_store_destination(fs, root, url, option="--out"):
         return None
     if overwrite:
         return None

@@ -9,6 +9,7 @@ write, the destination is not a store at all, so a half-pushed store is never op
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ from typing import Any
 import zarr
 
 from .errors import InputError, IntegrityError, SpinCacheError, StoreMismatchError
+from .outputs import check_store_destination
 from .store import EXAMPLES_FILE, ActivationStore, _fs, array_name, store_fingerprint, zarr_store
 
 ROOT_META = "zarr.json"
@@ -100,6 +102,9 @@ def remote_error(exc: BaseException, url: str | None, storage_options: dict | No
     texts = " | ".join(str(e) for e in _chain(exc))
     if isinstance(exc, SpinCacheError):
         return exc
+    local = _local_error(exc)
+    if local is not None:
+        return local
     if names & {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}:
         return InputError(
             f"{where}: no credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or pass "
@@ -118,7 +123,7 @@ def remote_error(exc: BaseException, url: str | None, storage_options: dict | No
     if "NoSuchBucket" in texts or "bucket does not exist" in texts.lower():
         return InputError(f"{where}: the bucket does not exist; check the URL or create the bucket first")
     if (
-        names & {"PermissionError"}
+        (names & {"PermissionError"} and (is_remote(str(url or "")) or names & _REMOTE_ERRORS))
         or "AccessDenied" in texts
         or "InvalidAccessKeyId" in texts
         or "SignatureDoesNotMatch" in texts
@@ -127,12 +132,48 @@ def remote_error(exc: BaseException, url: str | None, storage_options: dict | No
             f"{where}: access denied; check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and "
             "their permissions on this bucket"
         )
+    if names & {"PermissionError"}:
+        return InputError(f"{where}: permission denied ({_chain_text(exc)}); check the permissions of its files")
     if names & {"ConnectionError", "ConnectionRefusedError", "TimeoutError", "ReadTimeoutError", "ClientOSError"}:
         return InputError(
             f"{where}: the connection to {_endpoint(str(url), storage_options)} failed ({type(exc).__name__}); "
             "check that the server is up and retry"
         )
     return None
+
+
+#: Exception types that only a remote store raises (botocore, aiohttp); a local file's error carries none of them.
+_REMOTE_ERRORS = {"ClientError", "BotoCoreError", "ClientResponseError", "ClientOSError", "HTTPClientError"}
+
+#: Local OS errors a user can fix, and what to do about each.
+_LOCAL_ADVICE = {
+    errno.EACCES: ("permission denied", "check its permissions"),
+    errno.EPERM: ("operation not permitted", "check its permissions"),
+    errno.EROFS: ("read-only file system", "write somewhere writable"),
+    errno.ENOSPC: ("no space left on device", "free some space or write elsewhere"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space or write elsewhere"),
+}
+
+
+def _local_error(exc: BaseException) -> InputError | None:
+    """A local file's permission, read-only or disk-full error, naming the file; None for anything else (a
+    remote store's errors carry no local file name and come with botocore's or aiohttp's own exceptions)."""
+    chain = list(_chain(exc))
+    if {type(e).__name__ for e in chain} & _REMOTE_ERRORS:
+        return None
+    for e in chain:
+        if isinstance(e, OSError) and e.errno in _LOCAL_ADVICE and (e.filename or e.filename2):
+            what, todo = _LOCAL_ADVICE[e.errno]
+            path = os.fsdecode(e.filename if e.filename else e.filename2)
+            return InputError(f"{what}: {path}; {todo}")
+        if isinstance(e, PermissionError) and not (e.filename or e.filename2):
+            return None  # no file named: let the caller decide (remote access denied, or report as is)
+    return None
+
+
+def _chain_text(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 @contextlib.contextmanager
@@ -232,6 +273,7 @@ def push(
     sfs, sroot = _fs(store_url, src_opts)
     dfs, droot = _fs(dest_url, dst_opts)
     with remote_errors(dest_url, dst_opts):
+        _check_push_destination(dfs, droot, dest_url, sfs, sroot)
         if dfs.exists(f"{droot}/{ROOT_META}"):
             there = ActivationStore.open(dest_url, storage_options=dst_opts)
             if there.fingerprint == src.fingerprint and there.is_complete:
@@ -278,6 +320,21 @@ def push(
             dfs.rm_file(f"{droot}/{ROOT_META}")
             raise IntegrityError(f"{dest_url}: the pushed manifest does not read back as sent; push again")
     return pushed
+
+
+def _check_push_destination(dfs: Any, droot: str, dest_url: str, sfs: Any, sroot: str) -> None:
+    """A push writes only to a missing or empty place, a spin-cache store, or the remains of an interrupted push of
+    this same store (every file there is one the store has: the root zarr.json is written last); anything else is
+    refused, naming the destination."""
+    try:
+        check_store_destination(dfs, droot, dest_url, option="push destination")
+    except InputError:
+        if not dfs.isdir(droot):
+            raise
+        there = {p[len(droot) + 1 :] for p in dfs.find(droot)}
+        ours = {p[len(sroot) + 1 :] for p in sfs.find(sroot)}
+        if not there or not there <= ours:
+            raise
 
 
 def _verify_arrival(

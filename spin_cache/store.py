@@ -32,6 +32,7 @@ from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
 from . import __version__
 from .errors import InputError, IntegrityError, SpinCacheError
+from .outputs import check_store_destination
 
 FORMAT_VERSION = 1
 VALID_KINDS = ("hidden", "ffn")
@@ -40,6 +41,8 @@ STORE_DTYPES = ("float16", "bfloat16", "float32")
 FLOAT16_MAX = 65504.0
 EXAMPLES_FILE = "examples.parquet"
 COMMITS_DIR = "commits"
+#: What a store holds besides its arrays' kinds; `--overwrite` removes these and the kinds' folders, nothing else.
+STORE_FILES = (EXAMPLES_FILE, COMMITS_DIR)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -74,6 +77,35 @@ class CountingStore(WrapperStore):
         self.requests += 1
         if buf is not None:
             self.bytes_read += len(buf)
+
+
+class ChunkGuard(WrapperStore):
+    """Wraps a zarr store and raises `IntegrityError` naming the chunk when a chunk of a complete store is missing:
+    zarr reads a missing chunk as the fill value, so a deleted shard would otherwise read as zeros. Costs nothing:
+    the missing key is seen in the answer to the read zarr makes anyway. Off (`strict` False) for stores still
+    being written, whose uncommitted blocks are missing by design."""
+
+    def __init__(self, store: Any, url: str) -> None:
+        super().__init__(store)
+        self.url = url
+        self.strict = False
+
+    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+        buf = await super().get(key, prototype, byte_range)
+        if buf is None and self.strict and "/c/" in key:
+            raise IntegrityError(
+                f"{self.url}: chunk {key} is missing; the store is damaged: run `spin-cache verify {self.url}`, "
+                "then extract again with --overwrite"
+            )
+        return buf
+
+    async def get_partial_values(self, prototype: Any, key_ranges: Any) -> list:
+        key_ranges = list(key_ranges)
+        bufs = await super().get_partial_values(prototype, key_ranges)
+        for (key, _), buf in zip(key_ranges, bufs, strict=True):
+            if buf is None and self.strict and "/c/" in key:
+                raise IntegrityError(f"{self.url}: chunk {key} is missing; the store is damaged")
+        return bufs
 
 
 def zarr_store(url: str, *, read_only: bool, storage_options: dict | None = None) -> Any:
@@ -254,6 +286,15 @@ class ActivationStore:
         except IntegrityError as exc:
             raise IntegrityError(f"{url}: {exc}") from exc
         self.counter: CountingStore | None = None
+        stored_hash = self.manifest.get(MANIFEST_HASH_KEY)  # absent in stores written before it was added
+        # Checked on every open; a store still being written is exempt (its status and run info change, and the
+        # hash is written with them by `mark_complete`; nothing reads an incomplete store's arrays).
+        self.manifest_problem: str | None = None
+        if self.is_complete and stored_hash is not None and stored_hash != manifest_hash(self.manifest):
+            self.manifest_problem = (
+                f"{url}: zarr.json's manifest was edited after extraction (manifest_sha256 does not match); the "
+                "store cannot be trusted: restore zarr.json or extract again with --overwrite"
+            )
         self._stored_bytes: dict[tuple[str, str, int], int] = {}
         self._writers: dict[str, tuple[zarr.Array, RowShardEncoder | None]] = {}
 
@@ -268,14 +309,19 @@ class ActivationStore:
         if not fs.exists(f"{root}/zarr.json"):
             raise InputError(f"{url}: no store here (zarr.json missing); run `spin-cache extract` to make one")
         zstore = zarr_store(url, read_only=mode == "r", storage_options=storage_options)
-        if count_bytes:
-            zstore = CountingStore(zstore)
+        counter = CountingStore(zstore) if count_bytes else None
+        guard = ChunkGuard(counter or zstore, str(url))
         try:
-            group = zarr.open_group(zstore, mode=mode)
+            group = zarr.open_group(guard, mode=mode)
+        except SpinCacheError:
+            raise
         except Exception as exc:  # corrupt metadata is a damaged store, not a crash
+            if _storage_error(exc, str(url)) is not None:
+                raise
             raise IntegrityError(f"{url}: cannot read zarr.json ({exc}); the store is damaged") from exc
         store = cls(url, group, storage_options)
-        store.counter = zstore if count_bytes else None
+        store.counter = counter
+        guard.strict = store.is_complete
         return store
 
     @classmethod
@@ -292,15 +338,26 @@ class ActivationStore:
         *,
         overwrite: bool = False,
         storage_options: dict | None = None,
+        option: str = "--out",
     ) -> ActivationStore:
-        """Create an empty, incomplete store with all arrays, the manifest and the examples table."""
+        """Create an empty, incomplete store with all arrays, the manifest and the examples table.
+
+        `url` must be missing, an empty directory or (with `overwrite`) a spin-cache store; anything else is
+        refused (`InputError` naming `option` and the path). Overwriting removes only what a store holds
+        (zarr.json, the kinds' folders, examples.parquet, commits/), zarr.json last, so an interrupted overwrite
+        still leaves a store that `--overwrite` may replace."""
         fs, root = _fs(url, storage_options)
-        if overwrite and fs.exists(root):
-            fs.rm(root, recursive=True)
+        if check_store_destination(fs, root, str(url), option=option):
+            if not overwrite:
+                raise InputError(f"{option} {url}: already holds a spin-cache store; pass --overwrite to replace it")
+            _remove_store(fs, root)
         layout = Layout.from_dict(manifest["layout"])
         manifest = dict(manifest) | {MANIFEST_HASH_KEY: manifest_hash(manifest)}
+        # mode "a", not "w": "w" deletes everything under the path, and the path was checked to hold no store.
         group = zarr.open_group(
-            str(url), mode="w", storage_options=storage_options or None, attributes={"spin_cache": manifest}
+            zarr_store(str(url), read_only=False, storage_options=storage_options),
+            mode="a",
+            attributes={"spin_cache": manifest},
         )
         for kind, pooling, layer in layout.array_keys():
             width = layout.widths[kind]
@@ -351,17 +408,34 @@ class ActivationStore:
     def label_names(self) -> list[str]:
         return list(self.manifest["dataset"]["label_names"])
 
-    @cached_property
+    def check_manifest(self) -> None:
+        """Raise `IntegrityError` if zarr.json's manifest was edited after extraction (see `manifest_problem`)."""
+        if self.manifest_problem:
+            raise IntegrityError(self.manifest_problem)
+
+    @property
     def examples(self) -> pl.DataFrame:
+        self.check_manifest()
+        return self._examples
+
+    @cached_property
+    def _examples(self) -> pl.DataFrame:
         fs, root = _fs(self.url, self.storage_options)
         path = f"{root}/{EXAMPLES_FILE}"
         try:
             with fs.open(path, "rb") as f:
                 return pl.read_parquet(f)
         except FileNotFoundError as exc:
-            raise IntegrityError(f"{self.url}: {EXAMPLES_FILE} is missing; the store is damaged") from exc
+            raise IntegrityError(
+                f"{self.url}: {EXAMPLES_FILE} is missing; the store is damaged: extract again with --overwrite"
+            ) from exc
         except Exception as exc:
-            raise IntegrityError(f"{self.url}/{EXAMPLES_FILE}: unreadable ({exc}); the store is damaged") from exc
+            if _storage_error(exc, self.url) is not None:
+                raise _storage_error(exc, self.url) from exc
+            raise IntegrityError(
+                f"{self.url}/{EXAMPLES_FILE}: unreadable ({_one_line(exc)}); the store is damaged: extract again "
+                "with --overwrite"
+            ) from exc
 
     def labels(self, split: str | None = None) -> np.ndarray:
         ex = self.examples if split is None else self.examples.filter(pl.col("split") == split)
@@ -374,12 +448,20 @@ class ActivationStore:
     # -- reading -------------------------------------------------------------------------------------------
 
     def array(self, kind: str, pooling: str, layer: int) -> zarr.Array:
+        self.check_manifest()
         self._check_kind(kind)
         if pooling not in self.poolings:
             raise InputError(f"pooling {pooling!r} is not in this store; it has {', '.join(self.poolings)}")
         if layer not in self.layout.layers[kind]:
             raise InputError(f"{kind} layer {layer} is not in this store; it has {self.layout.layers[kind]}")
-        return self._group[array_name(kind, pooling, layer)]
+        name = array_name(kind, pooling, layer)
+        try:
+            return self._group[name]
+        except SpinCacheError:
+            raise
+        except Exception as exc:
+            self._raise_read_error(exc, name, None)
+            raise  # not reached
 
     def read(
         self,
@@ -402,11 +484,40 @@ class ActivationStore:
         if split is not None:
             rows = self.split_rows(split)
         col_sel: Any = slice(None) if columns is None else np.asarray(columns, dtype=np.int64)
-        if rows is None:
-            data = arr.oindex[slice(None), col_sel]
-        else:
-            data = self._read_rows(arr, np.asarray(rows, dtype=np.int64), col_sel)
+        try:
+            if rows is None:
+                data = arr.oindex[slice(None), col_sel]
+            else:
+                data = self._read_rows(arr, np.asarray(rows, dtype=np.int64), col_sel)
+        except SpinCacheError:
+            raise
+        except Exception as exc:  # a damaged chunk: name it (as `verify` does), in one line
+            self._raise_read_error(exc, array_name(kind, pooling, layer), rows)
         return self.decode(data)
+
+    def _raise_read_error(self, exc: BaseException, name: str, rows: np.ndarray | None) -> None:
+        """Turn a failed read of array `name` into one line: a storage failure (permissions, network) as such,
+        else `IntegrityError` naming the array and the damaged chunk(s) of the blocks the read covered."""
+        storage = _storage_error(exc, self.url)
+        if storage is not None:
+            raise storage from exc
+        blocks = range(self.layout.n_blocks)
+        if rows is not None and len(rows):
+            first, last = int(np.min(rows)) // self.layout.block_rows, int(np.max(rows)) // self.layout.block_rows
+            blocks = range(first, last + 1)
+        found: list[str] = []
+        try:
+            for block in blocks:
+                found += self._verify_shard(name, block)
+                if found:
+                    break
+        except Exception:  # the array's own metadata cannot be read
+            found = []
+        what = found[0] if found else f"{name}: cannot be read ({_one_line(exc)})"
+        raise IntegrityError(
+            f"{self.url}: {what}; the store is damaged: run `spin-cache verify {self.url}`, then extract again "
+            "with --overwrite"
+        ) from exc
 
     def _read_rows(self, arr: zarr.Array, rows: np.ndarray, col_sel: Any) -> np.ndarray:
         # Row subsets are nearly always one contiguous run (splits are stored in order): read the span, then pick.
@@ -428,7 +539,7 @@ class ActivationStore:
         fs, root = _fs(self.url, self.storage_options)
         with fs.open(f"{root}/{EXAMPLES_FILE}", "wb") as f:
             examples.write_parquet(f)
-        self.__dict__.pop("examples", None)
+        self.__dict__.pop("_examples", None)
 
     def encode(self, values: np.ndarray) -> np.ndarray:
         """float32 -> the store's dtype (bfloat16 by round-to-nearest-even on the raw bits)."""
@@ -533,7 +644,43 @@ class ActivationStore:
         sizes["examples"] = int(fs.size(f"{root}/{EXAMPLES_FILE}")) if fs.exists(f"{root}/{EXAMPLES_FILE}") else 0
         return sizes
 
+    def reuse_problems(self) -> list[str]:
+        """What keeps a complete store from being used as is (a cache hit): an edited manifest, a missing or
+        inconsistent examples table, missing commit markers. Cheap (no chunk is read; `verify` reads them all)."""
+        if self.manifest_problem:
+            return [self.manifest_problem.removeprefix(f"{self.url}: ")]
+        fs, root = _fs(self.url, self.storage_options)
+        if not fs.exists(f"{root}/{EXAMPLES_FILE}"):
+            problems = [f"{EXAMPLES_FILE} is missing"]
+        else:
+            try:
+                problems = self._verify_examples()
+            except (KeyError, TypeError, AttributeError) as exc:
+                problems = [f"zarr.json: the manifest lacks {exc}"]
+            problems = [p.split("; the store is damaged")[0].removeprefix(f"{self.url}/") for p in problems]
+        missing = sorted(set(range(self.layout.n_blocks)) - set(self.committed_blocks()))
+        if missing:
+            shown = ", ".join(f"block_{b:06d}.json" for b in missing[:3]) + (", ..." if len(missing) > 3 else "")
+            problems.append(f"{COMMITS_DIR}/: {len(missing)} commit marker(s) missing ({shown})")
+        return [p.removeprefix(f"{self.url}: ") for p in problems]
+
+    def check_reusable(self) -> None:
+        """Raise `IntegrityError` naming the first problem if a complete store cannot be used as is."""
+        if not self.is_complete:
+            return
+        self.check_manifest()
+        problems = self.reuse_problems()
+        if problems:
+            more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+            raise IntegrityError(
+                f"{self.url}: the store is marked complete but {problems[0]}{more}; it is damaged: extract again "
+                "with --overwrite (`spin-cache verify` lists every problem)"
+            )
+
     def info(self) -> dict:
+        """Manifest, status and sizes. A complete store that cannot be used as is (`check_reusable`) raises
+        `IntegrityError`: `info` is where one looks before using a store, and every command using it would fail."""
+        self.check_reusable()
         sizes = self.nbytes_stored()
         n_values = sum(self.layout.widths[k] * len(self.layout.layers[k]) * len(self.poolings) for k in self.kinds)
         return {
@@ -581,7 +728,9 @@ class ActivationStore:
             try:
                 arr[start:stop, c0 : c0 + step]
             except Exception as exc:
-                bad.append(f"{name}: chunk c/{block}/0 inner columns {c0}-{c0 + step - 1} is damaged ({exc})")
+                bad.append(
+                    f"{name}: chunk c/{block}/0 inner columns {c0}-{c0 + step - 1} is damaged ({_one_line(exc)})"
+                )
         return bad or [f"{name}: chunk c/{block}/0 (shard index) is damaged"]
 
     def _verify_manifest(self) -> list[str]:
@@ -598,7 +747,7 @@ class ActivationStore:
 
     def _verify_examples(self) -> list[str]:
         try:
-            ex = self.examples
+            ex = self._examples  # an edited manifest is reported by _verify_manifest
         except SpinCacheError as exc:
             return [str(exc)]
         problems = []
@@ -613,6 +762,30 @@ class ActivationStore:
     def _check_kind(self, kind: str) -> None:
         if kind not in self.kinds:
             raise InputError(f"kind {kind!r} is not in this store; it has {', '.join(self.kinds)}")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _storage_error(exc: BaseException, url: str) -> SpinCacheError | None:
+    """The one-line error for a storage failure (local permissions, remote access, network); None otherwise."""
+    from .share import remote_error
+
+    err = remote_error(exc, url)
+    return None if err is None or err is exc else err
+
+
+def _remove_store(fs: fsspec.AbstractFileSystem, root: str) -> None:
+    """Remove what a spin-cache store holds at `root` (checked to be one), zarr.json last; other files stay."""
+    for name in (*VALID_KINDS, *STORE_FILES):
+        path = f"{root}/{name}"
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm_file(f"{root}/zarr.json")
+    fs.invalidate_cache(root)
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:

@@ -24,6 +24,7 @@ import polars as pl
 
 from . import __version__
 from .errors import InputError, StoreMismatchError
+from .outputs import check_store_destination
 from .store import (
     STORE_DTYPES,
     ActivationStore,
@@ -356,12 +357,10 @@ def _examples_table(labels: np.ndarray, splits: np.ndarray, label_names: list[st
 
 def _existing(url: str, manifest: dict, overwrite: bool, storage_options: dict | None) -> ActivationStore | None:
     """The store already at `url` if it was made from the same parameters; None if there is none (or overwrite)."""
-    if overwrite:
+    fs, root = _fs(url, storage_options)
+    if not check_store_destination(fs, root, url, option="--out"):  # refuses a file or a foreign directory
         return None
-    if not ActivationStore.exists(url, storage_options):
-        fs, root = _fs(url, storage_options)
-        if fs.exists(root) and (not fs.isdir(root) or fs.ls(root, detail=False)):
-            raise InputError(f"{url} exists and is not a spin-cache store; pass another out, or overwrite=True")
+    if overwrite:
         return None
     store = ActivationStore.open(url, mode="a", storage_options=storage_options)
     if store.fingerprint != manifest["fingerprint"]:
@@ -370,4 +369,5 @@ def _existing(url: str, manifest: dict, overwrite: bool, storage_options: dict |
             f"{url} holds a store made from other inputs ({'; '.join(diffs[:4])}); "
             "pass another out, or overwrite=True to replace it"
         )
+    store.check_reusable()  # reused as is only when complete and consistent
     return store
