@@ -383,6 +383,15 @@ def _add_scheduler(p: argparse.ArgumentParser) -> None:
         "(also $SPIN_CACHE_SCHEDULER)",
     )
     p.add_argument("--workers", type=_positive_int, default=None, help="local workers (default: one per core)")
+    p.add_argument(
+        "--dashboard",
+        nargs="?",
+        const="127.0.0.1:8787",
+        default=None,
+        metavar="ADDR",
+        help="serve the Dask dashboard of a local cluster at ADDR (default when given: 127.0.0.1:8787; ':PORT' "
+        "listens on every interface; needs bokeh). Without it nothing listens beyond loopback",
+    )
 
 
 def _add_probe(sub: argparse._SubParsersAction) -> None:
@@ -399,7 +408,9 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("store", help="store path or URL (local, file://, s3://bucket/prefix)")
     _add_storage_options(p)
-    p.add_argument("--out", required=True, help="directory for the probe run")
+    p.add_argument(
+        "--out", required=True, help="directory for the probe run: new, empty, or this command's earlier output"
+    )
     p.add_argument(
         "--C",
         dest="c_grid",
@@ -413,7 +424,7 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
         type=_memory_budget,
         default=None,
         help="memory for all probes running at once, e.g. 8G (default: half the machine); a layer that does not "
-        "fit its task's share is streamed in row blocks",
+        "fit its task's share is streamed in row blocks; at least one row block per running task",
     )
     p.add_argument("--kinds", type=_kinds, default=None, help="only these kinds (default: all in the store)")
     p.add_argument("--poolings", type=_poolings, default=None, help="only these poolings (default: all in the store)")
@@ -440,6 +451,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         memory_budget=args.memory_budget,
         storage_options=options,
         progress=not args.quiet,
+        dashboard=args.dashboard,
     )
     _record_command(args, args.out)
     streamed = run.probes.filter(run.probes["mode"] == "streamed").height
@@ -466,13 +478,16 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
             "report Base, the best single-layer probe, SPIN (best on dev) and a random control with SPIN's "
             "neuron counts. Reads only the selected columns of the store."
         ),
-        epilog="outputs: SWEEP/sweep.parquet, SWEEP/summary.json, SWEEP/head/\n\n" + EXIT_CODES,
+        epilog="outputs: SWEEP/sweep.json (written first), SWEEP/sweep.parquet, SWEEP/summary.json, SWEEP/head/\n\n"
+        + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("store", help="store path or URL (local, file://, s3://bucket/prefix)")
     _add_storage_options(p)
     p.add_argument("--probes", required=True, help="probe run directory (from `spin-cache probe`)")
-    p.add_argument("--out", required=True, help="directory for the sweep results and the exported head")
+    p.add_argument(
+        "--out", required=True, help="directory for the sweep and its head: new, empty, or an earlier sweep's"
+    )
     rule = p.add_mutually_exclusive_group()
     rule.add_argument(
         "--eta",
@@ -496,7 +511,8 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
         type=_memory_budget,
         default=None,
         help="memory for all sweep groups running at once, e.g. 8G (default: half the machine); a group whose "
-        "selected columns do not fit its share is fitted on row blocks read on demand",
+        "selected columns do not fit its share is fitted on row blocks read on demand; at least one row block per "
+        "running task",
     )
     p.add_argument("--kinds", type=_kinds, default=None, help="only these kinds")
     p.add_argument("--poolings", type=_poolings, default=None, help="only these poolings")
@@ -509,7 +525,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .probe import ProbeRun
     from .share import open_store
-    from .sweep import DEFAULT_ETAS, SweepSettings, run_sweep
+    from .sweep import DEFAULT_ETAS, SweepSettings, finite_or_null, run_sweep
 
     if args.top_k:
         rule, values = "top-k", args.top_k
@@ -535,13 +551,19 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         memory_budget=args.memory_budget,
         storage_options=options,
         progress=not args.quiet,
+        dashboard=args.dashboard,
     )
     _record_command(args, args.out)
     if args.json:
-        print(json.dumps(result.table, default=float))
+        print(json.dumps(finite_or_null(result.table), allow_nan=False))
     elif not args.quiet:
         print(format_table(result.table, metric))
     return 0
+
+
+def _percent(value: float | None) -> str:
+    """A metric as a percentage; "-" where there is none (no test split: null in summary.json, NaN in memory)."""
+    return "-" if value is None or value != value else f"{100 * value:.2f}"
 
 
 def format_table(table: dict, metric: str = "accuracy") -> str:
@@ -557,7 +579,8 @@ def format_table(table: dict, metric: str = "accuracy") -> str:
         if r is None:
             continue
         lines.append(
-            f"{name:32s} {100 * r['dev']:16.2f} {100 * r['test']:16.2f} {r['n_neurons']:9d} {100 * r['share']:7.2f}%"
+            f"{name:32s} {_percent(r['dev']):>16s} {_percent(r['test']):>16s} {r['n_neurons']:9d} "
+            f"{100 * r['share']:7.2f}%"
         )
     s = table["spin"]
     lines.append(
@@ -585,31 +608,42 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--data", help=".txt (one text per line), .csv, .tsv, .jsonl or .parquet file")
     p.add_argument("--text-column", default="text", help="column holding the text (default: text)")
     p.add_argument("--model", default=None, help="model directory (default: the one recorded in the head)")
-    p.add_argument("--out", default=None, help="output file (.jsonl or .csv; default: JSON Lines on stdout)")
-    p.add_argument("--format", choices=["jsonl", "csv"], default=None, help="output format (default: from --out)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output file (.jsonl or .csv; its folder must exist; written as it goes, renamed into place at the "
+        "end; default: JSON Lines on stdout)",
+    )
+    p.add_argument(
+        "--format",
+        choices=["jsonl", "csv", "json"],
+        default=None,
+        help="output format (default: csv when --out ends in .csv, else jsonl); every prediction carries n_tokens "
+        "and truncated, and a warning on stderr counts truncated texts",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="texts per forward pass (default: 32)")
     p.add_argument("--json", action="store_true", help="print one JSON object with every prediction")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import Predictor, format_predictions, read_texts
+    from .predict import run_predict
 
-    texts = args.text if args.text else read_texts(args.data, args.text_column)
-    predictor = Predictor(args.head, args.model, device=args.device, batch_size=args.batch_size)
-    probs = predictor.predict_proba(texts)
-    fmt = args.format or ("csv" if args.out and args.out.endswith(".csv") else "jsonl")
-    text = format_predictions(texts, probs, predictor.label_names, fmt)
-    if args.json and not args.out:
-        records = [
-            json.loads(line) for line in format_predictions(texts, probs, predictor.label_names, "jsonl").splitlines()
-        ]
-        text = json.dumps({"head": args.head, "predictions": records}) + "\n"
-    if args.out:
-        Path(args.out).write_text(text)
-    else:
-        sys.stdout.write(text)
+    run_predict(
+        args.head,
+        texts=args.text,
+        data=args.data,
+        text_column=args.text_column,
+        model=args.model,
+        out=args.out,
+        fmt=args.format,
+        as_json=args.json,
+        device=args.device,
+        batch_size=args.batch_size,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
     return 0
 
 
@@ -629,7 +663,9 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("sweep", help="sweep directory (from `spin-cache sweep` or `spin-cache run`)")
-    p.add_argument("--out", required=True, help="directory for report.html and the PNGs")
+    p.add_argument(
+        "--out", required=True, help="directory for report.html and the PNGs: new, empty, or an earlier report's"
+    )
     p.add_argument("--json", action="store_true", help="print the report's path as JSON")
     p.add_argument("--quiet", action="store_true", help="no messages")
     p.set_defaults(func=_cmd_report)
@@ -783,11 +819,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import PipelineConfig, load_config, run_pipeline
+    from .sweep import finite_or_null
 
     cfg = load_config(args.config) if args.config else PipelineConfig()
     result = run_pipeline(cfg, progress=not args.quiet, say=lambda text: _say(args, text), command=_command_line(args))
     if args.json:
-        print(json.dumps(result, default=float))
+        print(json.dumps(finite_or_null(result), allow_nan=False))
     elif not args.quiet:
         print(format_table(result["table"]))
         print(f"report: {result['report']}")
