@@ -523,9 +523,10 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .outputs import finite_or_null
     from .probe import ProbeRun
     from .share import open_store
-    from .sweep import DEFAULT_ETAS, SweepSettings, finite_or_null, run_sweep
+    from .sweep import DEFAULT_ETAS, SweepSettings, run_sweep
 
     if args.top_k:
         rule, values = "top-k", args.top_k
@@ -818,8 +819,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from .outputs import finite_or_null
     from .pipeline import PipelineConfig, load_config, run_pipeline
-    from .sweep import finite_or_null
 
     cfg = load_config(args.config) if args.config else PipelineConfig()
     result = run_pipeline(cfg, progress=not args.quiet, say=lambda text: _say(args, text), command=_command_line(args))
@@ -876,7 +877,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # usage errors (one line, exit 2), --help and --version: a code, as for every verb
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args))

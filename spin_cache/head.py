@@ -23,6 +23,7 @@ from safetensors.numpy import save as save_safetensors
 
 from . import __version__
 from .errors import InputError, IntegrityError
+from .outputs import finite_or_null
 
 PAPER_C_GRID = (0.1, 0.2, 1.0, 10.0, 100.0)
 # The paper's grid plus three stronger values: on MiniLM/SST-2, 20 of 39 probes chose the paper grid's smallest C
@@ -504,13 +505,15 @@ class Head:
             "layers": self.layers,
             **self.info,
         }
-        meta = json.loads(json.dumps(meta))  # the hash is over what a reader will parse (keys as strings, lists)
+        meta = json.loads(
+            json.dumps(finite_or_null(meta), allow_nan=False)
+        )  # the hash is over what a reader will parse (keys as strings, lists)
         meta[CHECKSUMS_KEY] = {
             "head.json": canonical_meta_sha256(meta),
             "head.safetensors": hashlib.sha256(blob).hexdigest(),
         }
         _write_atomic(folder / "head.safetensors", blob)
-        _write_atomic(folder / "head.json", json.dumps(meta, indent=2, sort_keys=True).encode())
+        _write_atomic(folder / "head.json", json.dumps(meta, indent=2, sort_keys=True, allow_nan=False).encode())
 
     @classmethod
     def load(cls, path: str | Path) -> Head:

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 import fsspec
+import numpy as np
 
 from .errors import InputError
 
@@ -120,3 +121,16 @@ def check_store_destination(fs: fsspec.AbstractFileSystem, root: str, url: str, 
     if names:
         raise _foreign(option, url, "store", names)
     return False
+
+
+def finite_or_null(obj: object) -> object:
+    """`obj` with every NaN or infinity replaced by None, tuples and arrays as lists: for strict JSON."""
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [finite_or_null(v) for v in obj.tolist()]
+    return obj

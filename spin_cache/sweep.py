@@ -34,7 +34,7 @@ from .head import (
     predict_design,
     score_predictions,
 )
-from .outputs import MARKERS, prepare_output_dir
+from .outputs import MARKERS, finite_or_null, prepare_output_dir
 from .parallel import check_memory_budget, check_workers, default_memory_budget, run_tasks, task_memory_budget
 from .probe import (
     IN_MEMORY_COPIES,
@@ -515,19 +515,6 @@ def _write_json(path: Path, obj: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text + "\n", encoding="utf-8")
     tmp.replace(path)
-
-
-def finite_or_null(obj: object) -> object:
-    """`obj` with every NaN or infinity replaced by None, tuples and arrays as lists: for strict JSON."""
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite_or_null(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_or_null(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [finite_or_null(v) for v in obj.tolist()]
-    return obj
 
 
 def _table(store: ActivationStore, run: ProbeRun, spin: dict, bases: list[dict], control: dict) -> dict:

@@ -330,7 +330,8 @@ def test_shards_by_hand(tmp_path, tiny_sst2, capsys):
     assert main([*base, "--shard", "1/2"]) == 0
     assert ActivationStore.open(out).is_complete
     assert main([*base, "--shard", "2/2"]) == 2
-    assert "--shard 2/2" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--shard" in err and "2/2" in err
 
 
 def test_a_second_writer_is_refused_and_readers_see_incomplete(tmp_path, capsys):
