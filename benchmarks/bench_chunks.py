@@ -15,7 +15,8 @@ import time
 import numcodecs
 import numpy as np
 
-from spin_cache.store import ActivationStore, compressor_config
+from spin_cache.store.activation_store import ActivationStore
+from spin_cache.store.layout import compressor_config
 
 
 def main() -> None:

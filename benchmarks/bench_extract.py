@@ -31,12 +31,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
-from spin_cache import extract as X
-from spin_cache import kernels
-from spin_cache.allocator import pin_malloc_thresholds
-from spin_cache.data import load_dataset
-from spin_cache.models import load_model
-from spin_cache.store import ActivationStore
+from spin_cache.data.loading import load_dataset
+from spin_cache.extract import plan as extract_plan
+from spin_cache.extract import pool as extract_pool
+from spin_cache.extract import run as extract_run
+from spin_cache.extract import schedule as extract_schedule
+from spin_cache.extract.allocator import pin_malloc_thresholds
+from spin_cache.model import kernels
+from spin_cache.model.loading import load_model
+from spin_cache.store.activation_store import ActivationStore
 
 
 def bare_batch(loaded, encodings, rows: list[int]) -> None:
@@ -47,7 +50,7 @@ def bare_batch(loaded, encodings, rows: list[int]) -> None:
         runner(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
 
 
-class _PausableThrottle(X._Throttle):
+class _PausableThrottle(extract_schedule._Throttle):
     """extract's writer gate, able to hold the writer while a bare forward runs (the benchmark's, not the product's)."""
 
     def pause(self) -> int:
@@ -70,7 +73,11 @@ def paired_bare_forwards(loaded, encodings) -> Iterator[list[float]]:
     bare: list[float] = []
     all_threads = torch.get_num_threads()
     throttles: list[_PausableThrottle] = []
-    real_pooled_batches, real_pool_into, real_throttle = X._pooled_batches, X._pool_into, X._Throttle
+    real_pooled_batches, real_pool_into, real_throttle = (
+        extract_pool._pooled_batches,
+        extract_pool._pool_into,
+        extract_run._Throttle,
+    )
 
     def throttle(limit: int) -> _PausableThrottle:
         throttles.append(_PausableThrottle(limit))
@@ -103,11 +110,15 @@ def paired_bare_forwards(loaded, encodings) -> Iterator[list[float]]:
     def pool_into(loaded_x, encodings_x, rows, columns, target):  # on the CPU
         return paired(functools.partial(real_pool_into, loaded_x, encodings_x, rows, columns, target), rows)
 
-    X._pooled_batches, X._pool_into, X._Throttle = pooled_batches, pool_into, throttle
+    extract_pool._pooled_batches, extract_pool._pool_into, extract_run._Throttle = pooled_batches, pool_into, throttle
     try:
         yield bare
     finally:
-        X._pooled_batches, X._pool_into, X._Throttle = real_pooled_batches, real_pool_into, real_throttle
+        extract_pool._pooled_batches, extract_pool._pool_into, extract_run._Throttle = (
+            real_pooled_batches,
+            real_pool_into,
+            real_throttle,
+        )
 
 
 def column_reads(store_path: str, share: float, seed: int = 0) -> dict:
@@ -134,14 +145,14 @@ def extraction(dataset, loaded, encodings, batch_size: int, keep: dict, write: b
     """(extraction seconds, bare forward seconds) of one extraction into a fresh store, paired batch by batch;
     the first store's sizes and column-read costs go into `keep`. With write=False blocks are pooled and packed
     but not written."""
-    real_write_block, real_flops_per_byte = ActivationStore.write_block, X.MODEL_FLOPS_PER_WRITTEN_BYTE
+    real_write_block, real_flops_per_byte = ActivationStore.write_block, extract_schedule.MODEL_FLOPS_PER_WRITTEN_BYTE
     if not write:  # nothing written: no core is handed to the writer either
         ActivationStore.write_block = lambda self, *args, **kwargs: None
-        X.MODEL_FLOPS_PER_WRITTEN_BYTE = 0.0
+        extract_schedule.MODEL_FLOPS_PER_WRITTEN_BYTE = 0.0
     try:
         with tempfile.TemporaryDirectory() as tmp, paired_bare_forwards(loaded, encodings) as bare:
             out = os.path.join(tmp, "store")
-            report = X.run_extraction(data=dataset, out=out, batch_size=batch_size, progress=False)
+            report = extract_run.run_extraction(data=dataset, out=out, batch_size=batch_size, progress=False)
             if write and not keep:
                 info = report.store.info()
                 keep |= {"stored": sum(info["bytes_stored"].values()), "float32": info["bytes_float32"],
@@ -149,7 +160,10 @@ def extraction(dataset, loaded, encodings, batch_size: int, keep: dict, write: b
                          "block_rows": report.store.layout.block_rows}  # fmt: skip
             return report.extract_seconds - sum(bare), sum(bare)
     finally:
-        ActivationStore.write_block, X.MODEL_FLOPS_PER_WRITTEN_BYTE = real_write_block, real_flops_per_byte
+        ActivationStore.write_block, extract_schedule.MODEL_FLOPS_PER_WRITTEN_BYTE = (
+            real_write_block,
+            real_flops_per_byte,
+        )
 
 
 def main() -> None:
@@ -164,7 +178,7 @@ def main() -> None:
         dataset = dataset.subset(args.limit)
     loaded = load_model("minilm", device="cpu")
     kernels.fused_pooling()  # built (once per machine) before anything is timed
-    encodings, _, _ = X._tokenize(loaded, dataset, 512)
+    encodings, _, _ = extract_plan._tokenize(loaded, dataset, 512)
     pin_malloc_thresholds()  # what extraction does: both sides run with the same allocator settings
     keep: dict = {}
     rounds = []

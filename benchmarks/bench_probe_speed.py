@@ -7,7 +7,7 @@ The store (MiniLM over the bundled SST-2, all kinds and poolings) is extracted o
 Per (kind, pooling, layer) in --keys (default: a subset, since the paper recipe costs minutes per FFN layer on a
 small CPU; --all for every layer):
   paper   benchmarks/paper_recipe.py: sklearn saga, L1 (l1_ratio=1), 16 x fit(max_iter=4) per C in the paper grid
-  spin    spin_cache.probe.probe_layer with the default ProbeSettings, capped to one torch/BLAS thread
+  spin    spin_cache.loop.probe.probe_layer with the default ProbeSettings, capped to one torch/BLAS thread
 Then the whole store with run_probes, default scheduler and `sync`, for the totals.
 """
 
@@ -28,9 +28,9 @@ sys.path.insert(0, str(HERE))
 
 
 def ensure_store(path: str, limit: int | None) -> str:
-    from spin_cache.data import load_dataset
-    from spin_cache.extract import run_extraction
-    from spin_cache.store import ActivationStore
+    from spin_cache.data.loading import load_dataset
+    from spin_cache.extract.run import run_extraction
+    from spin_cache.store.activation_store import ActivationStore
 
     if ActivationStore.exists(path) and ActivationStore.open(path).is_complete:
         return path
@@ -45,9 +45,9 @@ def main() -> None:
     import numpy as np
     import paper_recipe as pr
 
-    from spin_cache.parallel import call_limited
-    from spin_cache.probe import ProbeSettings, probe_layer, run_probes
-    from spin_cache.store import ActivationStore
+    from spin_cache.loop.parallel import call_limited
+    from spin_cache.loop.probe import ProbeSettings, probe_layer, run_probes
+    from spin_cache.store.activation_store import ActivationStore
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", default=os.path.join(tempfile.gettempdir(), "spin-probe-speed-store"))

@@ -131,7 +131,8 @@ def make_encodings(rows: int, seq: int, vocab_size: int, seed: int = 0) -> list[
 
 
 def loaded_model(model: torch.nn.Module, tokenizer, device: torch.device, name: str):
-    from spin_cache.models import LoadedModel, find_adapter
+    from spin_cache.model.adapters import find_adapter
+    from spin_cache.model.loading import LoadedModel
 
     return LoadedModel(model=model, tokenizer=tokenizer, adapter=find_adapter(model), path=Path(f"<random {name}>"),
                        identity={}, device=device)  # fmt: skip
@@ -150,9 +151,11 @@ def new_store(loaded, name: str, n_rows: int, n_tokens: list[int], folder: str, 
     """An empty store with the layout run_extraction makes for this model (hidden+ffn, last/mean/max, float16)."""
     import polars as pl
 
-    from spin_cache.extract import DEFAULT_CHUNK_COLS
-    from spin_cache.models import KINDS
-    from spin_cache.store import ActivationStore, Layout, default_block_rows, new_manifest
+    from spin_cache.extract.run import DEFAULT_CHUNK_COLS
+    from spin_cache.representations import KINDS
+    from spin_cache.store.activation_store import ActivationStore
+    from spin_cache.store.layout import Layout, default_block_rows
+    from spin_cache.store.manifest import new_manifest
 
     adapter = loaded.adapter
     widths = {"hidden": adapter.hidden_size, "ffn": adapter.ffn_size}
@@ -189,7 +192,7 @@ def new_store(loaded, name: str, n_rows: int, n_tokens: list[int], folder: str, 
 
 def bare_forward(loaded, encodings: list[list[int]], block_rows: int, batch_size: int) -> float:
     """bench_extract.bare_forward on the model's device: the batches and forward call of extraction, no pooling."""
-    from spin_cache.models import forward_arguments
+    from spin_cache.model.hooks import forward_arguments
 
     device = loaded.device
     sync(device)
@@ -222,7 +225,7 @@ class _Probe:
 
     @contextlib.contextmanager
     def attached(self, store):
-        from spin_cache import extract as ex
+        from spin_cache.extract import run as ex
 
         saved = (ex._pool_block, ex._BlockWriter.put, ex._BlockWriter.close)
         pool_block, put, close = saved
@@ -257,7 +260,7 @@ class _Probe:
 
 def extract_blocks(loaded, store, encodings: list[list[int]], batch_size: int) -> tuple[float, _Probe, object]:
     """The block phase of run_extraction, timed: every block of `store`, writer included."""
-    from spin_cache.extract import ExtractionReport, _extract_blocks
+    from spin_cache.extract.run import ExtractionReport, _extract_blocks
 
     report = ExtractionReport(store=store)
     probe = _Probe()
@@ -279,7 +282,7 @@ def dir_bytes(folder: str) -> int:
 
 
 def pooled(loaded, encodings: list[list[int]], rows: list[int]) -> dict:
-    from spin_cache.models import run_layers
+    from spin_cache.model.hooks import run_layers
 
     batch = loaded.tokenizer.pad({"input_ids": [encodings[i] for i in rows]}, padding=True, return_tensors="pt")
     out = run_layers(loaded, batch["input_ids"], batch["attention_mask"], POOLINGS)
@@ -312,7 +315,8 @@ def check_precision(loaded, encodings: list[list[int]], n_rows: int) -> dict:
 
 
 def _with_model(loaded, model: torch.nn.Module, device: torch.device | None = None):
-    from spin_cache.models import LoadedModel, find_adapter
+    from spin_cache.model.adapters import find_adapter
+    from spin_cache.model.loading import LoadedModel
 
     return LoadedModel(model=model, tokenizer=loaded.tokenizer, adapter=find_adapter(model), path=loaded.path,
                        identity={}, device=device or loaded.device)  # fmt: skip
@@ -380,8 +384,8 @@ def fs_type(path: str) -> str:
 
 
 def run_model(name: str, args, device: torch.device, t_start: float) -> dict:
-    from spin_cache.allocator import pin_malloc_thresholds
-    from spin_cache.extract import resolve_compute_dtype
+    from spin_cache.extract.allocator import pin_malloc_thresholds
+    from spin_cache.extract.plan import resolve_compute_dtype
 
     res: dict = {"model": name}
     dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}[

@@ -3,7 +3,7 @@
 Per probe: features standardised with train statistics; for every C in (0.1, 0.2, 1, 10, 100) a scikit-learn
 logistic regression with an L1 penalty, solver saga, warm_start=True, max_iter=4, `fit` called 16 times
 (16 warm-started rounds of 4 epochs); the C with the best dev accuracy is kept (ties -> the first, i.e. smaller, C).
-Saliency = squared weight summed over classes; selection by cumulative share eta (same rule as spin_cache.select).
+Saliency = squared weight summed over classes; selection by cumulative share eta (same rule as spin_cache.loop.select).
 
 The paper wrote ``LogisticRegression(penalty='elasticnet', l1_ratio=1, solver='saga', ...)``. scikit-learn 1.8+
 deprecates ``penalty``; the equivalent non-deprecated call is ``LogisticRegression(l1_ratio=1.0, solver='saga',
@@ -125,7 +125,7 @@ def split_arrays(x: np.ndarray, split: np.ndarray, labels: np.ndarray) -> tuple[
 
 def probe_store(store_path: str, keys: Sequence[tuple[str, str, int]] | None = None, rounds: int = ROUNDS) -> list:
     """The paper recipe over every (kind, pooling, layer) of a spin-cache store (read into memory as float32)."""
-    from spin_cache.store import ActivationStore
+    from spin_cache.store.activation_store import ActivationStore
 
     store = ActivationStore.open(store_path)
     split = store.examples["split"].to_numpy()

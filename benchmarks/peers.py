@@ -78,7 +78,7 @@ RESUMABLE = {
 def make_dataset(limit: int | None, scale: int):
     import numpy as np
 
-    from spin_cache.data import LabelledDataset, load_dataset
+    from spin_cache.data.loading import LabelledDataset, load_dataset
 
     ds = load_dataset("sst2")
     if limit:
@@ -101,7 +101,7 @@ def pooled_batch(loaded, texts: list[str], kinds, poolings) -> dict:
     """The same pooled features spin-cache stores, for one batch: {(kind, pooling, layer): (B, D) float32}."""
     import torch
 
-    from spin_cache.models import run_layers
+    from spin_cache.model.hooks import run_layers
 
     enc = loaded.tokenizer(list(texts), padding=True, truncation=True, max_length=512, return_tensors="pt")
     with torch.inference_mode():
@@ -119,7 +119,7 @@ def du(path: Path) -> int:
 
 
 def spin_extract(cfg: dict, work: Path) -> dict:
-    from spin_cache.extract import run_extraction
+    from spin_cache.extract.run import run_extraction
 
     ds = make_dataset(cfg["limit"], cfg["scale"])
     out = work / "spin" / "store"
@@ -131,7 +131,7 @@ def spin_extract(cfg: dict, work: Path) -> dict:
 
 
 def spin_probe(cfg: dict, work: Path) -> dict:
-    from spin_cache.probe import run_probes
+    from spin_cache.loop.probe import run_probes
 
     out = work / "spin" / "probes"
     shutil.rmtree(out, ignore_errors=True)
@@ -141,7 +141,7 @@ def spin_probe(cfg: dict, work: Path) -> dict:
 
 
 def spin_sweep(cfg: dict, work: Path) -> dict:
-    from spin_cache.sweep import SweepSettings, run_sweep
+    from spin_cache.loop.sweep import SweepSettings, run_sweep
 
     out = work / "spin" / "sweep"
     shutil.rmtree(out, ignore_errors=True)
@@ -161,7 +161,7 @@ def spin_sweep(cfg: dict, work: Path) -> dict:
 
 
 def _forward_all(cfg: dict, texts: list[str]):
-    from spin_cache.models import load_model
+    from spin_cache.model.loading import load_model
 
     loaded = load_model("minilm", device="cpu")
     for b0 in range(0, len(texts), 32):
@@ -273,7 +273,7 @@ def hf_extract(cfg: dict, work: Path) -> dict:
     import datasets
 
     datasets.disable_progress_bars()
-    from spin_cache.models import load_model
+    from spin_cache.model.loading import load_model
 
     ds = make_dataset(cfg["limit"], cfg["scale"])
     loaded = load_model("minilm", device="cpu")

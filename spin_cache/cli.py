@@ -14,7 +14,8 @@ from typing import NoReturn
 from . import __version__
 from .errors import EXIT_CODES_HELP as EXIT_CODES
 from .errors import SpinCacheError
-from .head import HEAD_C_GRID, PROBE_C_GRID
+from .fit.solver import HEAD_C_GRID, PROBE_C_GRID
+from .representations import KINDS, POOLINGS
 from .validation import (
     FRACTIONS,
     NON_NEGATIVE_INT,
@@ -28,8 +29,6 @@ from .validation import (
     choices_type,
 )
 
-KINDS = ("hidden", "ffn")
-POOLINGS = ("first", "last", "mean", "max")
 _positive_int = arg_type(POSITIVE_INT)
 _kinds = choices_type(KINDS)
 _poolings = choices_type(POOLINGS)
@@ -40,7 +39,7 @@ def _csv(value: str) -> list[str]:
 
 
 def _memory_budget(text: str) -> int:
-    from .parallel import parse_bytes
+    from .loop.parallel import parse_bytes
 
     try:
         return parse_bytes(text)
@@ -68,7 +67,7 @@ def _add_storage_options(p: argparse.ArgumentParser) -> None:
 
 def _store_options(args: argparse.Namespace, url: str | None = None) -> dict | None:
     """The storage options for `url` (default: the command's store): the flags plus $AWS_ENDPOINT_URL for s3."""
-    from .share import parse_storage_options, resolve_storage_options
+    from .store.remote import parse_storage_options, resolve_storage_options
 
     return resolve_storage_options(url or args.store, parse_storage_options(args.storage_options))
 
@@ -110,7 +109,7 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-column", default="label", help="column holding the label (default: label)")
     p.add_argument("--out", help="store path or URL, e.g. s3://bucket/prefix (default: ./stores/<fingerprint>)")
     _add_storage_options(p)
-    p.add_argument("--kinds", type=_kinds, default=["hidden", "ffn"], help="hidden,ffn (default: both)")
+    p.add_argument("--kinds", type=_kinds, default=list(KINDS), help="hidden,ffn (default: both)")
     p.add_argument(
         "--poolings",
         type=_poolings,
@@ -168,7 +167,7 @@ def _shard(value: str) -> tuple[int, int]:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
-    from .extract import run_extraction
+    from .extract.run import run_extraction
 
     report = run_extraction(
         model=args.model,
@@ -243,7 +242,7 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .share import open_store
+    from .store.remote import open_store
 
     info = open_store(args.store, _store_options(args)).info()
     if args.json:
@@ -289,7 +288,7 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .share import open_store
+    from .store.remote import open_store
 
     store = open_store(args.store, _store_options(args))
     problems = store.verify(progress=not (args.quiet or args.json))
@@ -331,7 +330,7 @@ def _add_push(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from .share import is_remote, push
+    from .store.remote import is_remote, push
 
     store = push(
         args.store,
@@ -365,7 +364,7 @@ def _add_ls(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
-    from .share import format_listing, list_stores
+    from .store.remote import format_listing, list_stores
 
     entries = list_stores(args.url, _store_options(args, args.url))
     print(json.dumps(entries, indent=2) if args.json else format_listing(entries))
@@ -435,8 +434,8 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
-    from .probe import ProbeSettings, run_probes
-    from .share import open_store
+    from .loop.probe import ProbeSettings, run_probes
+    from .store.remote import open_store
 
     options = _store_options(args)
     open_store(args.store, options)  # a missing bucket, endpoint or credentials: one line, before work
@@ -523,10 +522,10 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .loop.probe import ProbeRun
+    from .loop.sweep import DEFAULT_ETAS, SweepSettings, run_sweep
     from .outputs import finite_or_null
-    from .probe import ProbeRun
-    from .share import open_store
-    from .sweep import DEFAULT_ETAS, SweepSettings, run_sweep
+    from .store.remote import open_store
 
     if args.top_k:
         rule, values = "top-k", args.top_k
@@ -630,7 +629,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import run_predict
+    from .serve.predict import run_predict
 
     run_predict(
         args.head,
@@ -707,7 +706,7 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from .explain import explain
+    from .serve.explain import explain
 
     result = explain(args.head, args.text, model=args.model, device=args.device, label=args.label)
     if args.html:
@@ -746,7 +745,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rows", type=_positive_int, default=10000, help="examples (default: 10000)")
     p.add_argument("--layers", type=_positive_int, default=6, help="layers (default: 6)")
     p.add_argument("--width", type=_positive_int, default=512, help="neurons per layer (default: 512)")
-    p.add_argument("--kinds", type=_kinds, default=["hidden", "ffn"], help="default: hidden,ffn")
+    p.add_argument("--kinds", type=_kinds, default=list(KINDS), help="default: hidden,ffn")
     p.add_argument("--poolings", type=_poolings, default=["mean"], help="default: mean")
     p.add_argument("--informative", type=_informative, default=None, help="LAYER:COUNT pairs (default: 3:4,5:4)")
     p.add_argument(
@@ -912,7 +911,7 @@ def _one_line(exc: BaseException) -> str:
 def _known_failure(exc: Exception, args: argparse.Namespace) -> SpinCacheError | None:
     """A storage failure (endpoint down, access denied) or a local file error, as one line naming the place."""
     from .errors import InputError
-    from .share import remote_error
+    from .store.remote import remote_error
 
     filename = getattr(exc, "filename", None) if isinstance(exc, OSError) else None
     if filename is not None and "://" not in str(filename):  # a local file: name it, never blame S3

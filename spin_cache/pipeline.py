@@ -9,10 +9,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import InputError
-from .extract import run_extraction
-from .probe import ProbeRun, ProbeSettings, run_probes
+from .extract.run import run_extraction
+from .loop.probe import ProbeRun, ProbeSettings, run_probes
+from .loop.sweep import DEFAULT_ETAS, SweepSettings, run_sweep
 from .report import write_report
-from .sweep import DEFAULT_ETAS, SweepSettings, run_sweep
 
 SECTIONS = {"extract", "probe", "sweep"}
 

@@ -65,7 +65,7 @@ class _Run:
 
 
 def _load(sweep_dir: Path) -> _Run:
-    from .sweep import SWEEP_FORMAT
+    from .loop.sweep import SWEEP_FORMAT
 
     if not sweep_dir.is_dir():
         raise InputError(f"{sweep_dir}: no such sweep directory; pass the --out of a finished `spin-cache sweep`")
@@ -105,7 +105,7 @@ def _locate(recorded: str | None, sweep_dir: Path) -> Path | None:
 
 
 def _load_probes(run: _Run) -> None:
-    from .probe import ProbeRun
+    from .loop.probe import ProbeRun
 
     recorded = run.summary.get("probes")
     found = _locate(recorded, run.sweep_dir)
@@ -120,7 +120,7 @@ def _load_probes(run: _Run) -> None:
 
 
 def _load_store(run: _Run) -> None:
-    from .store import ActivationStore
+    from .store.activation_store import ActivationStore
 
     url = run.summary.get("store")
     target = _locate(url, run.sweep_dir) if url and "://" not in str(url) else url
@@ -137,7 +137,7 @@ def _load_store(run: _Run) -> None:
 
 
 def _load_head(run: _Run) -> None:
-    from .head import Head
+    from .fit.head import Head
 
     for candidate in (run.sweep_dir / "head", _locate(run.table.get("head"), run.sweep_dir)):
         if candidate is not None and (candidate / "head.json").exists():

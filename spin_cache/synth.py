@@ -25,22 +25,12 @@ import polars as pl
 from . import __version__
 from .errors import InputError, StoreMismatchError
 from .outputs import check_store_destination
-from .store import (
-    STORE_DTYPES,
-    ActivationStore,
-    Layout,
-    _fs,
-    canonical_hash,
-    default_block_rows,
-    describe_differences,
-    dtype_bytes,
-    fingerprint_inputs,
-    new_manifest,
-)
+from .representations import KINDS, POOLINGS
+from .store.access import _fs
+from .store.activation_store import ActivationStore
+from .store.layout import STORE_DTYPES, Layout, canonical_hash, default_block_rows, dtype_bytes
+from .store.manifest import describe_differences, fingerprint_inputs, new_manifest
 
-# The same names as spin_cache.models.KINDS/POOLINGS, repeated here so that making a synthetic store needs no torch.
-SYNTH_KINDS = ("hidden", "ffn")
-SYNTH_POOLINGS = ("first", "last", "mean", "max")
 SPLITS = ("train", "dev", "test")
 GENERATOR = "spin-cache-synthetic"
 GENERATOR_VERSION = 1  # bump when the values for given parameters change
@@ -57,7 +47,7 @@ def make_synthetic_store(
     n_rows: int = 10000,
     n_layers: int = 6,
     width: int = 512,
-    kinds: Sequence[str] = ("hidden", "ffn"),
+    kinds: Sequence[str] = KINDS,
     poolings: Sequence[str] = ("mean",),
     informative: Mapping[int, int] | Mapping[str, Mapping[int, int]] | None = None,
     n_classes: int = 2,
@@ -199,7 +189,7 @@ def synthetic_block(
     y = labels[start:stop]
     out = {}
     for kind, pooling, layer in layout.array_keys():
-        key = [_TAG_NOISE, seed, block, SYNTH_KINDS.index(kind), SYNTH_POOLINGS.index(pooling), layer]
+        key = [_TAG_NOISE, seed, block, KINDS.index(kind), POOLINGS.index(pooling), layer]
         rng = np.random.default_rng(key)
         values = rng.standard_normal((stop - start, layout.widths[kind]), dtype=np.float32)
         pos = planted.get(kind, {}).get(layer)
@@ -252,12 +242,12 @@ def _check(
         raise InputError(f"n_layers {n_layers}: must be at least 1")
     if width < 1:
         raise InputError(f"width {width}: must be at least 1")
-    bad = [k for k in kinds if k not in SYNTH_KINDS]
+    bad = [k for k in kinds if k not in KINDS]
     if not kinds or bad or len(set(kinds)) != len(kinds):
-        raise InputError(f"kinds {list(kinds)}: give distinct kinds from {', '.join(SYNTH_KINDS)}")
-    bad = [p for p in poolings if p not in SYNTH_POOLINGS]
+        raise InputError(f"kinds {list(kinds)}: give distinct kinds from {', '.join(KINDS)}")
+    bad = [p for p in poolings if p not in POOLINGS]
     if not poolings or bad or len(set(poolings)) != len(poolings):
-        raise InputError(f"poolings {list(poolings)}: give distinct poolings from {', '.join(SYNTH_POOLINGS)}")
+        raise InputError(f"poolings {list(poolings)}: give distinct poolings from {', '.join(POOLINGS)}")
     if n_classes < 2:
         raise InputError(f"n_classes {n_classes}: must be at least 2")
     if len(split_shares) != 3 or any(s < 0 for s in split_shares) or split_shares[0] <= 0:
@@ -315,7 +305,7 @@ def _labels_and_splits(counts: list[int], n_classes: int, seed: int) -> tuple[np
 
 
 def _planted_positions(seed: int, kind: str, layer: int, n: int, width: int) -> np.ndarray:
-    rng = np.random.default_rng([_TAG_PLANTED, seed, SYNTH_KINDS.index(kind), layer])
+    rng = np.random.default_rng([_TAG_PLANTED, seed, KINDS.index(kind), layer])
     return np.sort(rng.choice(width, size=n, replace=False)).astype(np.int64)
 
 
@@ -324,7 +314,7 @@ def _class_patterns(seed: int, kind: str, layer: int, n: int, n_classes: int) ->
     both signs (each planted neuron informative) and, where 2**n allows, distinct rows (classes separable)."""
     if n_classes == 2:
         return np.repeat(np.array([[-1.0], [1.0]], dtype=np.float32), n, axis=1)
-    rng = np.random.default_rng([_TAG_PATTERN, seed, SYNTH_KINDS.index(kind), layer])
+    rng = np.random.default_rng([_TAG_PATTERN, seed, KINDS.index(kind), layer])
     want_distinct = n < 62 and n_classes <= 2**n
     for _ in range(100):
         p = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=(n_classes, n))

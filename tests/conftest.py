@@ -34,7 +34,7 @@ def tiny_sst2(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def small_store(tmp_path_factory: pytest.TempPathFactory, tiny_sst2: dict[str, str]) -> str:
     """A complete MiniLM store over 80 SST-2 rows, in blocks of 32 (so three blocks, the last partial)."""
-    from spin_cache.extract import run_extraction
+    from spin_cache.extract.run import run_extraction
 
     out = tmp_path_factory.mktemp("stores") / "small"
     report = run_extraction(**tiny_sst2, out=str(out), block_rows=32, batch_size=8, progress=False)

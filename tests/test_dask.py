@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from spin_cache.cli import main
-from spin_cache.probe import ProbeRun, run_probes
+from spin_cache.loop.probe import ProbeRun, run_probes
 
 
 def _free_port() -> int:

@@ -11,8 +11,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from spin_cache import data as data_mod
-from spin_cache.data import SPLITS, LabelledDataset, load_dataset
+from spin_cache.data import loading as data_mod
+from spin_cache.data.loading import SPLITS, LabelledDataset, load_dataset
 from spin_cache.errors import InputError
 
 ROWS = [

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from spin_cache.errors import InputError
-from spin_cache.explain import explain
-from spin_cache.head import Head
-from spin_cache.models import load_model, run_layers
-from spin_cache.sweep import SweepSettings, run_sweep
+from spin_cache.fit.head import Head
+from spin_cache.loop.sweep import SweepSettings, run_sweep
+from spin_cache.model.hooks import run_layers
+from spin_cache.model.loading import load_model
+from spin_cache.serve.explain import explain
 
 from .test_report import shared_probes
 

@@ -19,9 +19,9 @@ import zarr
 
 from spin_cache.cli import main
 from spin_cache.errors import InputError, StoreMismatchError
-from spin_cache.extract import run_extraction
-from spin_cache.models import load_model
-from spin_cache.store import ActivationStore
+from spin_cache.extract.run import run_extraction
+from spin_cache.model.loading import load_model
+from spin_cache.store.activation_store import ActivationStore
 
 from .conftest import write_sst2_slice
 
@@ -171,7 +171,8 @@ def test_inf_at_padded_positions_is_pooled_again_exactly(tmp_path, tiny_sst2):
     way. Here the pad token's embedding is inf: the embedding output (hidden layer 0) is inf only at padded
     positions, and must be stored as the same model with a finite pad embedding stores it. (Deeper layers are
     NaN everywhere: attention mixes the padded values in as 0 * inf.)"""
-    from spin_cache.models import load_model, run_layers
+    from spin_cache.model.hooks import run_layers
+    from spin_cache.model.loading import load_model
 
     inf_pad = _tiny_gpt2(tmp_path / "inf-pad", pad_embedding=float("inf"))
     loaded = load_model(str(inf_pad), device="cpu")
@@ -374,7 +375,7 @@ def test_shards_written_by_spin_cache_are_zarrs_own_bytes(tmp_path, dtype):
     (absent) inner chunk and one of zeros with random signs (stored: zarr compares bits) included, also when the
     rows come in another order with their row index (as extraction hands them over); plain zarr must read them
     back, -0.0 included."""
-    from spin_cache.store import RowShardEncoder, create_array
+    from spin_cache.store.shards import RowShardEncoder, create_array
 
     rng = np.random.default_rng(0)
     values = rng.standard_normal((300, 256)).astype(np.float32)
@@ -406,7 +407,7 @@ def test_shards_written_by_spin_cache_are_zarrs_own_bytes(tmp_path, dtype):
 def test_default_block_rows_keep_blocks_bounded_and_inner_chunks_large():
     """Blocks stay near 160 MiB (MiniLM: 2,048 rows of 71 kB), but wide rows (a 1B model's ~1 MB) get enough
     rows for 128 KiB float16 inner chunks as long as a block stays within 1 GiB."""
-    from spin_cache.store import default_block_rows
+    from spin_cache.store.layout import default_block_rows
 
     chunk_row_bytes = 64 * 2  # 64 float16 columns
     assert default_block_rows(100, chunk_row_bytes) == 4096
@@ -422,7 +423,7 @@ def test_writer_throttle_holds_threads_to_its_limit_until_raised():
     the limit is raised and arrays already waiting go through at once."""
     import threading
 
-    from spin_cache.extract import _Throttle
+    from spin_cache.extract.schedule import _Throttle
 
     throttle = _Throttle(1)
     lock, release = threading.Lock(), threading.Event()
@@ -464,7 +465,7 @@ def test_the_writer_gets_a_core_for_a_span_fixed_by_the_block_and_its_batches():
     """On the CPU each block but the first starts on one thread fewer, handing a core to the writer of the block
     before, for a span set by that block's bytes and the batches' tokens alone: never by timings, since a batch's
     values may differ in the last bit with the thread count and a store must not depend on when its writer ran."""
-    from spin_cache.extract import MODEL_FLOPS_PER_WRITTEN_BYTE, _CoreForWriter
+    from spin_cache.extract.schedule import MODEL_FLOPS_PER_WRITTEN_BYTE, _CoreForWriter
 
     before = torch.get_num_threads()
     try:

@@ -81,7 +81,7 @@ def test_exit_codes_live_in_one_place():
     """Every error class's code is documented, and --help and the README list exactly the codes of errors.py."""
     classes = [errors.InputError, errors.StoreMismatchError, errors.IntegrityError, errors.StoreBusyError]
     assert all(c.exit_code in errors.EXIT_CODES for c in classes)
-    from spin_cache.lock import StoreLockedError
+    from spin_cache.store.lock import StoreLockedError
 
     assert StoreLockedError.exit_code in errors.EXIT_CODES
     readme = (ROOT / "README.md").read_text()
@@ -102,7 +102,7 @@ def test_unexpected_error_is_one_line_and_a_log_file(monkeypatch, tmp_path, caps
         raise RuntimeError("something nobody planned for\nsecond line")
 
     monkeypatch.setenv("SPIN_CACHE_LOG_DIR", str(tmp_path / "logs"))
-    monkeypatch.setattr("spin_cache.share.open_store", broken)  # `info` opens the store through it
+    monkeypatch.setattr("spin_cache.store.remote.open_store", broken)  # `info` opens the store through it
     assert cli.main(["info", "somewhere"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "internal error: RuntimeError" in err
@@ -119,7 +119,7 @@ def test_local_permission_error_names_the_file_not_s3(tmp_path, monkeypatch, cap
     def denied(url, options=None):
         raise PermissionError(13, "Permission denied", str(local))
 
-    monkeypatch.setattr("spin_cache.share.open_store", denied)
+    monkeypatch.setattr("spin_cache.store.remote.open_store", denied)
     code = main(["info", str(tmp_path / "store")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err

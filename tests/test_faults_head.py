@@ -13,14 +13,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from spin_cache import predict as predict_mod
 from spin_cache.cli import main
 from spin_cache.errors import InputError, IntegrityError, StoreMismatchError
-from spin_cache.explain import explain
-from spin_cache.head import Head, canonical_meta_sha256
-from spin_cache.models import load_model
-from spin_cache.predict import Predictor, count_texts, iter_texts, predict_to, run_predict
-from spin_cache.sweep import SweepSettings, run_sweep
+from spin_cache.fit.head import Head, canonical_meta_sha256
+from spin_cache.loop.sweep import SweepSettings, run_sweep
+from spin_cache.model.loading import load_model
+from spin_cache.serve import predict as predict_mod
+from spin_cache.serve.explain import explain
+from spin_cache.serve.predict import Predictor, count_texts, iter_texts, predict_to, run_predict
 
 from .test_report import shared_probes
 

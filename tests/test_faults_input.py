@@ -22,9 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from spin_cache.data import load_dataset
+from spin_cache.data.loading import load_dataset
 from spin_cache.errors import InputError
-from spin_cache.models import load_model, load_tokenizer, model_identity
+from spin_cache.model.identity import model_identity
+from spin_cache.model.loading import load_model, load_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 SST2_FINGERPRINT = "c8fa6e7f7b4b436c1f9463c4eca11e38dea67852417429e3f59803a5dbdec3a0"

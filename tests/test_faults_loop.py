@@ -16,11 +16,11 @@ import pytest
 
 from spin_cache.cli import main
 from spin_cache.errors import InputError, IntegrityError, SpinCacheError
-from spin_cache.parallel import check_memory_budget, parse_bytes, run_tasks
-from spin_cache.probe import ORDERED_DIR, ProbeRun, ProbeSettings, run_probes
+from spin_cache.loop.parallel import check_memory_budget, parse_bytes, run_tasks
+from spin_cache.loop.probe import ORDERED_DIR, ProbeRun, ProbeSettings, run_probes
+from spin_cache.loop.sweep import SweepSettings, run_sweep
 from spin_cache.report import write_report
-from spin_cache.store import array_name
-from spin_cache.sweep import SweepSettings, run_sweep
+from spin_cache.store.access import array_name
 from spin_cache.synth import make_synthetic_store
 
 TINY = {"n_rows": 300, "n_layers": 2, "width": 32, "informative": {2: 3}, "block_rows": 128}
@@ -109,7 +109,7 @@ def test_cli_refuses_a_foreign_out_with_exit_2_and_one_line(tiny, tmp_path, caps
 
 
 def test_reruns_into_their_own_outputs_work_even_after_a_crash(tiny, tmp_path, monkeypatch):
-    import spin_cache.sweep as sweep_mod
+    import spin_cache.loop.sweep as sweep_mod
 
     run = _copy(tiny["run"], tmp_path / "run")
     (run / "command.txt").write_text("spin-cache probe ...\n")  # what the command line adds beside its outputs
@@ -141,7 +141,7 @@ def test_reruns_into_their_own_outputs_work_even_after_a_crash(tiny, tmp_path, m
 
 
 def test_a_probe_run_that_stopped_midway_is_resumed(tiny, tmp_path, monkeypatch):
-    import spin_cache.probe as probe_mod
+    import spin_cache.loop.probe as probe_mod
 
     out = tmp_path / "run"
     real = probe_mod._write_part
@@ -193,7 +193,7 @@ def test_local_cluster_listens_on_loopback_only_and_serves_no_dashboard(schedule
 def test_dashboard_only_when_asked_and_on_the_address_given():
     from dask.distributed import Client
 
-    from spin_cache.parallel import local_cluster
+    from spin_cache.loop.parallel import local_cluster
 
     with local_cluster("threads", 1, "127.0.0.1:0") as cluster, Client(cluster) as client:
         port = client.scheduler_info()["services"].get("dashboard")

@@ -19,8 +19,10 @@ import pytest
 
 from spin_cache.cli import main
 from spin_cache.errors import InputError, IntegrityError
-from spin_cache.lock import StoreLock, StoreLockedError
-from spin_cache.store import EXAMPLES_FILE, MANIFEST_HASH_KEY, ActivationStore
+from spin_cache.store.activation_store import ActivationStore
+from spin_cache.store.layout import EXAMPLES_FILE
+from spin_cache.store.lock import StoreLock, StoreLockedError
+from spin_cache.store.manifest import MANIFEST_HASH_KEY
 from spin_cache.synth import make_synthetic_store
 
 TINY = {"n_rows": 300, "n_layers": 2, "width": 32, "informative": {2: 3}, "block_rows": 128}
@@ -118,7 +120,7 @@ def test_synth_refuses_foreign_paths_and_overwrite_replaces_only_a_store(synth, 
 
 
 def test_push_refuses_a_foreign_destination(synth, tmp_path):
-    from spin_cache.share import push
+    from spin_cache.store.remote import push
 
     dest = tmp_path / "dest"
     dest.mkdir()
@@ -168,7 +170,7 @@ RACER = textwrap.dedent(
     """
     import json, os, sys, time
     from pathlib import Path
-    from spin_cache import lock
+    from spin_cache.store import lock
 
     store, barrier, me = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     real_alive, calls = lock._alive, []
@@ -251,7 +253,7 @@ def test_a_malformed_lock_names_the_file_and_what_to_do(tmp_path, content, why):
 
 
 def test_an_empty_or_unreadable_lock_names_the_file(tmp_path, monkeypatch):
-    import spin_cache.lock as lock_module
+    import spin_cache.store.lock as lock_module
 
     monkeypatch.setattr(lock_module, "SETTLE_SECONDS", 0.2)
     empty = tmp_path / "a.lock"
@@ -314,7 +316,7 @@ def test_a_missing_shard_is_named_not_read_as_zeros(synth):
 
 
 def test_a_local_permission_error_names_the_file_not_s3_credentials():
-    from spin_cache.share import remote_error
+    from spin_cache.store.remote import remote_error
 
     path = "/data/stores/x/examples.parquet"
     err = remote_error(PermissionError(errno.EACCES, os.strerror(errno.EACCES), path), "stores/x")
@@ -328,7 +330,7 @@ def test_s3_access_denied_still_names_the_credentials():
     from botocore.exceptions import ClientError
     from s3fs.errors import translate_boto_error
 
-    from spin_cache.share import remote_error
+    from spin_cache.store.remote import remote_error
 
     denied = ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "GetObject")
     try:
@@ -389,7 +391,7 @@ S3_RACER = textwrap.dedent(
     import asyncio, sys, time
     from pathlib import Path
     import fsspec.asyn, s3fs
-    from spin_cache import lock
+    from spin_cache.store import lock
 
     url, endpoint, barrier, me, condition = sys.argv[1:6]
     barrier = Path(barrier)

@@ -16,7 +16,7 @@ import zarr
 
 from spin_cache.cli import main
 from spin_cache.errors import IntegrityError, SpinCacheError
-from spin_cache.store import ActivationStore
+from spin_cache.store.activation_store import ActivationStore
 
 PACKAGE = Path(__file__).resolve().parent.parent / "spin_cache"
 ARRAY = "hidden/mean/layer_03"
@@ -25,7 +25,7 @@ ARRAY = "hidden/mean/layer_03"
 @pytest.fixture(scope="module")
 def base_store(tmp_path_factory, tiny_sst2) -> Path:
     """One small store (hidden, mean, blocks of 32 rows over 80 rows: three blocks); tests damage copies of it."""
-    from spin_cache.extract import run_extraction
+    from spin_cache.extract.run import run_extraction
 
     out = tmp_path_factory.mktemp("integrity") / "base"
     report = run_extraction(
@@ -205,7 +205,8 @@ def test_no_pickle_in_the_package():
 
 @pytest.fixture
 def head_dir(tmp_path) -> Path:
-    from spin_cache.head import Head, SpinClassifier
+    from spin_cache.fit.estimator import SpinClassifier
+    from spin_cache.fit.head import Head
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 4)).astype(np.float32)
@@ -224,7 +225,7 @@ def edit_head(folder: Path, edit) -> None:
 
 
 def test_good_head_loads(head_dir):
-    from spin_cache.head import Head
+    from spin_cache.fit.head import Head
 
     assert Head.load(head_dir).layers == [1, 2]
 
@@ -242,7 +243,7 @@ def test_good_head_loads(head_dir):
     ],
 )
 def test_crafted_head_is_refused_in_one_line(head_dir, edit, capsys):
-    from spin_cache.head import Head
+    from spin_cache.fit.head import Head
 
     edit_head(head_dir, edit)
     with pytest.raises(SpinCacheError):

@@ -1,4 +1,4 @@
-"""The fused pooling kernel (spin_cache.kernels): built here, equal to torch's pooling, independent of threads,
+"""The fused pooling kernel (spin_cache.model.kernels): built here, equal to torch's pooling, independent of threads,
 and an extraction without it gives the same store."""
 
 from __future__ import annotations
@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from spin_cache import kernels
-from spin_cache.extract import run_extraction
-from spin_cache.models import POOLINGS, MaskPooler, load_model, pool_layers_into, run_layers
-from spin_cache.store import ActivationStore
+from spin_cache.extract.run import run_extraction
+from spin_cache.model import kernels
+from spin_cache.model.hooks import pool_layers_into, run_layers
+from spin_cache.model.loading import load_model
+from spin_cache.model.pooling import MaskPooler
+from spin_cache.representations import POOLINGS
+from spin_cache.store.activation_store import ActivationStore
 
 HAVE_COMPILER = shutil.which("c++") is not None and shutil.which("ninja") is not None
 ULP = {torch.float16: 2**-10, torch.bfloat16: 2**-7, torch.float32: 2**-20}  # relative, with bits to spare

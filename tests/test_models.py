@@ -1,4 +1,4 @@
-"""Tests for spin_cache.models: pooling, adapters, identity and the hooked forward pass."""
+"""Tests for spin_cache.model: pooling, adapters, identity and the hooked forward pass."""
 
 from __future__ import annotations
 
@@ -12,21 +12,12 @@ import torch
 from torch import nn
 
 from spin_cache.errors import InputError
-from spin_cache.models import (
-    DEFAULT_MODEL,
-    KINDS,
-    POOLINGS,
-    LoadedModel,
-    MaskPooler,
-    default_poolings,
-    find_adapter,
-    load_model,
-    model_identity,
-    pool,
-    pool_many,
-    resolve_model_path,
-    run_layers,
-)
+from spin_cache.model.adapters import find_adapter
+from spin_cache.model.hooks import run_layers
+from spin_cache.model.identity import DEFAULT_MODEL, model_identity, resolve_model_path
+from spin_cache.model.loading import LoadedModel, load_model
+from spin_cache.model.pooling import MaskPooler, pool, pool_many
+from spin_cache.representations import KINDS, POOLINGS, default_poolings
 
 SENTENCES = [
     "a gripping, funny and deeply moving film.",

@@ -17,8 +17,8 @@ boto3 = pytest.importorskip("boto3")
 
 from spin_cache.cli import main  # noqa: E402
 from spin_cache.errors import InputError, IntegrityError  # noqa: E402
-from spin_cache.share import list_stores, parse_storage_options, push  # noqa: E402
-from spin_cache.store import ActivationStore  # noqa: E402
+from spin_cache.store.activation_store import ActivationStore  # noqa: E402
+from spin_cache.store.remote import list_stores, parse_storage_options, push  # noqa: E402
 
 BUCKET = "spin"
 URL = f"s3://{BUCKET}/stores/small"

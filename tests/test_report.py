@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from spin_cache.errors import InputError
-from spin_cache.probe import ProbeSettings, run_probes
+from spin_cache.loop.probe import ProbeSettings, run_probes
+from spin_cache.loop.sweep import SweepSettings, run_sweep
 from spin_cache.report import FIGURES, write_report
-from spin_cache.sweep import SweepSettings, run_sweep
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from spin_cache.errors import InputError
-from spin_cache.probe import rank_neurons, saliency_from_coef
-from spin_cache.select import random_like, select, select_eta, select_top_k, select_top_percent
+from spin_cache.loop.probe import rank_neurons, saliency_from_coef
+from spin_cache.loop.select import random_like, select, select_eta, select_top_k, select_top_percent
 
 
 def test_eta_keeps_the_shortest_prefix_reaching_the_share():

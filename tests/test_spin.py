@@ -12,12 +12,14 @@ import pytest
 
 from spin_cache.cli import main
 from spin_cache.errors import InputError, StoreMismatchError
-from spin_cache.extract import run_extraction
-from spin_cache.head import PROBE_C_GRID, Design, Head, SpinClassifier, fit_logistic
-from spin_cache.predict import Predictor
-from spin_cache.probe import ProbeSettings, run_probes
-from spin_cache.store import ActivationStore
-from spin_cache.sweep import SweepSettings, run_sweep
+from spin_cache.extract.run import run_extraction
+from spin_cache.fit.estimator import SpinClassifier
+from spin_cache.fit.head import Head
+from spin_cache.fit.solver import PROBE_C_GRID, Design, fit_logistic
+from spin_cache.loop.probe import ProbeSettings, run_probes
+from spin_cache.loop.sweep import SweepSettings, run_sweep
+from spin_cache.serve.predict import Predictor
+from spin_cache.store.activation_store import ActivationStore
 
 SMALL_SWEEP = SweepSettings(values=(0.1, 0.5, 0.9), c_grid=(0.1, 1.0))
 

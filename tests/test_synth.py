@@ -11,7 +11,8 @@ import pytest
 import zarr
 
 from spin_cache.errors import InputError, StoreMismatchError
-from spin_cache.store import ActivationStore, array_name
+from spin_cache.store.access import array_name
+from spin_cache.store.activation_store import ActivationStore
 from spin_cache.synth import make_synthetic_store, planted_neurons
 
 SMALL = {"n_rows": 2000, "n_layers": 3, "width": 64, "informative": {2: 4, 3: 3}, "block_rows": 512}
@@ -27,7 +28,7 @@ def synth_store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def synth_probes(synth_store: str, tmp_path_factory: pytest.TempPathFactory):
-    from spin_cache.probe import ProbeSettings, run_probes
+    from spin_cache.loop.probe import ProbeSettings, run_probes
 
     return run_probes(
         synth_store, tmp_path_factory.mktemp("synth_probes"), ProbeSettings(), scheduler="sync", progress=False

@@ -20,21 +20,27 @@ import polars as pl
 import torch
 import zarr
 
-from . import __version__
-from .allocator import release_free_heap
-from .errors import InputError
-from .head import (
-    HEAD_C_GRID,
-    METRICS,
-    Design,
-    Head,
-    SpinClassifier,
-    Standardizer,
-    fit_c_path,
-    predict_design,
-    score_predictions,
+from .. import __version__
+from ..errors import InputError
+from ..extract.allocator import release_free_heap
+from ..fit.estimator import SpinClassifier
+from ..fit.head import Head
+from ..fit.metrics import METRICS, score_predictions
+from ..fit.solver import HEAD_C_GRID, Design, Standardizer, fit_c_path, predict_design
+from ..outputs import MARKERS, finite_or_null, prepare_output_dir
+from ..store.access import array_name, array_stored_bytes
+from ..store.activation_store import ActivationStore
+from ..validation import (
+    FRACTIONS,
+    NON_NEGATIVE_INT,
+    PERCENTS,
+    POSITIVE_FLOAT,
+    POSITIVE_FLOATS,
+    POSITIVE_INT,
+    POSITIVE_INTS,
+    Constraint,
+    check,
 )
-from .outputs import MARKERS, finite_or_null, prepare_output_dir
 from .parallel import check_memory_budget, check_workers, default_memory_budget, run_tasks, task_memory_budget
 from .probe import (
     IN_MEMORY_COPIES,
@@ -46,18 +52,6 @@ from .probe import (
     ordered_damage,
 )
 from .select import RULES, random_like, select
-from .store import ActivationStore, array_name, array_stored_bytes
-from .validation import (
-    FRACTIONS,
-    NON_NEGATIVE_INT,
-    PERCENTS,
-    POSITIVE_FLOAT,
-    POSITIVE_FLOATS,
-    POSITIVE_INT,
-    POSITIVE_INTS,
-    Constraint,
-    check,
-)
 
 # The paper's eta values plus 0.9 and 0.95: with MiniLM/SST-2 every kind and pooling scored best on dev at 0.8, the
 # grid's largest value; with 0.9 and 0.95 dev accuracy peaks inside the grid for three of six and flattens for the
@@ -242,7 +236,7 @@ class OrderedCopy:
     def __init__(self, url: str) -> None:
         from zarr.storage import LocalStore
 
-        from .store import CountingStore
+        from ..store.access import CountingStore
 
         self.url = url
         self.counter = CountingStore(LocalStore(url, read_only=True))

@@ -21,20 +21,14 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .errors import InputError, IntegrityError, StoreMismatchError
-from .head import REEXPORT, Head
-from .models import (
-    DEFAULT_MODEL,
-    KINDS,
-    POOLINGS,
-    LoadedModel,
-    load_model,
-    model_identity,
-    resolve_model_path,
-    run_layers,
-)
-from .outputs import check_output_file
-from .validation import POSITIVE_INT, check
+from ..errors import InputError, IntegrityError, StoreMismatchError
+from ..fit.head import REEXPORT, Head
+from ..model.hooks import run_layers
+from ..model.identity import DEFAULT_MODEL, model_identity, resolve_model_path
+from ..model.loading import LoadedModel, load_model
+from ..outputs import check_output_file
+from ..representations import KINDS, POOLINGS
+from ..validation import POSITIVE_INT, check
 
 HASH_KEYS = ("config_sha256", "weights_sha256", "tokenizer_sha256")
 FORMATS = ("jsonl", "csv", "json")

@@ -27,7 +27,7 @@ from types import TracebackType
 
 import fsspec
 
-from .errors import SpinCacheError
+from ..errors import SpinCacheError
 
 
 class StoreLockedError(SpinCacheError):

@@ -18,9 +18,12 @@ from typing import Any
 
 import zarr
 
-from .errors import InputError, IntegrityError, SpinCacheError, StoreMismatchError
-from .outputs import check_store_destination
-from .store import EXAMPLES_FILE, ActivationStore, _fs, array_name, store_fingerprint, zarr_store
+from ..errors import InputError, IntegrityError, SpinCacheError, StoreMismatchError
+from ..outputs import check_store_destination
+from .access import _fs, array_name, zarr_store
+from .activation_store import ActivationStore
+from .layout import EXAMPLES_FILE
+from .manifest import store_fingerprint
 
 ROOT_META = "zarr.json"
 BATCH_BYTES = 64 * 2**20  # files copied per round trip, at most this many bytes together

@@ -43,7 +43,7 @@ _TXT_LINE_RE = re.compile(r"(\S+)\s+(.*\S)", re.DOTALL)
 
 
 def _builtin_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "data" / "sst2"
+    return Path(__file__).resolve().parents[2] / "data" / "sst2"  # the checkout root: spin_cache/data/loading.py
 
 
 def _canonical_split(split: str) -> str | None:

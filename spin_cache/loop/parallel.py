@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from .errors import InputError, SpinCacheError
-from .validation import POSITIVE_INT, check
+from ..errors import InputError, SpinCacheError
+from ..validation import POSITIVE_INT, check
 
 SCHEDULER_ENV = "SPIN_CACHE_SCHEDULER"
 LOCAL_SCHEDULERS = ("sync", "threads", "processes")

@@ -23,14 +23,17 @@ import polars as pl
 import torch
 import zarr
 
-from . import __version__
-from .errors import InputError, IntegrityError, StoreMismatchError
-from .head import METRICS, PROBE_C_GRID, Design, Standardizer, fit_c_path, predict_design, score_predictions
-from .outputs import prepare_output_dir
+from .. import __version__
+from ..errors import InputError, IntegrityError, StoreMismatchError
+from ..fit.metrics import METRICS, score_predictions
+from ..fit.solver import PROBE_C_GRID, Design, Standardizer, fit_c_path, predict_design
+from ..outputs import prepare_output_dir
+from ..store.access import array_name
+from ..store.activation_store import ActivationStore
+from ..store.shards import create_array
+from ..validation import POSITIVE_FLOAT, POSITIVE_FLOATS, POSITIVE_INT, check
 from .parallel import check_memory_budget, check_workers, run_tasks, task_memory_budget
 from .select import rank_order
-from .store import ActivationStore, array_name, create_array
-from .validation import POSITIVE_FLOAT, POSITIVE_FLOATS, POSITIVE_INT, check
 
 PROBE_FORMAT = "spin-cache-probes"
 

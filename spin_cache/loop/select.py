@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 RULES = ("eta", "top-k", "top-percent")
 

@@ -1,270 +1,25 @@
-"""The activation store: a self-describing Zarr v3 group plus a Parquet examples table.
-
-Layout (every path relative to the store root; see README "Store layout"):
-
-    zarr.json                      root group; attributes["spin_cache"] is the manifest
-    {kind}/{pooling}/layer_{NN}    float16 array (rows, width); kind in hidden|ffn
-    examples.parquet               row, example_id, split, label, label_name, text_sha256, n_tokens, truncated
-    commits/block_{NNNNNN}.json    one marker per committed row block (written after the block's data)
-
-Rows are cut into blocks of `block_rows`; a block is one shard of every array, so each block is written by one
-writer, in one piece, and a crash loses at most the blocks whose marker was not yet written.
-"""
+"""The ActivationStore: one Zarr v3 group per extraction, read by every later stage."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
 
 import fsspec
-import google_crc32c
 import numpy as np
 import polars as pl
 import zarr
-from zarr.codecs import BloscCodec, Crc32cCodec
-from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
-from . import __version__
-from .errors import InputError, IntegrityError, SpinCacheError
-from .outputs import check_store_destination
-
-FORMAT_VERSION = 1
-VALID_KINDS = ("hidden", "ffn")
-VALID_POOLINGS = ("first", "last", "mean", "max")
-STORE_DTYPES = ("float16", "bfloat16", "float32")
-FLOAT16_MAX = 65504.0
-EXAMPLES_FILE = "examples.parquet"
-COMMITS_DIR = "commits"
-#: What a store holds besides its arrays' kinds; `--overwrite` removes these and the kinds' folders, nothing else.
-STORE_FILES = (EXAMPLES_FILE, COMMITS_DIR)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Locations: local paths and URLs go through fsspec (side files) and zarr (arrays) alike.
-
-
-def _fs(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, root = fsspec.core.url_to_fs(str(url), **(storage_options or {}))
-    return fs, root.rstrip("/")
-
-
-class CountingStore(WrapperStore):
-    """Wraps a zarr store and counts the bytes and requests its reads return (for benchmarks and sweeps)."""
-
-    def __init__(self, store: Any) -> None:
-        super().__init__(store)
-        self.bytes_read = 0
-        self.requests = 0
-
-    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
-        buf = await super().get(key, prototype, byte_range)
-        self._count(buf)
-        return buf
-
-    async def get_partial_values(self, prototype: Any, key_ranges: Any) -> list:
-        bufs = await super().get_partial_values(prototype, key_ranges)
-        for buf in bufs:
-            self._count(buf)
-        return bufs
-
-    def _count(self, buf: Any) -> None:
-        self.requests += 1
-        if buf is not None:
-            self.bytes_read += len(buf)
-
-
-class ChunkGuard(WrapperStore):
-    """Wraps a zarr store and raises `IntegrityError` naming the chunk when a chunk of a complete store is missing:
-    zarr reads a missing chunk as the fill value, so a deleted shard would otherwise read as zeros. Costs nothing:
-    the missing key is seen in the answer to the read zarr makes anyway. Off (`strict` False) for stores still
-    being written, whose uncommitted blocks are missing by design."""
-
-    def __init__(self, store: Any, url: str) -> None:
-        super().__init__(store)
-        self.url = url
-        self.strict = False
-
-    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
-        buf = await super().get(key, prototype, byte_range)
-        if buf is None and self.strict and "/c/" in key:
-            raise IntegrityError(
-                f"{self.url}: chunk {key} is missing; the store is damaged: run `spin-cache verify {self.url}`, "
-                "then extract again with --overwrite"
-            )
-        return buf
-
-    async def get_partial_values(self, prototype: Any, key_ranges: Any) -> list:
-        key_ranges = list(key_ranges)
-        bufs = await super().get_partial_values(prototype, key_ranges)
-        for (key, _), buf in zip(key_ranges, bufs, strict=True):
-            if buf is None and self.strict and "/c/" in key:
-                raise IntegrityError(f"{self.url}: chunk {key} is missing; the store is damaged")
-        return bufs
-
-
-def zarr_store(url: str, *, read_only: bool, storage_options: dict | None = None) -> Any:
-    """The zarr store object for a local path or a URL."""
-    if "://" not in str(url) or str(url).startswith("file://"):
-        return LocalStore(str(url).removeprefix("file://"), read_only=read_only)
-    return FsspecStore.from_url(str(url), storage_options=storage_options or None, read_only=read_only)
-
-
-def array_stored_bytes(url: str, name: str, storage_options: dict | None = None) -> int:
-    fs, root = _fs(url, storage_options)
-    return int(fs.du(f"{root}/{name}", total=True))
-
-
-def array_name(kind: str, pooling: str, layer: int) -> str:
-    return f"{kind}/{pooling}/layer_{layer:02d}"
-
-
-def canonical_hash(obj: Any) -> str:
-    """sha256 of a JSON-serialisable object, independent of key order."""
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-    return hashlib.sha256(blob).hexdigest()
-
-
-def dtype_bytes(dtype: str) -> int:
-    """Bytes per stored value (bfloat16 is stored as its raw 16 bits)."""
-    return 4 if dtype == "float32" else 2
-
-
-def compressor_config(dtype: str) -> dict:
-    """Blosc(zstd, level 1, byte shuffle, 256 KiB blocks): chosen by measurement on MiniLM activations
-    (BENCHMARKS.md). A whole float16 inner chunk (2,048 rows x 64 neurons) is one Blosc block, so zstd's entropy
-    tables are built once per chunk: 0.40x raw float32 instead of 0.44x with Blosc's default blocks, and faster."""
-    return {"name": "blosc", "cname": "zstd", "clevel": 1, "shuffle": "shuffle", "typesize": dtype_bytes(dtype),
-            "blocksize": 256 * 2**10}  # fmt: skip
-
-
-def default_block_rows(
-    row_bytes: int, chunk_row_bytes: int = 128, target_bytes: int = 160 * 2**20, max_bytes: int = 2**30
-) -> int:
-    """Rows per block (= shard rows = the rows of every inner chunk): a power of two up to 4,096 that keeps one
-    block's buffer near `target_bytes`; for wide rows, as many more as inner chunks (rows x `chunk_row_bytes`)
-    need to reach 128 KiB while a block stays within `max_bytes`. Blosc and zarr pay per chunk: a 1B model's
-    ~1 MB rows would otherwise get 128-row blocks, whose 16 KiB chunks compress at half the speed of 256 KiB
-    ones and starve a GPU's feeding thread of the GIL (BENCHMARKS.md, GPU)."""
-    rows = 4096
-    while rows > 64 and rows * row_bytes > target_bytes:
-        rows //= 2
-    while rows < 4096 and rows * chunk_row_bytes < 128 * 2**10 and 2 * rows * row_bytes <= max_bytes:
-        rows *= 2
-    return rows
-
-
-@dataclass(frozen=True)
-class Layout:
-    """What arrays a store holds and how they are chunked."""
-
-    kinds: tuple[str, ...]
-    poolings: tuple[str, ...]
-    layers: dict[str, list[int]]  # kind -> layer indices
-    widths: dict[str, int]  # kind -> neurons per layer
-    n_rows: int
-    dtype: str
-    block_rows: int
-    chunk_cols: int
-
-    @property
-    def n_blocks(self) -> int:
-        return -(-self.n_rows // self.block_rows)
-
-    def block_range(self, block: int) -> tuple[int, int]:
-        start = block * self.block_rows
-        return start, min(start + self.block_rows, self.n_rows)
-
-    def array_keys(self) -> list[tuple[str, str, int]]:
-        return [(k, p, layer) for k in self.kinds for p in self.poolings for layer in self.layers[k]]
-
-    @property
-    def row_bytes(self) -> int:
-        """Stored bytes of one row across every array."""
-        return sum(self.widths[k] for k, _, _ in self.array_keys()) * dtype_bytes(self.dtype)
-
-    def to_dict(self) -> dict:
-        return {
-            "kinds": list(self.kinds),
-            "poolings": list(self.poolings),
-            "layers": {k: list(v) for k, v in self.layers.items()},
-            "widths": dict(self.widths),
-            "n_rows": self.n_rows,
-            "dtype": self.dtype,
-            "block_rows": self.block_rows,
-            "chunk_cols": self.chunk_cols,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Layout:
-        """Read a manifest's layout, refusing names that could point outside the store (they build paths)."""
-        try:
-            kinds, poolings = list(d["kinds"]), list(d["poolings"])
-            layers = {k: [int(x) for x in v] for k, v in d["layers"].items()}
-        except (KeyError, TypeError, ValueError) as exc:
-            raise IntegrityError(f"manifest layout is malformed ({exc}); the store is damaged") from exc
-        bad = [k for k in kinds if k not in VALID_KINDS] + [p for p in poolings if p not in VALID_POOLINGS]
-        bad += [k for k in layers if k not in VALID_KINDS]
-        if bad or any(x < 0 for v in layers.values() for x in v):
-            raise IntegrityError(f"manifest layout names {bad or 'negative layers'}; refusing to open the store")
-        return cls(
-            kinds=tuple(d["kinds"]),
-            poolings=tuple(d["poolings"]),
-            layers={k: [int(x) for x in v] for k, v in d["layers"].items()},
-            widths={k: int(v) for k, v in d["widths"].items()},
-            n_rows=int(d["n_rows"]),
-            dtype=d["dtype"],
-            block_rows=int(d["block_rows"]),
-            chunk_cols=int(d["chunk_cols"]),
-        )
-
-
-def store_fingerprint(manifest: dict) -> str:
-    """Hash of everything that decides the store's values: model files, dataset, extraction settings."""
-    return canonical_hash(fingerprint_inputs(manifest))
-
-
-MANIFEST_HASH_KEY = "manifest_sha256"
-
-
-def manifest_hash(manifest: dict) -> str:
-    """sha256 of the whole manifest (less this hash): any edit to zarr.json's manifest shows in `verify`."""
-    return canonical_hash({k: v for k, v in manifest.items() if k != MANIFEST_HASH_KEY})
-
-
-def fingerprint_inputs(manifest: dict) -> dict:
-    model = manifest["model"]
-    return {
-        "format_version": manifest["format_version"],
-        "model": {k: model[k] for k in ("config_sha256", "weights_sha256", "tokenizer_sha256")},
-        "dataset": manifest["dataset"]["fingerprint"],
-        "extraction": manifest["extraction"],
-    }
-
-
-def describe_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Flat list of 'key: old -> new' for the fingerprint inputs that differ."""
-    out: list[str] = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += describe_differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: {_short(a)} -> {_short(b)}")
-    return out
-
-
-def _short(v: Any) -> str:
-    s = json.dumps(v) if not isinstance(v, str) else v
-    return s if len(s) <= 24 else s[:12] + "…"
-
-
-# ----------------------------------------------------------------------------------------------------------------
+from ..errors import InputError, IntegrityError, SpinCacheError
+from ..outputs import check_store_destination
+from ..representations import KINDS
+from .access import ChunkGuard, CountingStore, _fs, array_name, array_stored_bytes, zarr_store
+from .layout import COMMITS_DIR, EXAMPLES_FILE, STORE_FILES, Layout
+from .manifest import MANIFEST_HASH_KEY, manifest_hash, store_fingerprint
+from .shards import RowShardEncoder, create_array
 
 
 class ActivationStore:
@@ -771,7 +526,7 @@ def _one_line(exc: BaseException) -> str:
 
 def _storage_error(exc: BaseException, url: str) -> SpinCacheError | None:
     """The one-line error for a storage failure (local permissions, remote access, network); None otherwise."""
-    from .share import remote_error
+    from .remote import remote_error
 
     err = remote_error(exc, url)
     return None if err is None or err is exc else err
@@ -779,7 +534,7 @@ def _storage_error(exc: BaseException, url: str) -> SpinCacheError | None:
 
 def _remove_store(fs: fsspec.AbstractFileSystem, root: str) -> None:
     """Remove what a spin-cache store holds at `root` (checked to be one), zarr.json last; other files stay."""
-    for name in (*VALID_KINDS, *STORE_FILES):
+    for name in (*KINDS, *STORE_FILES):
         path = f"{root}/{name}"
         if fs.exists(path):
             fs.rm(path, recursive=True)
@@ -792,155 +547,3 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled, unit="array")
-
-
-def create_array(
-    group: zarr.Group,
-    name: str,
-    *,
-    shape: tuple[int, int],
-    block_rows: int,
-    chunk_cols: int,
-    dtype: str,
-    attributes: dict,
-) -> zarr.Array:
-    """A (rows, neurons) array sharded by row block, inner chunks of `chunk_cols` neurons, each chunk
-    compressed and checksummed (crc32c), so damage is detected on read."""
-    comp = compressor_config(dtype)
-    is_bf16 = dtype == "bfloat16"
-    inner = max(1, min(chunk_cols, shape[1]))
-    return group.create_array(
-        name,
-        shape=shape,
-        shards=(block_rows, -(-shape[1] // inner) * inner),  # a whole number of inner chunks
-        chunks=(block_rows, inner),
-        # bfloat16 has no Zarr v3 data type yet: stored as its raw 16 bits, said in the attributes.
-        dtype="uint16" if is_bf16 else dtype,
-        compressors=[
-            BloscCodec(
-                cname=comp["cname"],
-                clevel=comp["clevel"],
-                shuffle=comp["shuffle"],
-                typesize=comp["typesize"],
-                blocksize=comp["blocksize"],
-            ),
-            Crc32cCodec(),
-        ],
-        fill_value=0,
-        attributes=attributes | ({"encoding": "bfloat16-bits"} if is_bf16 else {}),
-        overwrite=True,
-    )
-
-
-class RowShardEncoder:
-    """Encodes one row block of an array into the bytes of its shard, exactly as zarr's sharding codec lays them
-    out: every inner chunk through bytes -> Blosc -> crc32c, then the chunk index (offset, length per chunk)
-    with its crc32c, at the end. zarr-python 3.1 spends ~0.4 ms of Python per inner chunk; extraction writes
-    hundreds of inner chunks per block on a background thread that shares the cores with the model, so the
-    writer encodes whole shards itself (Blosc and crc32c in C, without the GIL). Reading stays plain zarr; a
-    test checks the bytes equal zarr's own."""
-
-    def __init__(self, shard_shape: tuple[int, int], inner_cols: int, dtype: np.dtype, blosc: BloscCodec) -> None:
-        import numcodecs
-
-        self.shard_shape = shard_shape
-        self.inner_cols = inner_cols
-        self.dtype = np.dtype(dtype).newbyteorder("<")  # the bytes codec is little endian
-        shuffle = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE}
-        shuffle["bitshuffle"] = numcodecs.Blosc.BITSHUFFLE
-        self.blosc = numcodecs.Blosc(
-            cname=blosc.cname.value,
-            clevel=blosc.clevel,
-            shuffle=shuffle[blosc.shuffle.value],
-            blocksize=blosc.blocksize,
-            typesize=blosc.typesize,
-        )
-
-    @classmethod
-    def for_array(cls, array: zarr.Array) -> RowShardEncoder | None:
-        """An encoder for arrays laid out as `create_array` makes them (one shard spans every column, little
-        endian, Blosc + crc32c, index with crc32c at the end, fill value 0); None for any other layout."""
-        from zarr.codecs import BytesCodec, ShardingCodec
-        from zarr.codecs.sharding import ShardingCodecIndexLocation
-
-        meta = array.metadata
-        codecs = getattr(meta, "codecs", ())
-        if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec) or array.ndim != 2:
-            return None
-        sharding = codecs[0]
-        inner = [type(c) for c in sharding.codecs]
-        shard_shape = tuple(meta.chunk_grid.chunk_shape)
-        chunk_rows, inner_cols = sharding.chunk_shape
-        if (
-            inner != [BytesCodec, BloscCodec, Crc32cCodec]
-            or [type(c) for c in sharding.index_codecs] != [BytesCodec, Crc32cCodec]
-            or sharding.index_location != ShardingCodecIndexLocation.end
-            or getattr(sharding.codecs[0].endian, "value", "little") != "little"
-            or chunk_rows != shard_shape[0]
-            or shard_shape[1] < array.shape[1]
-            or shard_shape[1] % inner_cols
-            or float(meta.fill_value) != 0
-        ):
-            return None
-        return cls((int(shard_shape[0]), int(shard_shape[1])), int(inner_cols), array.dtype, sharding.codecs[1])
-
-    def encode(self, values: np.ndarray) -> bytes:
-        """The shard of a block whose rows are `values` (a short last block is padded with the fill value, as
-        zarr stores edge chunks whole)."""
-        return b"".join(self.encode_parts(values))
-
-    def encode_parts(self, values: np.ndarray, row_index: np.ndarray | None = None) -> list[bytes]:
-        """The shard's bytes as consecutive pieces, to be written one after another (joining them would copy
-        the whole shard once more). With `row_index`, the shard's rows are `values[row_index]`."""
-        rows, cols = self.shard_shape
-        if values.shape != (rows, cols):
-            padded = np.zeros((rows, cols), dtype=self.dtype)
-            padded[: values.shape[0], : values.shape[1]] = values if row_index is None else values[row_index]
-            values, row_index = padded, None
-        n_chunks = cols // self.inner_cols
-        index = np.full((1, n_chunks, 2), 2**64 - 1, dtype="<u8")  # all ones: chunk absent (= fill value)
-        parts: list[bytes] = []
-        offset = 0
-        for j in range(n_chunks):
-            columns = values[:, j * self.inner_cols : (j + 1) * self.inner_cols]
-            # np.take of whole rows of the column view: 2x cheaper than values[row_index, columns] (measured)
-            picked = columns if row_index is None else np.take(columns, row_index, axis=0)
-            chunk = np.ascontiguousarray(picked, dtype=self.dtype)
-            compressed = self.blosc.encode(chunk)
-            # Like zarr, a chunk equal to the fill value (0) is not stored; only one that compressed to under an
-            # eighth can be (all zeros compress to a few bytes), so only such are tested.
-            if len(compressed) <= chunk.nbytes // 8 and self._all_zero(chunk):
-                continue
-            parts += [compressed, np.uint32(google_crc32c.value(compressed)).tobytes()]
-            index[0, j] = (offset, len(compressed) + 4)
-            offset += len(compressed) + 4
-        index_bytes = index.tobytes()
-        return [*parts, index_bytes, np.uint32(google_crc32c.value(index_bytes)).tobytes()]
-
-    @staticmethod
-    def _all_zero(chunk: np.ndarray) -> bool:
-        """Every bit zero, as zarr 3.1 compares a chunk with the fill value (bit for bit: a chunk of -0.0 is
-        stored); tested on 64-bit words, 10x faster than `not chunk.any()` on float16."""
-        flat = chunk.reshape(-1)
-        return not (flat.view(np.uint8) if flat.nbytes % 8 else flat.view("<u8")).any()
-
-
-def new_manifest(*, model: dict, dataset: dict, extraction: dict, layout: Layout) -> dict:
-    manifest = {
-        "format": "spin-cache-store",
-        "format_version": FORMAT_VERSION,
-        "spin_cache_version": __version__,
-        "status": "incomplete",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model": model,
-        "dataset": dataset,
-        "extraction": extraction,
-        "layout": layout.to_dict(),
-    }
-    manifest["fingerprint"] = store_fingerprint(manifest)
-    return manifest
-
-
-def iter_blocks(layout: Layout, skip: Iterable[int] = ()) -> list[int]:
-    done = set(skip)
-    return [b for b in range(layout.n_blocks) if b not in done]

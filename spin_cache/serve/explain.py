@@ -17,7 +17,7 @@ constant add up to the logit. With `centered=True` the training mean is moved fr
 (mean: each token gets (w_j / s_j)(a[t, j] - mu_j) / n; max/first/last: the chosen token gets w_j (x_j - mu_j) / s_j)
 and the constant is b: a token is then credited relative to an average training text.
 
-Activations are read with forward hooks on the same modules as :func:`spin_cache.models.run_layers` (block
+Activations are read with forward hooks on the same modules as :func:`spin_cache.model.hooks.run_layers` (block
 outputs / FFN down-projection inputs), in float32 and unrounded; `logit` is the classifier's own decision on the
 pooled float32 features (the store rounds to float16, so `spin-cache predict` may differ in the last digits).
 Multi-class heads explain the logit of the predicted class (or of `label`); binary heads their single logit.
@@ -36,9 +36,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import InputError
-from .head import Head
-from .models import LoadedModel, _first_tensor, _StopForward, forward_arguments
+from ..errors import InputError
+from ..fit.head import Head
+from ..model.hooks import _first_tensor, _StopForward, forward_arguments
+from ..model.loading import LoadedModel
+from ..representations import KINDS, POOLINGS
 from .predict import Predictor, check_head_fits, check_model_identity
 
 
@@ -194,7 +196,7 @@ def token_activations(
     num_layers = adapter.num_layers
     want = set(layers)
     deepest = max(layers)
-    if kind not in ("hidden", "ffn"):
+    if kind not in KINDS:
         raise InputError(f"unknown kind {kind!r}; choose hidden or ffn")
     lowest = 0 if kind == "hidden" else 1
     if min(layers) < lowest or deepest > num_layers:
@@ -308,7 +310,7 @@ def explain(
         raise InputError("give a non-empty text to explain (--text)")
     info = head.info
     kind, pooling = info.get("kind"), info.get("pooling")
-    if pooling not in ("first", "last", "mean", "max"):
+    if pooling not in POOLINGS:
         raise InputError(f"the head's pooling {pooling!r} cannot be explained; expected first, last, mean or max")
     loaded = _loaded_for(head, model, device)
     input_ids, tokens, gaps = _tokenize(loaded, text, int(info.get("max_length", 512)))

@@ -1,0 +1,87 @@
+"""Sharing the CPU between the model and the writer: the writer's thread limit and its core handover."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+
+import torch
+
+
+def _lower_this_threads_priority() -> None:
+    """Run the calling thread at the lowest CPU priority (Linux: nice is per thread). The model's worker threads
+    wait for each other at every parallel operation, so a writer that preempts one of them stalls them all; at low
+    priority it runs in the gaps instead, and when it falls behind the bounded queue makes the model wait."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
+class _Throttle:
+    """A gate that lets at most `limit` threads through at once; the limit can be raised while threads wait."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+        self.changed = threading.Condition()
+
+    def raise_to(self, limit: int) -> None:
+        with self.changed:
+            self.limit = max(self.limit, limit)
+            self.changed.notify_all()
+
+    def __enter__(self) -> None:
+        with self.changed:
+            self.changed.wait_for(lambda: self.active < self.limit)
+            self.active += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self.changed:
+            self.active -= 1
+            self.changed.notify()
+
+
+# The arithmetic one model thread does in the time one writer thread encodes and writes one byte of a block
+# (float16 activations through Blosc zstd-1 + crc32c). Measured here: the bundled MiniLM runs ~76-90 GFLOP/s on
+# one thread of this CPU, the writer ~210 MB/s (BENCHMARKS.md, Extraction). Only the schedule below depends on
+# it, never a stored value; if it is off on another CPU the writer either finishes early (a core idles for the
+# rest of those batches) or late (the rest is written beside the model, as without a schedule).
+MODEL_FLOPS_PER_WRITTEN_BYTE = 350.0
+
+
+class _CoreForWriter:
+    """On the CPU, hands one of the model's cores to the writer at the start of each block, for about as long as
+    writing the previous block takes.
+
+    The model's OpenMP threads keep every core busy and wait for each other at every operation, so a writer that
+    takes a core from one of them stalls them all: its CPU time costs about as much wall time. On one thread
+    fewer of two the forward pass runs ~1.6x slower (measured here), so a core of the writer's own costs ~40% of
+    that.
+    How long is decided from what is known before the block runs (the block's bytes, the batches' tokens, the
+    model's size), never from timings: results of a batch can differ in the last bit with the thread count
+    (MKL splits some matrix products by thread), and a store must not depend on when its writer ran. The first
+    block has nothing to write before it and keeps every thread."""
+
+    def __init__(self, flops_per_token: float, block_bytes: int) -> None:
+        self.threads = self.current = torch.get_num_threads()
+        self.flops_per_token = flops_per_token
+        # the arithmetic the model's remaining threads do while one writer thread writes a block (none on one)
+        self.block_flops = block_bytes * MODEL_FLOPS_PER_WRITTEN_BYTE * (self.threads - 1)
+        self.left = 0.0
+
+    def start_block(self, block: int) -> None:
+        self.left = self.block_flops if block > 0 else 0.0
+
+    def before_batch(self, rows: int, tokens: int) -> None:
+        """Set the threads for a batch of `rows` padded to `tokens`."""
+        wanted = self.threads - 1 if self.left > 0 else self.threads
+        self.left -= rows * tokens * self.flops_per_token
+        self._set(wanted)
+
+    def restore(self) -> None:
+        self._set(self.threads)
+
+    def _set(self, threads: int) -> None:
+        if threads != self.current:
+            torch.set_num_threads(threads)
+            self.current = threads

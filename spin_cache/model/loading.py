@@ -1,0 +1,134 @@
+"""Load a frozen model and its tokenizer, refusing tokenizers that cannot read plain text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from spin_cache.errors import InputError
+
+from .adapters import T5_TYPES, Adapter, find_adapter
+from .identity import DEFAULT_MODEL, model_identity, resolve_model_path, tokenizer_files
+
+# a plain sentence every usable tokenizer maps to known tokens (checked when a tokenizer is loaded)
+_TOKENIZER_PROBE = "The film was a gripping, funny and moving story about two old friends."
+
+
+@dataclass
+class LoadedModel:
+    """A frozen model ready for :func:`run_layers`."""
+
+    model: torch.nn.Module  # eval mode, requires_grad False
+    tokenizer: PreTrainedTokenizerBase  # with a pad token (decoders: pad = eos when missing)
+    adapter: Adapter
+    path: Path
+    identity: dict
+    device: torch.device
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked for but CUDA is not available; use --device cpu or auto")
+    return dev
+
+
+def load_model(
+    name_or_path: str = DEFAULT_MODEL, *, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> LoadedModel:
+    """Load a model and its tokenizer from a local directory (or the local HF cache), frozen, in eval mode.
+
+    ``device="auto"`` picks cuda when available. T5-family models load as encoder-only models. The tokenizer is
+    loaded (and checked, see :func:`load_tokenizer`) before the weights.
+    """
+    from transformers import AutoConfig, AutoModel
+
+    path = resolve_model_path(name_or_path)
+    identity = model_identity(path)
+    dev = _resolve_device(device)
+    tokenizer = load_tokenizer(path)
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as exc:
+        raise InputError(f"cannot read the model config in {path}: {type(exc).__name__}: {exc}") from None
+    model_type = getattr(config, "model_type", None)
+    if model_type in T5_TYPES:
+        import transformers
+
+        cls = {
+            "t5": transformers.T5EncoderModel,
+            "mt5": transformers.MT5EncoderModel,
+            "umt5": transformers.UMT5EncoderModel,
+        }[model_type]
+    else:
+        cls = AutoModel
+    try:
+        model = cls.from_pretrained(path, config=config, dtype=dtype, local_files_only=True)
+    except Exception as exc:
+        raise InputError(f"cannot load the model in {path}: {type(exc).__name__}: {exc}") from None
+    model.eval()
+    model.requires_grad_(False)
+    adapter = find_adapter(model)
+    model.to(dev)
+    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, path=path, identity=identity, device=dev)
+
+
+def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
+    """Load a model directory's tokenizer (offline), checked, with a pad token (pad = eos, else unk, if missing).
+
+    Refuses (InputError) a directory without tokenizer files and a tokenizer that maps a plain English sentence
+    to unknown or special tokens only (an empty or wrong vocabulary): either would turn every text into the same
+    few ids and every extracted activation into garbage. :func:`load_model` loads its tokenizer here; so should
+    any other code that tokenizes for a model.
+    """
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(str(name_or_path))
+    tokenizer_files(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as exc:
+        message = _one_line(f"{type(exc).__name__}: {exc}")
+        raise InputError(f"cannot load the tokenizer in {path}: {message}; check its tokenizer files") from None
+    _check_tokenizer_knows_words(tokenizer, path)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        elif tokenizer.unk_token is not None:
+            tokenizer.pad_token = tokenizer.unk_token
+        else:
+            raise InputError(f"the tokenizer in {path} has no pad, eos or unk token to pad batches with")
+    return tokenizer
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _check_tokenizer_knows_words(tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
+    """Refuse a tokenizer under which a plain sentence is nothing but unknown (or special) tokens."""
+    try:
+        ids = list(tokenizer(_TOKENIZER_PROBE, add_special_tokens=False)["input_ids"])
+    except Exception as exc:
+        message = _one_line(f"{type(exc).__name__}: {exc}")
+        raise InputError(
+            f"the tokenizer in {path} cannot tokenize a plain sentence ({message}); check its tokenizer files"
+        ) from None
+    unknown = set(tokenizer.all_special_ids)
+    if tokenizer.unk_token_id is not None:
+        unknown.add(tokenizer.unk_token_id)
+    if all(i in unknown for i in ids):
+        got = "no tokens" if not ids else f"unknown tokens only ({tokenizer.convert_ids_to_tokens(ids[0])!r})"
+        raise InputError(
+            f"the tokenizer in model directory {path} maps a plain English sentence to {got}: its vocabulary "
+            f"({len(tokenizer)} tokens) is empty or wrong; copy the model's own tokenizer files into the directory"
+        )

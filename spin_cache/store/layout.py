@@ -1,0 +1,125 @@
+"""The shape of a store: kinds, poolings, layers, widths, row blocks (= shards) and inner chunks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import IntegrityError
+from ..representations import KINDS, POOLINGS
+
+FORMAT_VERSION = 1
+STORE_DTYPES = ("float16", "bfloat16", "float32")
+FLOAT16_MAX = 65504.0
+EXAMPLES_FILE = "examples.parquet"
+COMMITS_DIR = "commits"
+#: What a store holds besides its arrays' kinds; `--overwrite` removes these and the kinds' folders, nothing else.
+STORE_FILES = (EXAMPLES_FILE, COMMITS_DIR)
+
+
+def canonical_hash(obj: Any) -> str:
+    """sha256 of a JSON-serialisable object, independent of key order."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def dtype_bytes(dtype: str) -> int:
+    """Bytes per stored value (bfloat16 is stored as its raw 16 bits)."""
+    return 4 if dtype == "float32" else 2
+
+
+def compressor_config(dtype: str) -> dict:
+    """Blosc(zstd, level 1, byte shuffle, 256 KiB blocks): chosen by measurement on MiniLM activations
+    (BENCHMARKS.md). A whole float16 inner chunk (2,048 rows x 64 neurons) is one Blosc block, so zstd's entropy
+    tables are built once per chunk: 0.40x raw float32 instead of 0.44x with Blosc's default blocks, and faster."""
+    return {"name": "blosc", "cname": "zstd", "clevel": 1, "shuffle": "shuffle", "typesize": dtype_bytes(dtype),
+            "blocksize": 256 * 2**10}  # fmt: skip
+
+
+def default_block_rows(
+    row_bytes: int, chunk_row_bytes: int = 128, target_bytes: int = 160 * 2**20, max_bytes: int = 2**30
+) -> int:
+    """Rows per block (= shard rows = the rows of every inner chunk): a power of two up to 4,096 that keeps one
+    block's buffer near `target_bytes`; for wide rows, as many more as inner chunks (rows x `chunk_row_bytes`)
+    need to reach 128 KiB while a block stays within `max_bytes`. Blosc and zarr pay per chunk: a 1B model's
+    ~1 MB rows would otherwise get 128-row blocks, whose 16 KiB chunks compress at half the speed of 256 KiB
+    ones and starve a GPU's feeding thread of the GIL (BENCHMARKS.md, GPU)."""
+    rows = 4096
+    while rows > 64 and rows * row_bytes > target_bytes:
+        rows //= 2
+    while rows < 4096 and rows * chunk_row_bytes < 128 * 2**10 and 2 * rows * row_bytes <= max_bytes:
+        rows *= 2
+    return rows
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What arrays a store holds and how they are chunked."""
+
+    kinds: tuple[str, ...]
+    poolings: tuple[str, ...]
+    layers: dict[str, list[int]]  # kind -> layer indices
+    widths: dict[str, int]  # kind -> neurons per layer
+    n_rows: int
+    dtype: str
+    block_rows: int
+    chunk_cols: int
+
+    @property
+    def n_blocks(self) -> int:
+        return -(-self.n_rows // self.block_rows)
+
+    def block_range(self, block: int) -> tuple[int, int]:
+        start = block * self.block_rows
+        return start, min(start + self.block_rows, self.n_rows)
+
+    def array_keys(self) -> list[tuple[str, str, int]]:
+        return [(k, p, layer) for k in self.kinds for p in self.poolings for layer in self.layers[k]]
+
+    @property
+    def row_bytes(self) -> int:
+        """Stored bytes of one row across every array."""
+        return sum(self.widths[k] for k, _, _ in self.array_keys()) * dtype_bytes(self.dtype)
+
+    def to_dict(self) -> dict:
+        return {
+            "kinds": list(self.kinds),
+            "poolings": list(self.poolings),
+            "layers": {k: list(v) for k, v in self.layers.items()},
+            "widths": dict(self.widths),
+            "n_rows": self.n_rows,
+            "dtype": self.dtype,
+            "block_rows": self.block_rows,
+            "chunk_cols": self.chunk_cols,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Layout:
+        """Read a manifest's layout, refusing names that could point outside the store (they build paths)."""
+        try:
+            kinds, poolings = list(d["kinds"]), list(d["poolings"])
+            layers = {k: [int(x) for x in v] for k, v in d["layers"].items()}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"manifest layout is malformed ({exc}); the store is damaged") from exc
+        bad = [k for k in kinds if k not in KINDS] + [p for p in poolings if p not in POOLINGS]
+        bad += [k for k in layers if k not in KINDS]
+        if bad or any(x < 0 for v in layers.values() for x in v):
+            raise IntegrityError(f"manifest layout names {bad or 'negative layers'}; refusing to open the store")
+        return cls(
+            kinds=tuple(d["kinds"]),
+            poolings=tuple(d["poolings"]),
+            layers={k: [int(x) for x in v] for k, v in d["layers"].items()},
+            widths={k: int(v) for k, v in d["widths"].items()},
+            n_rows=int(d["n_rows"]),
+            dtype=d["dtype"],
+            block_rows=int(d["block_rows"]),
+            chunk_cols=int(d["chunk_cols"]),
+        )
+
+
+def iter_blocks(layout: Layout, skip: Iterable[int] = ()) -> list[int]:
+    done = set(skip)
+    return [b for b in range(layout.n_blocks) if b not in done]
