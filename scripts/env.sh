@@ -19,4 +19,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   python -m pip install --quiet -e ".[dev]"
   echo "$want" > "$stamp"
 fi
+# The report test renders in headless Chromium (Debian package); set-up installs it once, tests never do.
+[ -x /usr/bin/chromium ] || bash "$ROOT/scripts/install-chromium.sh"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false

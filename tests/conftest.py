@@ -40,3 +40,38 @@ def small_store(tmp_path_factory: pytest.TempPathFactory, tiny_sst2: dict[str, s
     report = run_extraction(**tiny_sst2, out=str(out), block_rows=32, batch_size=8, progress=False)
     assert report.store.is_complete
     return str(out)
+
+
+# ---- markers: `pytest -m "not slow and not server"` is the quick loop; scripts/test.sh runs everything -----------
+
+# Modules that start servers on loopback (a Dask scheduler and workers, moto's S3) or a browser.
+SERVER_MODULES = {"test_dask", "test_remote"}
+# Modules and tests that take more than a few seconds each on two cores (model runs, subprocesses, a browser).
+SLOW_MODULES = {"test_dask", "test_remote", "test_report", "test_pipeline", "test_peers_smoke", "test_kernels"}
+SLOW_TESTS = {
+    "test_kill9_mid_extraction_then_resume_equals_uninterrupted",
+    "test_two_worker_processes_equal_a_single_worker",
+    "test_a_second_writer_is_refused_and_readers_see_incomplete",
+    "test_shards_by_hand",
+    "test_dtypes_bfloat16_and_float32",
+    "test_two_processes_racing_for_an_s3_lock_exactly_one_wins",
+    "test_an_s3_lock_is_refused_while_held_and_a_malformed_one_is_named",
+    "test_two_processes_taking_over_one_stale_lock_exactly_one_wins",
+    "test_local_cluster_listens_on_loopback_only_and_serves_no_dashboard",
+    "test_damaged_ordered_copy_is_an_integrity_error_from_every_scheduler",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: takes more than a few seconds (model runs, subprocesses, a browser)")
+    config.addinivalue_line("markers", "server: starts a server on loopback (Dask scheduler, moto S3)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        name = item.originalname if hasattr(item, "originalname") else item.name
+        if module in SLOW_MODULES or name in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+        if module in SERVER_MODULES or "s3" in name:
+            item.add_marker(pytest.mark.server)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,9 @@ HARNESS = ROOT / "benchmarks" / "peers.py"
 
 def test_peers_harness_writes_reports(tmp_path):
     pytest.importorskip("transformers")
-    sys.path.insert(0, str(HARNESS.parent))
-    import peers
+    spec = importlib.util.spec_from_file_location("peers", HARNESS)
+    peers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peers)
 
     tools = ["paper-pickle"]
     try:

@@ -1,0 +1,257 @@
+"""The model-free loop's commands: probe, sweep, report, and run (the whole pipeline from one TOML file)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..fit.solver import HEAD_C_GRID, PROBE_C_GRID
+from ..validation import (
+    FRACTIONS,
+    NON_NEGATIVE_INT,
+    PERCENTS,
+    POSITIVE_FLOATS,
+    POSITIVE_INTS,
+    arg_type,
+)
+from .options import (
+    add_scheduler,
+    add_storage_options,
+    command,
+    command_line,
+    format_table,
+    kinds_type,
+    memory_budget,
+    poolings_type,
+    record_command,
+    say,
+    store_options,
+)
+
+
+def add_probe(sub: argparse._SubParsersAction) -> None:
+    p = command(
+        sub,
+        "probe",
+        help="fit one L1 logistic-regression probe per layer and score every neuron",
+        description=(
+            "Fit one L1 logistic regression per (kind, pooling, layer) of a store on standardised features, "
+            "choosing C on the dev split, and score each neuron by its squared weight (summed over classes). "
+            "Finished probes are kept: rerunning after a crash continues where it stopped."
+        ),
+        epilog="outputs: RUN/probes.parquet, RUN/neuron_scores.parquet, RUN/run.json\n\n",
+    )
+    p.add_argument("store", help="store path or URL (local, file://, s3://bucket/prefix)")
+    add_storage_options(p)
+    p.add_argument(
+        "--out", required=True, help="directory for the probe run: new, empty, or this command's earlier output"
+    )
+    p.add_argument(
+        "--C",
+        dest="c_grid",
+        type=arg_type(POSITIVE_FLOATS),
+        default=PROBE_C_GRID,
+        help="C grid, chosen on dev (default: the paper's 0.1,0.2,1,10,100 plus 0.01,0.02,0.05; see BENCHMARKS.md)",
+    )
+    p.add_argument("--metric", default="accuracy", choices=["accuracy", "macro_f1"], help="default: accuracy")
+    p.add_argument(
+        "--memory-budget",
+        type=memory_budget,
+        default=None,
+        help="memory for all probes running at once, e.g. 8G (default: half the machine); a layer that does not "
+        "fit its task's share is streamed in row blocks; at least one row block per running task",
+    )
+    p.add_argument("--kinds", type=kinds_type, default=None, help="only these kinds (default: all in the store)")
+    p.add_argument(
+        "--poolings", type=poolings_type, default=None, help="only these poolings (default: all in the store)"
+    )
+    add_scheduler(p)
+    p.add_argument("--json", action="store_true", help="print the probes table as JSON")
+    p.set_defaults(func=cmd_probe)
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from ..loop.probe import ProbeSettings, run_probes
+    from ..store.remote import open_store
+
+    options = store_options(args)
+    open_store(args.store, options)  # a missing bucket, endpoint or credentials: one line, before work
+    run = run_probes(
+        args.store,
+        args.out,
+        ProbeSettings(c_grid=args.c_grid, metric=args.metric),
+        kinds=args.kinds,
+        poolings=args.poolings,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        memory_budget=args.memory_budget,
+        storage_options=options,
+        progress=not args.quiet,
+        dashboard=args.dashboard,
+    )
+    record_command(args, args.out)
+    streamed = run.probes.filter(run.probes["mode"] == "streamed").height
+    if streamed:
+        say(args, f"note: {streamed} layer(s) did not fit the memory budget and were streamed in row blocks")
+    best = run.probes.sort("dev_metric", descending=True).row(0, named=True)
+    say(
+        args,
+        f"{run.probes.height} probes in {run.path}; best on dev: {best['kind']}/{best['pooling']}/"
+        f"layer {best['layer']} dev {best['dev_metric']:.4f} test {best['test_metric']:.4f}",
+    )
+    if args.json:
+        print(run.probes.write_json())
+    return 0
+
+
+def add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = command(
+        sub,
+        "sweep",
+        help="select salient neurons, integrate layers, pick the best on dev, export the head",
+        description=(
+            "For every kind, pooling, rule value and K, keep each layer's salient neurons (by the probes' "
+            "saliency), concatenate the first K layers, fit a logistic-regression head with C chosen on dev, and "
+            "report Base, the best single-layer probe, SPIN (best on dev) and a random control with SPIN's "
+            "neuron counts. Reads only the selected columns of the store."
+        ),
+        epilog="outputs: SWEEP/sweep.json (written first), SWEEP/sweep.parquet, SWEEP/summary.json, SWEEP/head/\n\n",
+    )
+    p.add_argument("store", help="store path or URL (local, file://, s3://bucket/prefix)")
+    add_storage_options(p)
+    p.add_argument("--probes", required=True, help="probe run directory (from `spin-cache probe`)")
+    p.add_argument(
+        "--out", required=True, help="directory for the sweep and its head: new, empty, or an earlier sweep's"
+    )
+    rule = p.add_mutually_exclusive_group()
+    rule.add_argument(
+        "--eta",
+        type=arg_type(FRACTIONS),
+        default=None,
+        help="cumulative saliency shares (default: 0.001,0.01,0.05,0.1,0.2,0.3,0.5,0.8,0.9,0.95)",
+    )
+    rule.add_argument("--top-k", type=arg_type(POSITIVE_INTS), default=None, help="neurons per layer, e.g. 1,8,64")
+    rule.add_argument("--top-percent", type=arg_type(PERCENTS), default=None, help="percent of each layer, e.g. 1,5,10")
+    p.add_argument(
+        "--C",
+        dest="c_grid",
+        type=arg_type(POSITIVE_FLOATS),
+        default=HEAD_C_GRID,
+        help="head C grid, chosen on dev (default: " + ",".join(f"{c:g}" for c in HEAD_C_GRID) + ")",
+    )
+    p.add_argument("--head-penalty", default="l2", choices=["l1", "l2"], help="head regularisation (default: l2)")
+    p.add_argument("--seed", type=arg_type(NON_NEGATIVE_INT), default=0, help="seed of the random control (default: 0)")
+    p.add_argument(
+        "--memory-budget",
+        type=memory_budget,
+        default=None,
+        help="memory for all sweep groups running at once, e.g. 8G (default: half the machine); a group whose "
+        "selected columns do not fit its share is fitted on row blocks read on demand; at least one row block per "
+        "running task",
+    )
+    p.add_argument("--kinds", type=kinds_type, default=None, help="only these kinds")
+    p.add_argument("--poolings", type=poolings_type, default=None, help="only these poolings")
+    add_scheduler(p)
+    p.add_argument("--json", action="store_true", help="print the result table as one JSON object")
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from ..loop.probe import ProbeRun
+    from ..loop.sweep import DEFAULT_ETAS, SweepSettings, run_sweep
+    from ..outputs import finite_or_null
+    from ..store.remote import open_store
+
+    if args.top_k:
+        rule, values = "top-k", args.top_k
+    elif args.top_percent:
+        rule, values = "top-percent", args.top_percent
+    else:
+        rule, values = "eta", args.eta or DEFAULT_ETAS
+    metric = ProbeRun(args.probes).settings.metric
+    settings = SweepSettings(
+        rule=rule, values=tuple(values), c_grid=args.c_grid, penalty=args.head_penalty, metric=metric, seed=args.seed
+    )
+    options = store_options(args)
+    open_store(args.store, options)  # a missing bucket, endpoint or credentials: one line, before work
+    result = run_sweep(
+        args.store,
+        args.probes,
+        args.out,
+        settings,
+        kinds=args.kinds,
+        poolings=args.poolings,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        memory_budget=args.memory_budget,
+        storage_options=options,
+        progress=not args.quiet,
+        dashboard=args.dashboard,
+    )
+    record_command(args, args.out)
+    if args.json:
+        print(json.dumps(finite_or_null(result.table), allow_nan=False))
+    elif not args.quiet:
+        print(format_table(result.table, metric))
+    return 0
+
+
+def add_report(sub: argparse._SubParsersAction) -> None:
+    p = command(
+        sub,
+        "report",
+        help="an HTML report with plots of a sweep (self-contained, opens offline)",
+        description=(
+            "Write one self-contained HTML page (images embedded) and its PNG figures: probe metric per layer, "
+            "metric against neurons kept (SPIN, random control, Base), the chosen head's neurons per layer and "
+            "saliency distribution, early exit, and the manifest and command lines that produced the run."
+        ),
+    )
+    p.add_argument("sweep", help="sweep directory (from `spin-cache sweep` or `spin-cache run`)")
+    p.add_argument(
+        "--out", required=True, help="directory for report.html and the PNGs: new, empty, or an earlier report's"
+    )
+    p.add_argument("--json", action="store_true", help="print the report's path as JSON")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ..report import write_report
+
+    path = write_report(args.sweep, args.out, commands=[command_line(args)])
+    if args.json:
+        print(json.dumps({"report": str(path)}))
+    else:
+        say(args, f"report: {path}")
+    return 0
+
+
+def add_run(sub: argparse._SubParsersAction) -> None:
+    p = command(
+        sub,
+        "run",
+        help="the whole pipeline (extract, probe, sweep, report) from one TOML file",
+        description=(
+            "Run extract, probe, sweep and report from one config file, skipping stages whose outputs already "
+            "match their inputs, and print Base vs SPIN and the report's path. Without CONFIG: the bundled default "
+            "(MiniLM + SST-2)."
+        ),
+        epilog="example config: pipelines/minilm-sst2.toml\n\n",
+    )
+    p.add_argument("config", nargs="?", default=None, help="TOML config (default: the bundled default run)")
+    p.add_argument("--json", action="store_true", help="print the result table as one JSON object")
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..outputs import finite_or_null
+    from ..pipeline import PipelineConfig, load_config, run_pipeline
+
+    cfg = load_config(args.config) if args.config else PipelineConfig()
+    result = run_pipeline(cfg, progress=not args.quiet, say=lambda text: say(args, text), command=command_line(args))
+    if args.json:
+        print(json.dumps(finite_or_null(result), allow_nan=False))
+    elif not args.quiet:
+        print(format_table(result["table"]))
+        print(f"report: {result['report']}")
+    return 0
