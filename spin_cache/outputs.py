@@ -14,6 +14,7 @@ Anything else, a file or a directory holding other things, is refused with one l
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import fsspec
@@ -38,7 +39,7 @@ def _foreign(option: str, where: str, kind: str, names: list[str]) -> InputError
     )
 
 
-def prepare_output_dir(path: str | Path, kind: str, *, option: str = "--out") -> Path:
+def prepare_output_dir(path: str | os.PathLike, kind: str, *, option: str = "--out") -> Path:
     """Check that a local directory may receive a spin-cache output of `kind` (see the module doc) and create it.
 
     Parameters
@@ -73,7 +74,7 @@ def prepare_output_dir(path: str | Path, kind: str, *, option: str = "--out") ->
     return out
 
 
-def check_output_file(path: str | Path, *, option: str = "--out") -> Path:
+def check_output_file(path: str | os.PathLike, *, option: str = "--out") -> Path:
     """Check, before any work, that a single output file can be written: its folder exists, it is not a folder.
 
     An existing file is replaced (the user named it); a missing folder is an error rather than created, so a typo

@@ -273,7 +273,7 @@ def _fig_selection(run: _Run) -> Any:
         return None
     fig = _figure(11, 4.2)
     ax1, ax2 = fig.subplots(1, 2)
-    width = _widths(run).get(kind)
+    width = _widths(run).get(kind) if kind is not None else None
     if run.head is not None:
         counts = {int(layer): len(idx) for layer, idx in run.head.selection.items()}
         all_layers = sorted(set(counts) | set(range(min(counts), max(counts) + 1))) if counts else []

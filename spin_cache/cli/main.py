@@ -112,9 +112,9 @@ def _known_failure(exc: Exception, args: argparse.Namespace) -> SpinCacheError |
     from ..errors import InputError
     from ..store.remote import remote_error
 
-    filename = getattr(exc, "filename", None) if isinstance(exc, OSError) else None
-    if filename is not None and "://" not in str(filename):  # a local file: name it, never blame S3
-        what = (exc.strerror or type(exc).__name__).lower()  # type: ignore[union-attr]
+    filename = exc.filename if isinstance(exc, OSError) else None
+    if isinstance(exc, OSError) and filename is not None and "://" not in str(filename):  # local: name the file
+        what = (exc.strerror or type(exc).__name__).lower()
         return InputError(f"{filename}: {what}; check the path and its permissions")
     return remote_error(exc, getattr(args, "store", None) or getattr(args, "url", None))
 

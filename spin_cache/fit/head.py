@@ -100,7 +100,7 @@ class Head:
         _write_atomic(folder / "head.json", json.dumps(meta, indent=2, sort_keys=True, allow_nan=False).encode())
 
     @classmethod
-    def load(cls, path: str | Path) -> Head:
+    def load(cls, path: str | os.PathLike) -> Head:
         """Read a head directory, checking both files' sha256 and every value before it is used.
 
         Raises InputError (not a head directory), IntegrityError (a changed or damaged file, a head written

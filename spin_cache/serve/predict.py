@@ -187,8 +187,8 @@ class Predictor:
         n_tokens = np.array([len(ids) for ids in encodings], dtype=np.int64)
         long_rows = np.flatnonzero(n_tokens > self.max_length)
         if long_rows.size:
-            cut = tok([texts[i] for i in long_rows], truncation=True, max_length=self.max_length)["input_ids"]
-            for i, ids in zip(long_rows, cut, strict=True):
+            cut = tok([texts[i] for i in long_rows.tolist()], truncation=True, max_length=self.max_length)["input_ids"]
+            for i, ids in zip(long_rows.tolist(), cut, strict=True):
                 encodings[i] = list(ids)
         for i, ids in enumerate(encodings):
             if not ids:
@@ -488,7 +488,7 @@ def predict_to(
     try:
         while chunk := list(itertools.islice(stream, chunk_rows)):
             got = predictor.classify(chunk, first=n + 1, on_batch=bar.update)
-            kw = {"n_tokens": got.n_tokens, "truncated": got.truncated}
+            kw: dict[str, Any] = {"n_tokens": got.n_tokens, "truncated": got.truncated}
             if fmt == "json":
                 head = head_name if head_name is not None else predictor.head.name
                 lead = '{"head": ' + json.dumps(head) + ', "predictions": [' if n == 0 else ", "

@@ -6,7 +6,7 @@ import contextlib
 import json
 from collections.abc import Sequence
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 import fsspec
 import numpy as np
@@ -21,6 +21,8 @@ from .layout import COMMITS_DIR, EXAMPLES_FILE, STORE_FILES, Layout
 from .manifest import MANIFEST_HASH_KEY, manifest_hash, store_fingerprint
 from .shards import RowShardEncoder, create_array
 
+_ZARR_MODES: dict[str, Literal["r", "a"]] = {"r": "r", "a": "a"}
+
 
 class ActivationStore:
     """A store of pooled activations, opened from a local path or URL.
@@ -33,11 +35,12 @@ class ActivationStore:
         self.url = str(url)
         self.storage_options = storage_options or {}
         self._group = group
-        self.manifest: dict = dict(group.attrs.get("spin_cache", {}))
+        manifest = group.attrs.get("spin_cache", {})
+        self.manifest: dict = dict(manifest) if isinstance(manifest, dict) else {}
         if not self.manifest:
             raise InputError(f"{url}: not a spin-cache store (no 'spin_cache' manifest in zarr.json)")
         try:
-            self.layout = Layout.from_dict(self.manifest.get("layout"))
+            self.layout = Layout.from_dict(self.manifest.get("layout") or {})
         except IntegrityError as exc:
             raise IntegrityError(f"{url}: {exc}") from exc
         self.counter: CountingStore | None = None
@@ -57,7 +60,7 @@ class ActivationStore:
 
     @classmethod
     def open(
-        cls, url: str, *, mode: str = "r", storage_options: dict | None = None, count_bytes: bool = False
+        cls, url: str, *, mode: Literal["r", "a"] = "r", storage_options: dict | None = None, count_bytes: bool = False
     ) -> ActivationStore:
         """Open an existing store; mode "r" (default) never writes. `count_bytes` counts array bytes read."""
         fs, root = _fs(url, storage_options)
@@ -67,7 +70,7 @@ class ActivationStore:
         counter = CountingStore(zstore) if count_bytes else None
         guard = ChunkGuard(counter or zstore, str(url))
         try:
-            group = zarr.open_group(guard, mode=mode)
+            group = zarr.open_group(guard, mode=_ZARR_MODES[mode])
         except SpinCacheError:
             raise
         except Exception as exc:  # corrupt metadata is a damaged store, not a crash
@@ -185,8 +188,9 @@ class ActivationStore:
                 f"{self.url}: {EXAMPLES_FILE} is missing; the store is damaged: extract again with --overwrite"
             ) from exc
         except Exception as exc:
-            if _storage_error(exc, self.url) is not None:
-                raise _storage_error(exc, self.url) from exc
+            storage = _storage_error(exc, self.url)
+            if storage is not None:
+                raise storage from exc
             raise IntegrityError(
                 f"{self.url}/{EXAMPLES_FILE}: unreadable ({_one_line(exc)}); the store is damaged: extract again "
                 "with --overwrite"
@@ -211,7 +215,7 @@ class ActivationStore:
             raise InputError(f"{kind} layer {layer} is not in this store; it has {self.layout.layers[kind]}")
         name = array_name(kind, pooling, layer)
         try:
-            return self._group[name]
+            return self._node(name)
         except SpinCacheError:
             raise
         except Exception as exc:
@@ -241,7 +245,7 @@ class ActivationStore:
         col_sel: Any = slice(None) if columns is None else np.asarray(columns, dtype=np.int64)
         try:
             if rows is None:
-                data = arr.oindex[slice(None), col_sel]
+                data = np.asarray(arr.oindex[slice(None), col_sel])
             else:
                 data = self._read_rows(arr, np.asarray(rows, dtype=np.int64), col_sel)
         except SpinCacheError:
@@ -279,7 +283,7 @@ class ActivationStore:
         if rows.size == 0:
             return np.empty((0, arr.shape[1] if isinstance(col_sel, slice) else len(col_sel)), arr.dtype)
         lo, hi = int(rows.min()), int(rows.max()) + 1
-        span = arr.oindex[slice(lo, hi), col_sel]
+        span = np.asarray(arr.oindex[slice(lo, hi), col_sel])
         return span[rows - lo]
 
     def decode(self, data: np.ndarray) -> np.ndarray:
@@ -304,10 +308,17 @@ class ActivationStore:
             return (rounded >> 16).astype(np.uint16)
         return values.astype(self.layout.dtype)
 
+    def _node(self, name: str) -> zarr.Array:
+        """The array `name` of the group; a group where an array belongs is a damaged store."""
+        node = self._group[name]
+        if not isinstance(node, zarr.Array):
+            raise IntegrityError(f"{self.url}/{name}: a group where an array belongs; the store is damaged")
+        return node
+
     def _writer_for(self, name: str) -> tuple[zarr.Array, RowShardEncoder | None]:
         """The array and its shard encoder, looked up once per store (each lookup reads the array's zarr.json)."""
         if name not in self._writers:
-            array = self._group[name]
+            array = self._node(name)
             self._writers[name] = (array, RowShardEncoder.for_array(array))
         return self._writers[name]
 
@@ -470,7 +481,7 @@ class ActivationStore:
         return problems
 
     def _verify_shard(self, name: str, block: int) -> list[str]:
-        arr = self._group[name]
+        arr = self._node(name)
         start, stop = self.layout.block_range(block)
         try:
             arr[start:stop]

@@ -318,7 +318,7 @@ class StoreLock:
 
 def _precondition_failed(exc: BaseException) -> bool:
     """Whether `exc` is S3's 412 Precondition Failed (s3fs maps it to a plain OSError for If-Match)."""
-    seen = exc
+    seen: BaseException | None = exc
     while seen is not None:
         text = str(seen)
         if "PreconditionFailed" in text or "Precondition Failed" in text or "412" in text:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import google_crc32c
 import numpy as np
 import zarr
@@ -79,11 +81,11 @@ class RowShardEncoder:
         from zarr.codecs import BytesCodec, ShardingCodec
         from zarr.codecs.sharding import ShardingCodecIndexLocation
 
-        meta = array.metadata
-        codecs = getattr(meta, "codecs", ())
+        meta: Any = array.metadata  # v3 metadata (zarr's types span v2 and v3)
+        codecs: tuple[Any, ...] = tuple(getattr(meta, "codecs", ()))
         if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec) or array.ndim != 2:
             return None
-        sharding = codecs[0]
+        sharding: Any = codecs[0]
         inner = [type(c) for c in sharding.codecs]
         shard_shape = tuple(meta.chunk_grid.chunk_shape)
         chunk_rows, inner_cols = sharding.chunk_shape
