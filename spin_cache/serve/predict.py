@@ -1,9 +1,11 @@
 """Classify new text with an exported head: run the model only up to the deepest selected layer (early exit),
 pool only the head's kind and pooling, and apply the head to the selected neurons.
 
-`Predictor` binds a head to its model (found from the head's hint, checked by content hashes). `iter_texts` reads
-an input file in batches (bounded memory), `predict_to` classifies a stream of texts and writes each batch's
-predictions as it goes, and `run_predict` is the whole `spin-cache predict` command as one call.
+`Predictor` binds a head to its model (found from the head's hint, checked by content hashes, each model file
+hashed once) and runs it in the compute dtype the store was extracted with (see :func:`resolve_compute_dtype`).
+Texts are sorted by length and batched by count (`batch_size`) or by a padded-token budget (`max_tokens`).
+`iter_texts` reads an input file in batches (bounded memory), `predict_to` classifies a stream of texts and writes
+each batch's predictions as it goes, and `run_predict` is the whole `spin-cache predict` command as one call.
 """
 
 from __future__ import annotations
@@ -20,17 +22,21 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
+import torch
 
 from ..errors import InputError, IntegrityError, StoreMismatchError
 from ..fit.head import REEXPORT, Head
 from ..model.hooks import run_layers
 from ..model.identity import DEFAULT_MODEL, model_identity, resolve_model_path
-from ..model.loading import LoadedModel, load_model
+from ..model.loading import LoadedModel, ModelFiles, load_config, load_model, load_tokenizer, resolve_device
 from ..outputs import check_output_file
 from ..representations import KINDS, POOLINGS
 from ..validation import POSITIVE_INT, check
 
 HASH_KEYS = ("config_sha256", "weights_sha256", "tokenizer_sha256")
+#: compute_dtype choices: "auto" follows the store the head was trained on (see resolve_compute_dtype).
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FORMATS = ("jsonl", "csv", "json")
 SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".ndjson", ".parquet")
 #: Texts read and classified together: the unit of length sorting, writing and memory (with max_length).
@@ -85,23 +91,31 @@ def resolve_head_model(head: Head, model: str | os.PathLike | None = None) -> Pa
     :func:`_hint_candidates`), the first candidate whose hashes match is used. Raises StoreMismatchError when a
     model is found but differs, InputError when none is found.
     """
+    return _resolve_head_model(head, model)[0]
+
+
+def _resolve_head_model(head: Head, model: str | os.PathLike | None = None) -> tuple[Path, dict]:
+    """:func:`resolve_head_model` plus the checked identity (hashes) of the model found, so that the files are
+    hashed once: the caller loads the model from this identity (ModelFiles), never hashing again."""
     wanted = _model_info(head)
     if model is not None:
         path = resolve_model_path(str(model))
-        check_model_identity(head, model_identity(path), path)
-        return path
+        identity = model_identity(path)
+        check_model_identity(head, identity, path)
+        return path, identity
     mismatch: StoreMismatchError | None = None
     for candidate in _hint_candidates(head, wanted):
         try:
             path = resolve_model_path(candidate)
         except InputError:
             continue
+        identity = model_identity(path)
         try:
-            check_model_identity(head, model_identity(path), path)
+            check_model_identity(head, identity, path)
         except StoreMismatchError as exc:
             mismatch = mismatch or exc
             continue
-        return path
+        return path, identity
     if mismatch is not None:
         raise mismatch
     raise InputError(
@@ -115,6 +129,62 @@ def check_head_fits(head: Head, loaded: LoadedModel) -> None:
     adapter = loaded.adapter
     width = adapter.ffn_size if head.info.get("kind") == "ffn" else adapter.hidden_size
     head.check_fits(adapter.num_layers, width)
+
+
+def _recorded(info: dict, key: str, section: str) -> Any:
+    """A value the head records from its store, flat (``info[key]``) or under the manifest's section
+    (``info[section][key]``, e.g. ``extraction.compute_dtype``, ``run.device``); None when absent."""
+    value = info.get(key)
+    if value is None and isinstance(info.get(section), dict):
+        value = info[section].get(key)
+    return value
+
+
+def store_compute(head: Head) -> tuple[str | None, str | None]:
+    """The compute dtype the head's store was extracted in and the device kind it ran on ("cpu", "cuda"), as
+    the head records them; None for what it does not record."""
+    dtype = _recorded(head.info, "compute_dtype", "extraction")
+    device = _recorded(head.info, "device", "run")
+    kind = str(device).split(":")[0].split()[-1] if isinstance(device, str) and device.strip() else None
+    return (dtype if dtype in _TORCH_DTYPES else None), kind
+
+
+def resolve_compute_dtype(head: Head, device: torch.device | str, compute_dtype: str | None = "auto") -> str:
+    """The dtype the model runs in for `head` on `device`.
+
+    An explicit `compute_dtype` ("float32", "bfloat16", "float16") is used as given, on any device. "auto" (or
+    None) follows the store: on CUDA the dtype the store was extracted in (bfloat16 or float16 when it was
+    extracted so, which makes the features match those the head was trained on; float32 when the head records
+    none, or records bfloat16 on a GPU without bfloat16); on the CPU always float32 (CPU matmuls in half
+    precision are slow, and float32 differs from a half-precision extraction by less than the store's rounding
+    of bfloat16/float16 values does).
+    """
+    choice = "auto" if compute_dtype is None else str(compute_dtype)
+    if choice not in COMPUTE_DTYPES:
+        raise InputError(f"compute_dtype {compute_dtype!r}: choose {', '.join(COMPUTE_DTYPES)}")
+    if choice != "auto":
+        return choice
+    dev = resolve_device(device)
+    if dev.type != "cuda":
+        return "float32"
+    recorded, _ = store_compute(head)
+    if recorded == "bfloat16" and not torch.cuda.is_bf16_supported():
+        return "float32"
+    return recorded or "float32"
+
+
+def token_budget_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Indices of `lengths` sorted longest first (ties by position), cut into batches whose padded size (rows x
+    the longest row) stays within `max_tokens`; a text longer than the budget is a batch of its own."""
+    max_tokens = int(check("max_tokens", max_tokens, POSITIVE_INT))
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def _head_settings(head: Head) -> tuple[str, str, int, list[str]]:
@@ -150,7 +220,14 @@ class Classified:
 
 class Predictor:
     """A head bound to its model. Refuses a model whose files differ from those the head was trained on, and a
-    head that does not fit the model (layers or neuron indices out of range)."""
+    head that does not fit the model (layers or neuron indices out of range).
+
+    The model's files are hashed once: the identity checked against the head is the one the model is loaded
+    with. `compute_dtype` ("auto": follow the store, see :func:`resolve_compute_dtype`; on the CPU float32)
+    is the dtype the model runs in; the pooled values are rounded to the store's dtype either way. Texts are
+    sorted by length and run `batch_size` at a time, or, with `max_tokens`, in batches of at most `max_tokens`
+    padded tokens (rows x longest row; `batch_size` is then not used); results come back in the input order.
+    """
 
     def __init__(
         self,
@@ -159,13 +236,21 @@ class Predictor:
         *,
         device: str = "auto",
         batch_size: int = 32,
+        max_tokens: int | None = None,
+        compute_dtype: str | None = "auto",
     ) -> None:
         self.batch_size = int(check("batch_size", batch_size, POSITIVE_INT))
+        self.max_tokens = None if max_tokens is None else int(check("max_tokens", max_tokens, POSITIVE_INT))
+        if compute_dtype is not None and compute_dtype not in COMPUTE_DTYPES:
+            raise InputError(f"compute_dtype {compute_dtype!r}: choose {', '.join(COMPUTE_DTYPES)}")
         self.head = head if isinstance(head, Head) else Head.load(head)
         self.kind, self.pooling, self.max_length, self._label_names = _head_settings(self.head)
-        path = resolve_head_model(self.head, model)
-        self.loaded = load_model(str(path), device=device)
-        check_model_identity(self.head, self.loaded.identity, path)  # the files loaded are the files checked
+        path, identity = _resolve_head_model(self.head, model)
+        dev = resolve_device(device)
+        self.compute_dtype = resolve_compute_dtype(self.head, dev, compute_dtype)
+        # the files loaded are the files checked: the model loads from the identity just checked (hashed once)
+        files = ModelFiles(path=path, identity=identity, tokenizer=load_tokenizer(path), config=load_config(path))
+        self.loaded = load_model(files, device=str(dev), dtype=_TORCH_DTYPES[self.compute_dtype])
         check_head_fits(self.head, self.loaded)
         self.store_dtype = self.head.info.get("store_dtype", "float16")
 
@@ -197,10 +282,8 @@ class Predictor:
 
     def _features(self, encodings: list[list[int]], on_batch: Callable[[int], Any] | None = None) -> np.ndarray:
         tok = self.loaded.tokenizer
-        order = sorted(range(len(encodings)), key=lambda i: (-len(encodings[i]), i))
         out = np.empty((len(encodings), self.head.n_neurons), dtype=np.float32)
-        for b0 in range(0, len(order), self.batch_size):
-            rows = order[b0 : b0 + self.batch_size]
+        for rows in self.batches([len(ids) for ids in encodings]):
             batch = tok.pad({"input_ids": [encodings[i] for i in rows]}, padding=True, return_tensors="pt")
             pooled = run_layers(
                 self.loaded,
@@ -218,6 +301,14 @@ class Predictor:
             if on_batch is not None:
                 on_batch(len(rows))
         return out
+
+    def batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        """The batches texts of these token counts run in: indices sorted longest first, cut by `max_tokens`
+        (see :func:`token_budget_batches`) or else every `batch_size` texts."""
+        if self.max_tokens is not None:
+            return token_budget_batches(lengths, self.max_tokens)
+        order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+        return [order[b0 : b0 + self.batch_size] for b0 in range(0, len(order), self.batch_size)]
 
     def features(self, texts: Sequence[str]) -> np.ndarray:
         """The head's input for each text: its selected neurons, rounded as the store rounds them."""
@@ -532,6 +623,8 @@ def run_predict(
     as_json: bool = False,
     device: str = "auto",
     batch_size: int = 32,
+    max_tokens: int | None = None,
+    compute_dtype: str | None = "auto",
     progress: bool = False,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
@@ -539,13 +632,21 @@ def run_predict(
     """`spin-cache predict` as one call: check everything that can be checked before loading the model, then
     stream predictions to `out` (or `stdout`) and say on `stderr` how many texts were truncated.
 
-    Order: `batch_size` and the format; `out`'s folder (outputs.check_output_file); the texts (`texts` one by
-    one, or every row of `data` read once, bounded memory); the head and its model (hashes); then the work.
+    `max_tokens` batches by a padded-token budget instead of `batch_size`; `compute_dtype` ("auto" follows the
+    store on CUDA, float32 on the CPU) is the dtype the model runs in (see :class:`Predictor`).
+
+    Order: `batch_size`, `max_tokens`, `compute_dtype` and the format; `out`'s folder
+    (outputs.check_output_file); the texts (`texts` one by one, or every row of `data` read once, bounded
+    memory); the head and its model (hashes); then the work.
     `out` is written to a hidden ``.NAME.partial`` beside it as predictions come and renamed at the end, so a
     failed or interrupted run leaves no half file and keeps an earlier one. `stdout`/`stderr` default to
     sys.stdout/sys.stderr at call time.
     """
     batch_size = int(check("batch_size", batch_size, POSITIVE_INT))
+    if max_tokens is not None:
+        max_tokens = int(check("max_tokens", max_tokens, POSITIVE_INT))
+    if compute_dtype is not None and compute_dtype not in COMPUTE_DTYPES:
+        raise InputError(f"--compute-dtype {compute_dtype}: choose {', '.join(COMPUTE_DTYPES)}")
     fmt = output_format(fmt, out, as_json)
     out_path = check_output_file(out, option="--out") if out is not None else None
     if (texts is None) == (data is None):
@@ -563,7 +664,9 @@ def run_predict(
         assert data is not None
         total = count_texts(data, text_column)
         source = itertools.chain.from_iterable(iter_texts(data, text_column))
-    predictor = Predictor(head, model, device=device, batch_size=batch_size)
+    predictor = Predictor(
+        head, model, device=device, batch_size=batch_size, max_tokens=max_tokens, compute_dtype=compute_dtype
+    )
     name = str(head) if not isinstance(head, Head) else head.name
     kw = {"progress": progress, "total": total, "head_name": name}
     if out_path is None:
