@@ -16,13 +16,22 @@ DISTILBERT_TYPES = ("distilbert",)
 GPT2_TYPES = ("gpt2",)
 LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 T5_TYPES = ("t5", "mt5", "umt5")
+DEBERTA_V2_TYPES = ("deberta-v2",)
+MODERNBERT_TYPES = ("modernbert",)
+MPNET_TYPES = ("mpnet",)
+GPT_NEOX_TYPES = ("gpt_neox",)
+OPT_TYPES = ("opt",)
+PHI_TYPES = ("phi",)
+PHI3_TYPES = ("phi3",)
+GEMMA_TYPES = ("gemma", "gemma2", "gemma3", "gemma3_text")
+FALCON_TYPES = ("falcon",)
 
 
 @dataclass
 class Adapter:
     """Where the blocks and FFN down projections of one architecture family lie on a loaded model."""
 
-    family: str  # "bert", "distilbert", "gpt2", "llama", "t5-encoder"
+    family: str  # a key of ADAPTERS: "bert", "gpt2", "llama", "t5-encoder", "deberta-v2", "gemma", ...
     is_decoder: bool
     num_layers: int
     hidden_size: int
@@ -165,13 +174,148 @@ def _find_t5_encoder(model: torch.nn.Module, model_type: str | None) -> Adapter 
     return None
 
 
-#: family -> (model types handled, finder). Add a family here to support another architecture.
+def _find_deberta_v2(model: torch.nn.Module, model_type: str | None) -> Adapter | None:
+    """DeBERTa-v2/v3: BERT-like blocks; positions from the mask (absolute position embeddings, when the config has
+    them, then ignore left padding). Models with a convolution after the first block (deberta-v2-xlarge and up)
+    read hidden layer 1 after it, as ``output_hidden_states[1]`` does: the convolution stands in for block 1 in
+    ``blocks`` (its input is the embedding output, its output hidden layer 1)."""
+    for base in _base_candidates(model):
+        layers = _get(base, "encoder.layer")
+        if (
+            isinstance(layers, torch.nn.ModuleList)
+            and len(layers)
+            and all(_get(b, "output.dense") is not None and _get(b, "intermediate") is not None for b in layers)
+        ):
+            downs = [b.output.dense for b in layers]
+            blocks = list(layers)
+            conv = _get(base, "encoder.conv")
+            if isinstance(conv, torch.nn.Module):
+                blocks[0] = conv
+            return _make("deberta-v2", False, base, blocks, downs, True, model_type)
+    return None
+
+
+def _find_opt(model: torch.nn.Module, model_type: str | None) -> Adapter | None:
+    for base in _base_candidates(model):
+        layers = _get(base, "decoder.layers")
+        if isinstance(layers, torch.nn.ModuleList) and len(layers) and all(_get(b, "fc2") is not None for b in layers):
+            if _get(base, "decoder.project_out") is not None:
+                # the model's output is projected to word_embed_proj_dim (opt-350m): its last hidden layer would
+                # have another width than the others
+                raise InputError(
+                    f"unsupported OPT model: its output is projected from {base.config.hidden_size} to "
+                    f"{base.config.word_embed_proj_dim} dimensions (word_embed_proj_dim, as in opt-350m); "
+                    "use an OPT model without that projection"
+                )
+            for block in layers:
+                _keep_tokens_axis(block, block.fc2)
+            return _make("opt", True, base, layers, [b.fc2 for b in layers], True, model_type)
+    return None
+
+
+def _keep_tokens_axis(block: torch.nn.Module, down: torch.nn.Module) -> None:
+    """OPT blocks flatten (batch, tokens) before their FFN, so the down projection's input is (batch * tokens,
+    ffn). Two hooks, installed once per block, give it the (batch, tokens, ffn) view every reader expects and
+    flatten its output back: the block computes the same values (a Linear on a view), and the FFN hook of
+    :func:`spin_cache.model.hooks.forward_with_hooks`, registered after these, sees the tokens axis."""
+    if getattr(down, "_spin_cache_tokens_axis", False):
+        return
+    shape: list[torch.Size] = []
+
+    def remember(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        states = args[0] if args else kwargs.get("hidden_states")
+        shape[:] = [states.shape[:-1]] if isinstance(states, torch.Tensor) and states.dim() == 3 else []
+
+    def unflatten(module: torch.nn.Module, args: tuple) -> tuple | None:
+        if shape and args[0].dim() == 2 and args[0].shape[0] == shape[0].numel():
+            return (args[0].view(*shape[0], args[0].shape[-1]), *args[1:])
+        return None
+
+    def flatten(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        if shape and output.dim() == 3:
+            return output.reshape(-1, output.shape[-1])
+        return None
+
+    block.register_forward_pre_hook(remember, with_kwargs=True)
+    down.register_forward_pre_hook(unflatten)
+    down.register_forward_hook(flatten)
+    down._spin_cache_tokens_axis = True
+
+
+def _find_gemma(model: torch.nn.Module, model_type: str | None) -> Adapter | None:
+    """Gemma 1/2/3: Llama-like blocks; a multimodal Gemma 3 runs its text model only."""
+    candidates = _base_candidates(model)
+    for cand in list(candidates):
+        text = getattr(cand, "language_model", None)
+        if isinstance(text, torch.nn.Module) and all(text is not c for c in candidates):
+            candidates.insert(0, text)
+    for base in candidates:
+        layers = _get(base, "layers")
+        if (
+            isinstance(layers, torch.nn.ModuleList)
+            and len(layers)
+            and all(isinstance(_get(b, "mlp.down_proj"), torch.nn.Module) for b in layers)
+        ):
+            return _make("gemma", True, base, layers, [b.mlp.down_proj for b in layers], True, model_type)
+    return None
+
+
+def _layers_finder(
+    family: str, layers_path: str, down_path: str, *, is_decoder: bool, needs_position_ids: bool
+) -> Callable[[torch.nn.Module, str | None], Adapter | None]:
+    """A finder for the common shape: ``base.<layers_path>[i].<down_path>`` is block i's FFN down projection."""
+
+    def find(model: torch.nn.Module, model_type: str | None) -> Adapter | None:
+        for base in _base_candidates(model):
+            layers = _get(base, layers_path)
+            if (
+                isinstance(layers, torch.nn.ModuleList)
+                and len(layers)
+                and all(isinstance(_get(b, down_path), torch.nn.Module) for b in layers)
+            ):
+                downs = [_get(b, down_path) for b in layers]
+                return _make(family, is_decoder, base, layers, downs, needs_position_ids, model_type)
+        return None
+
+    find.__name__ = f"_find_{family.replace('-', '_')}"
+    return find
+
+
+#: family -> (model types handled, finder). Add a family here to support another architecture. Each finder
+#: returns the blocks and, per block, the module whose input is the FFN activation (the down projection's input:
+#: act(up(x)), or act(gate(x)) * up(x) for gated MLPs).
 ADAPTERS: dict[str, tuple[tuple[str, ...], Callable[[torch.nn.Module, str | None], Adapter | None]]] = {
     "bert": (BERT_TYPES, _find_bert),
     "distilbert": (DISTILBERT_TYPES, _find_distilbert),
     "gpt2": (GPT2_TYPES, _find_gpt2),
     "llama": (LLAMA_TYPES, _find_llama),
     "t5-encoder": (T5_TYPES, _find_t5_encoder),
+    # encoders
+    "deberta-v2": (DEBERTA_V2_TYPES, _find_deberta_v2),
+    # ModernBERT: rotary positions (from the mask: left padding changes nothing), GLU MLP (Wi -> act * gate -> Wo)
+    "modernbert": (
+        MODERNBERT_TYPES,
+        _layers_finder("modernbert", "layers", "mlp.Wo", is_decoder=False, needs_position_ids=True),
+    ),
+    # MPNet: BERT-like blocks; positions come from the pad token, as in RoBERTa
+    "mpnet": (
+        MPNET_TYPES,
+        _layers_finder("mpnet", "encoder.layer", "output.dense", is_decoder=False, needs_position_ids=False),
+    ),
+    # decoders
+    "gpt-neox": (
+        GPT_NEOX_TYPES,
+        _layers_finder("gpt-neox", "layers", "mlp.dense_4h_to_h", is_decoder=True, needs_position_ids=True),
+    ),
+    "opt": (OPT_TYPES, _find_opt),
+    "phi": (PHI_TYPES, _layers_finder("phi", "layers", "mlp.fc2", is_decoder=True, needs_position_ids=True)),
+    # Phi-3: fused gate_up_proj; the down projection's input is up * act(gate)
+    "phi3": (PHI3_TYPES, _layers_finder("phi3", "layers", "mlp.down_proj", is_decoder=True, needs_position_ids=True)),
+    "gemma": (GEMMA_TYPES, _find_gemma),
+    "falcon": (
+        FALCON_TYPES,
+        _layers_finder("falcon", "h", "mlp.dense_4h_to_h", is_decoder=True, needs_position_ids=True),
+    ),
 }
 
 #: families also recognised by structure when the model type is not listed (any model.layers[i].mlp.down_proj)
@@ -186,7 +330,7 @@ def supported_model_types() -> tuple[str, ...]:
 def _unsupported(what: str) -> InputError:
     return InputError(
         f"unsupported model {what}; supported model types: {', '.join(supported_model_types())} "
-        "(adapters live in spin_cache/models.py, ADAPTERS registry)"
+        "(adapters live in spin_cache/model/adapters.py, ADAPTERS registry)"
     )
 
 
