@@ -46,6 +46,18 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=positive_int, default=32, help="texts per forward pass (default: 32)")
+    p.add_argument(
+        "--max-tokens",
+        type=positive_int,
+        default=None,
+        help="batch by a budget of padded tokens (rows x longest row) instead of --batch-size; input order kept",
+    )
+    p.add_argument(
+        "--compute-dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="dtype the model runs in (default auto: the store's on CUDA, float32 on the CPU)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object with every prediction")
     p.set_defaults(func=cmd_predict)
 
@@ -64,6 +76,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         as_json=args.json,
         device=args.device,
         batch_size=args.batch_size,
+        max_tokens=args.max_tokens,
+        compute_dtype=args.compute_dtype,
         progress=not args.quiet and sys.stderr.isatty(),
     )
     return 0
