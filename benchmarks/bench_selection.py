@@ -1,0 +1,474 @@
+"""Selection strategies under repeated re-splits of dev and test (issue 23): which choice generalises, and how
+honest is the estimate shown next to it.
+
+    # 1. every configuration's predictions on every dev and test row, cached (minutes; resumable per group)
+    python benchmarks/bench_selection.py predict --store stores/sst5 --probes RUN --cache /tmp/sel/sst5
+    python benchmarks/bench_selection.py predict --synthetic /tmp/sel/synth --cache /tmp/sel/synth  # store + probes
+    # 2. 20 re-splits, every strategy and estimate (a minute or two per set)
+    python benchmarks/bench_selection.py evaluate --cache /tmp/sel/sst5 --name SST-5 --json /tmp/sel/sst5.json
+    # 3. the tables of several sets as markdown
+    python benchmarks/bench_selection.py table /tmp/sel/*.json
+
+`predict` mirrors `spin_cache.loop.sweep.sweep_group`: for every (kind, pooling) group, every rule value of the
+default grid (DEFAULT_ETAS) and every K, the selected neurons of the first K layers (spin_cache.loop.select.select on
+the probe run's saliency), standardised with train statistics, one L2 head per C of HEAD_C_GRID fitted on train only
+with the sweep's solver (warm-started along C, as fit_c_path does), and its predicted label on every dev and test
+row. Base (the last hidden layer, all neurons) is fitted the same way for every pooling. Identical selections are
+fitted once. Each group's predictions land in CACHE/<kind>_<pooling>.npz as it finishes (a rerun skips them).
+
+`evaluate` pools the dev and test rows and draws `--splits` random dev'/test' splits of the original sizes (seeds
+0..splits-1). On each, every strategy chooses from the dev' columns only (ConfigScores never sees a test' row), the
+chosen configuration is scored once on test', and every estimate method is computed on dev'. Base: the best
+(pooling, C) of the Base heads on dev' (ties to smaller C), scored on test'. Reported per strategy: mean and
+standard deviation of test' accuracy, mean optimism (chosen dev' - test'), mean gain over Base on test', the chosen
+configuration's neurons, and per estimate method the mean |estimate - test'| and mean (estimate - test').
+The original split is reported too (the numbers today's sweep prints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np
+
+from spin_cache.loop.selection import (
+    DEFAULT_N_BOOT,
+    ESTIMATE_METHODS,
+    STRATEGIES,
+    ConfigScores,
+    choose,
+    expected_score,
+)
+
+META = ("kind", "pooling", "value", "k", "n_neurons", "C", "base")
+
+
+# ---- predict ------------------------------------------------------------------------------------------------------
+
+
+def _c_path_predictions(x: dict[str, np.ndarray], y_train: np.ndarray, n_classes: int, c_grid, settings) -> list:
+    """Predicted labels on the pooled dev+test rows for every C (ascending), fitted as SpinClassifier.fit does."""
+    from spin_cache.fit import solver
+
+    scaler = solver.Standardizer.fit(x["train"])
+    train = solver.Design.of(scaler.transform(x["train"]), y_train)
+    pooled = scaler.transform(x["pool"])
+    # One Lipschitz bound for the whole path, as fit_c_path computes it (named lipschitz or _lipschitz by version;
+    # without it fit_logistic computes the same bound itself, per C).
+    bound = getattr(solver, "lipschitz", None) or getattr(solver, "_lipschitz", None)
+    lip = bound(train, 1 if n_classes == 2 else n_classes) if bound else None
+    out, warm = [], None
+    for c in sorted(c_grid):
+        fit = solver.fit_logistic(
+            train,
+            n_classes,
+            c,
+            penalty=settings.penalty,
+            max_iter=settings.max_iter,
+            tol=settings.tol,
+            warm=warm,
+            lipschitz=lip,
+        )
+        warm = fit
+        out.append((c, solver.predict_labels(solver.decision(pooled, fit.coef, fit.intercept)).astype(np.int8)))
+    return out
+
+
+def predict_group(store, run, kind: str, pooling: str, settings, path: Path) -> None:
+    """Every configuration of one (kind, pooling) group, every C: predictions on dev+test rows, saved to `path`."""
+    from spin_cache.loop.select import select
+
+    t0 = time.perf_counter()
+    layers = store.layers(kind)
+    split = store.examples["split"].to_numpy()
+    labels = store.examples["label"].to_numpy().astype(np.int64)
+    train, pool = split == "train", (split == "dev") | (split == "test")
+    pool_rows = np.concatenate([np.flatnonzero(split == "dev"), np.flatnonzero(split == "test")])
+    n_classes = len(store.label_names)
+    saliency = {layer: run.saliency(kind, pooling, layer) for layer in layers}
+    selections = {v: {layer: select(saliency[layer], settings.rule, v) for layer in layers} for v in settings.values}
+    need = {layer: set() for layer in layers}
+    for sel in selections.values():
+        for layer, idx in sel.items():
+            need[layer].update(int(i) for i in idx)
+    cols = {layer: np.array(sorted(need[layer]), dtype=np.int64) for layer in layers}
+    data = {layer: store.read(kind, pooling, layer, columns=cols[layer]) for layer in layers}
+    assert not np.any(pool[train])
+
+    def features(parts: list[np.ndarray]) -> dict[str, np.ndarray]:
+        full = np.concatenate(parts, axis=1)
+        return {"train": full[train], "pool": full[pool_rows]}
+
+    meta: dict[str, list] = {k: [] for k in META}
+    preds: list[np.ndarray] = []
+    done: dict[bytes, list] = {}
+    for value, sel in selections.items():
+        for k in range(1, len(layers) + 1):
+            upto = layers[:k]
+            key = b"|".join(np.asarray(sel[layer], dtype=np.int64).tobytes() for layer in upto)
+            if key not in done:
+                parts = [data[layer][:, np.searchsorted(cols[layer], sel[layer])] for layer in upto]
+                done[key] = _c_path_predictions(features(parts), labels[train], n_classes, settings.c_grid, settings)
+            n = sum(len(sel[layer]) for layer in upto)
+            for c, p in done[key]:
+                for name, v in zip(META, (kind, pooling, float(value), k, n, c, False), strict=True):
+                    meta[name].append(v)
+                preds.append(p)
+    if kind == "hidden":
+        last = layers[-1]
+        full = store.read(kind, pooling, last)
+        for c, p in _c_path_predictions(features([full]), labels[train], n_classes, settings.c_grid, settings):
+            for name, v in zip(META, (kind, pooling, np.nan, 1, store.width(kind), c, True), strict=True):
+                meta[name].append(v)
+            preds.append(p)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(
+        tmp,
+        predictions=np.stack(preds),
+        labels=labels[pool_rows],
+        n_dev=int((split == "dev").sum()),
+        n_classes=n_classes,
+        **{k: np.asarray(v) for k, v in meta.items()},
+    )
+    tmp.replace(path)
+    print(
+        f"  {kind}/{pooling}: {len(preds)} heads ({len(done)} distinct selections x {len(settings.c_grid)} C) "
+        f"in {time.perf_counter() - t0:.0f} s",
+        flush=True,
+    )
+
+
+def make_synthetic(folder: Path, args) -> tuple[str, str]:
+    """A synthetic store (planted signal in two layers, every other neuron noise) and its probe run."""
+    from spin_cache.loop.probe import ProbeSettings, run_probes
+    from spin_cache.synth import make_synthetic_store
+
+    store = folder / "store"
+    informative = {int(a): int(b) for a, b in (p.split(":") for p in args.informative.split(","))}
+    make_synthetic_store(
+        store,
+        n_rows=args.rows,
+        n_layers=args.layers,
+        width=args.width,
+        poolings=("mean",),
+        informative=informative,
+        n_classes=args.classes,
+        signal=args.signal,
+        seed=args.seed,
+    )
+    probes = folder / "probes"
+    if not (probes / "probes.parquet").exists():
+        run_probes(str(store), probes, ProbeSettings(), scheduler="threads", workers=args.workers, progress=False)
+    return str(store), str(probes)
+
+
+def cmd_predict(args) -> None:
+    import torch
+
+    from spin_cache.loop.probe import ProbeRun
+    from spin_cache.loop.sweep import SweepSettings
+    from spin_cache.store.activation_store import ActivationStore
+
+    torch.set_num_threads(args.threads)
+    if args.synthetic:
+        store_url, probes = make_synthetic(Path(args.synthetic), args)
+    else:
+        store_url, probes = args.store, args.probes
+        if not (Path(probes) / "probes.parquet").exists():
+            from spin_cache.loop.probe import ProbeSettings, run_probes
+
+            run_probes(store_url, probes, ProbeSettings(), scheduler="threads", workers=args.workers, progress=False)
+    store = ActivationStore.open(store_url)
+    run = ProbeRun(probes)
+    run.check_store(store)
+    settings = SweepSettings(metric=run.settings.metric)
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    probed = set(run.probes.select("kind", "pooling").unique().iter_rows())
+    (cache / "source.json").write_text(
+        json.dumps(
+            {
+                "store": store_url,
+                "probes": probes,
+                "settings": {
+                    "values": list(settings.values),
+                    "c_grid": list(settings.c_grid),
+                    "penalty": settings.penalty,
+                    "max_iter": settings.max_iter,
+                    "tol": settings.tol,
+                },
+            },
+            indent=2,
+        )
+    )
+    for kind in store.kinds:
+        for pooling in store.poolings:
+            if (kind, pooling) not in probed or (args.kinds and kind not in args.kinds):
+                continue
+            if args.poolings and pooling not in args.poolings:
+                continue
+            path = cache / f"{kind}_{pooling}.npz"
+            if path.exists():
+                print(f"  {kind}/{pooling}: cached", flush=True)
+                continue
+            predict_group(store, run, kind, pooling, settings, path)
+
+
+def load_cache(cache: str | Path) -> dict:
+    """The groups' predictions stacked in group order (kinds, then poolings, as the sweep orders them)."""
+    files = sorted(Path(cache).glob("*.npz"), key=lambda p: (not p.name.startswith("hidden"), p.name))
+    files = [f for f in files if not f.name.endswith(".tmp.npz")]
+    if not files:
+        sys.exit(f"{cache}: no predictions; run `predict` first")
+    parts = [dict(np.load(f, allow_pickle=False)) for f in files]
+    out = {k: np.concatenate([p[k] for p in parts]) for k in ("predictions", *META)}
+    out |= {k: parts[0][k] for k in ("labels", "n_dev", "n_classes")}
+    out["groups"] = [f.stem for f in files]
+    return out
+
+
+# ---- evaluate -----------------------------------------------------------------------------------------------------
+
+
+def accuracy(pred: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(pred == y))
+
+
+def neighbourhoods(data: dict, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The grid the `smoothed` strategy averages over: neighbours share kind, pooling and C and sit one step apart
+    in the rule-value grid or in K."""
+    value = data["value"][rows]
+    keys = zip(data["kind"][rows], data["pooling"][rows], data["C"][rows], strict=True)
+    group = np.array([f"{k}/{p}/{c:g}" for k, p, c in keys])
+    grid = np.stack([np.searchsorted(np.unique(value), value), data["k"][rows]], axis=1)
+    return group, grid
+
+
+def evaluate_split(data: dict, dev: np.ndarray, test: np.ndarray, strategies, methods, n_boot: int) -> dict:
+    """One dev'/test' split: each strategy chooses on dev' (a ConfigScores of dev' columns only), its choice is
+    scored once on test'; estimates are computed from dev' alone."""
+    pred, y, base = data["predictions"], data["labels"], data["base"]
+    spin = ~base
+    group, grid = neighbourhoods(data, spin)
+    cs = ConfigScores(
+        pred[spin][:, dev],
+        y[dev],
+        data["n_neurons"][spin],
+        data["k"][spin],
+        data["C"][spin],
+        n_classes=int(data["n_classes"]),
+        group=group,
+        grid=grid,
+    )
+    spin_test = pred[spin][:, test]
+    out: dict = {}
+    if base.any():
+        bs = ConfigScores(
+            pred[base][:, dev],
+            y[dev],
+            data["n_neurons"][base],
+            data["k"][base],
+            data["C"][base],
+            n_classes=int(data["n_classes"]),
+        )
+        out["base"] = accuracy(pred[base][choose(bs, "argmax").index, test], y[test])
+    test_scores = (spin_test == y[test][None, :]).mean(axis=1)
+    out["oracle"] = float(test_scores.max())
+    dev_scores = cs.scores()
+    top10 = np.argsort(-dev_scores, kind="stable")[:10]
+    out["top10_test"] = float(test_scores[top10].mean())
+    for name in strategies:
+        ch = choose(cs, name)
+        row = {
+            "dev": ch.dev_score,
+            "test": float(test_scores[ch.index]),
+            "n_neurons": int(cs.n_neurons[ch.index]),
+            "k": int(cs.n_layers[ch.index]),
+            "C": float(cs.C[ch.index]),
+            "candidates": ch.n_candidates,
+        }
+        for m in methods:
+            row[f"est_{m}"] = expected_score(cs, name, method=m, n_boot=n_boot).estimate
+        out[name] = row
+    out["n_configurations"] = cs.n_configurations
+    out["n_distinct"] = cs.n_distinct
+    return out
+
+
+def cmd_evaluate(args) -> None:
+    data = load_cache(args.cache)
+    y, n_dev = data["labels"], int(data["n_dev"])
+    n = len(y)
+    strategies = args.strategies or list(STRATEGIES)
+    methods = args.methods or list(ESTIMATE_METHODS)
+    t0 = time.perf_counter()
+    original = evaluate_split(data, np.arange(n_dev), np.arange(n_dev, n), strategies, methods, args.n_boot)
+    splits = []
+    for seed in range(args.splits):
+        perm = np.random.default_rng(seed).permutation(n)
+        splits.append(evaluate_split(data, perm[:n_dev], perm[n_dev:], strategies, methods, args.n_boot))
+        print(f"  split {seed}: " + ", ".join(f"{s} {splits[-1][s]['test']:.4f}" for s in strategies), flush=True)
+    summary = summarise(splits, strategies, methods)
+    result = {
+        "name": args.name or str(args.cache),
+        "cache": str(args.cache),
+        "groups": data["groups"],
+        "n_dev": n_dev,
+        "n_test": n - n_dev,
+        "n_configurations": original["n_configurations"],
+        "n_distinct": original["n_distinct"],
+        "splits": args.splits,
+        "n_boot": args.n_boot,
+        "original": original,
+        "per_split": splits,
+        "summary": summary,
+        "seconds": time.perf_counter() - t0,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+    }
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    print(markdown([result]))
+
+
+def summarise(splits: list[dict], strategies, methods) -> dict:
+    base = np.array([s.get("base", np.nan) for s in splits])
+    out = {
+        "base_test_mean": float(np.mean(base)),
+        "oracle_test_mean": float(np.mean([s["oracle"] for s in splits])),
+        "top10_test_mean": float(np.mean([s["top10_test"] for s in splits])),
+    }
+    for name in strategies:
+        test = np.array([s[name]["test"] for s in splits])
+        dev = np.array([s[name]["dev"] for s in splits])
+        row = {
+            "test_mean": float(test.mean()),
+            "test_sd": float(test.std(ddof=1)) if len(test) > 1 else 0.0,
+            "dev_mean": float(dev.mean()),
+            "optimism": float(np.mean(dev - test)),
+            "gain_over_base": float(np.mean(test - base)),
+            "gain_sd": float(np.std(test - base, ddof=1)) if len(test) > 1 else 0.0,
+            "neurons_median": float(np.median([s[name]["n_neurons"] for s in splits])),
+            "k_median": float(np.median([s[name]["k"] for s in splits])),
+        }
+        if "argmax" in strategies:
+            diff = test - np.array([s["argmax"]["test"] for s in splits])
+            row["vs_argmax"] = float(diff.mean())
+            row["vs_argmax_se"] = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+            row["vs_argmax_wins"] = int(np.sum(diff > 0))
+            row["vs_argmax_losses"] = int(np.sum(diff < 0))
+        for m in methods:
+            est = np.array([s[name][f"est_{m}"] for s in splits])
+            row[f"est_{m}_abs_err"] = float(np.mean(np.abs(est - test)))
+            row[f"est_{m}_bias"] = float(np.mean(est - test))
+            row[f"est_{m}_mean"] = float(est.mean())
+        out[name] = row
+    return out
+
+
+# ---- table --------------------------------------------------------------------------------------------------------
+
+
+def _versus(x: dict) -> str:
+    if "vs_argmax" not in x:
+        return "-"
+    return f"{100 * x['vs_argmax']:+.2f} ± {100 * x['vs_argmax_se']:.2f}; {x['vs_argmax_wins']}/{x['vs_argmax_losses']}"
+
+
+def markdown(results: list[dict]) -> str:
+    lines = []
+    for r in results:
+        s = r["summary"]
+        strategies = [k for k in s if isinstance(s[k], dict)]
+        methods = sorted({k.split("_")[1] for k in s[strategies[0]] if k.startswith("est_") and k.endswith("_bias")})
+        lines += [
+            f"### {r['name']}: {r['n_configurations']} heads compared ({r['n_distinct']} distinct on dev), "
+            f"dev {r['n_dev']} / test {r['n_test']} rows, {r['splits']} re-splits",
+            "",
+            f"Base on test': {100 * s['base_test_mean']:.2f}; mean test' of the 10 best on dev': "
+            f"{100 * s['top10_test_mean']:.2f}; best on test' (oracle): {100 * s['oracle_test_mean']:.2f}",
+            "",
+            "| strategy | test' mean ± sd | vs argmax (± se; wins/losses) | chosen dev' | optimism "
+            "| gain over Base ± sd | neurons (median) | K |"
+            + "".join(f" {m}: mean est. / mean abs err / bias |" for m in methods),
+            "|---|---|---|---|---|---|---|---|" + "---|" * len(methods),
+        ]
+        for name in strategies:
+            x = s[name]
+            lines.append(
+                f"| {name} | {100 * x['test_mean']:.2f} ± {100 * x['test_sd']:.2f} | {_versus(x)} "
+                f"| {100 * x['dev_mean']:.2f} "
+                f"| {100 * x['optimism']:+.2f} | {100 * x['gain_over_base']:+.2f} ± {100 * x['gain_sd']:.2f} "
+                f"| {x['neurons_median']:.0f} | {x['k_median']:.0f} |"
+                + "".join(
+                    f" {100 * x[f'est_{m}_mean']:.2f} / {100 * x[f'est_{m}_abs_err']:.2f} / "
+                    f"{100 * x[f'est_{m}_bias']:+.2f} |"
+                    for m in methods
+                )
+            )
+        o = r["original"]
+        base = f"{100 * o['base']:.2f}" if "base" in o else "-"
+        lines += ["", f"Original split (what today's sweep reports): Base test {base}", ""]
+        for name in strategies:
+            c = o[name]
+            estimates = ", ".join(f"{m} {100 * c[f'est_{m}']:.2f}" for m in methods)
+            lines.append(
+                f"- {name}: dev {100 * c['dev']:.2f} / test {100 * c['test']:.2f}; {c['n_neurons']} neurons, "
+                f"K {c['k']}, C {c['C']:g}; estimates {estimates}"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def cmd_table(args) -> None:
+    print(markdown([json.loads(Path(p).read_text()) for p in args.results]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("predict", help="cache every configuration's dev and test predictions")
+    p.add_argument("--store")
+    p.add_argument("--probes", help="a probe run of --store (made with the default ProbeSettings when missing)")
+    p.add_argument("--synthetic", help="folder: make a synthetic store and its probe run there instead")
+    p.add_argument("--cache", required=True, help="folder for the predictions (one .npz per kind/pooling)")
+    p.add_argument("--kinds", nargs="*")
+    p.add_argument("--poolings", nargs="*")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--workers", type=int, default=1, help="probe tasks at once when probing (default 1)")
+    p.add_argument("--rows", type=int, default=6000, help="synthetic: rows (70/15/15 train/dev/test)")
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--classes", type=int, default=2)
+    p.add_argument("--signal", type=float, default=0.25)
+    p.add_argument("--informative", default="3:6,5:6", help="synthetic: layer:neurons,...")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_predict)
+    e = sub.add_parser("evaluate", help="repeated dev'/test' re-splits of the cached predictions")
+    e.add_argument("--cache", required=True)
+    e.add_argument("--name")
+    e.add_argument("--splits", type=int, default=20)
+    e.add_argument("--n-boot", type=int, default=DEFAULT_N_BOOT)
+    e.add_argument("--strategies", nargs="*")
+    e.add_argument("--methods", nargs="*")
+    e.add_argument("--json")
+    e.set_defaults(func=cmd_evaluate)
+    t = sub.add_parser("table", help="markdown tables of evaluate's JSON results")
+    t.add_argument("results", nargs="+")
+    t.set_defaults(func=cmd_table)
+    args = ap.parse_args(argv)
+    if args.cmd == "predict" and not (args.synthetic or (args.store and args.probes)):
+        ap.error("predict: give --store and --probes, or --synthetic FOLDER")
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,563 @@
+"""Choosing one configuration among many on a dev split, and an honest estimate of what it will score on new data.
+
+The sweep fits a head for every (kind, pooling, rule value, K) configuration and every C of the head grid, and must
+then pick one. Picking the best dev score among thousands of near-ties rewards luck: the winner's dev score is biased
+upwards (the "winner's curse", or selection bias; Cawley & Talbot 2010, *On over-fitting in model selection and
+subsequent selection bias in performance evaluation*, JMLR 11), and the configuration it names is often not the one
+that does best on new data. This module holds the choice and the estimate as pure functions of one matrix:
+
+    ConfigScores.predictions[i, r]  the label configuration i (one (kind, pooling, value, K, C) head) predicts for
+                                    dev row r
+    ConfigScores.labels[r]          dev row r's label
+    n_neurons[i], n_layers[i], C[i] the configuration's complexity keys (fewer / fewer / smaller = simpler)
+
+Nothing here sees a test row: the test score is computed once, by the caller, for the configuration chosen.
+
+Strategies (`STRATEGIES`; each returns a `Choice`):
+
+- ``argmax``: the best dev score; ties to fewer neurons, then fewer layers, then smaller C (today's sweep).
+- ``one_se``: the one-standard-error rule (Breiman et al. 1984, *Classification and Regression Trees*; Hastie,
+  Tibshirani & Friedman, *The Elements of Statistical Learning*, 7.10): the simplest configuration, fewest neurons,
+  then fewest layers, then strongest regularisation (smallest C), whose dev score is within one binomial standard
+  error ``sqrt(s (1 - s) / n)`` of the best dev score ``s``. Among equally simple candidates, the higher dev score.
+- ``one_se_paired``: the same, with the standard error of the *paired* difference to the arg-max on the same dev
+  rows (the error bar of a paired comparison, as in McNemar's test): a configuration that errs on the same rows as
+  the best gets a narrow window, an unrelated one a wider window.
+
+Estimates (`expected_score`; the whole selection procedure is re-run, so the estimate accounts for the search):
+
+- ``bbc``: the bootstrap bias-corrected estimate (Tsamardinos, Greasidou & Borboudakis 2018, *Bootstrapping the
+  out-of-sample predictions for efficient and accurate cross-validation*, Machine Learning 107): resample the dev
+  rows with replacement, run the strategy on the resample, score the configuration it chooses on the rows the
+  resample left out (out-of-bag), and average. Slightly pessimistic: each resample chooses from ~63% distinct rows.
+- ``optimism``: Efron's optimism bootstrap (Efron & Tibshirani 1993, ch. 17; Harrell 2015, 5.3): the chosen dev
+  score minus the mean, over resamples, of (resample score of the resample's choice - its score on all dev rows).
+- ``tt``: Tibshirani & Tibshirani 2009 (*A bias correction for the minimum error rate in cross-validation*, Ann.
+  Appl. Stat. 3): the dev rows in K folds; bias = mean over folds of (the fold's own choice's fold score - the
+  overall choice's fold score); estimate = chosen dev score - bias.
+
+Scores are ``accuracy`` or ``macro_f1`` (spin_cache.fit.metrics). For ``macro_f1`` the one-standard-error rule uses
+the same binomial formula as an approximation of the score's standard error.
+
+The sweep calls::
+
+    scores = ConfigScores(predictions, dev_labels, n_neurons, n_layers, C, metric=settings.metric)
+    choice = choose(scores, "one_se")                 # choice.index: the row of `predictions` to export
+    honest = expected_score(scores, "one_se")         # honest.estimate, honest.n_configurations
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from ..errors import InputError
+from ..fit.metrics import METRICS
+
+# Scores of configurations that agree on every weighted row are computed by the same sums of small integers, so they
+# are equal to the last bit; the tolerance only guards against a future change of summation order.
+_TIE = 1e-9
+
+#: How `expected_score` re-runs the selection: see the module docstring.
+ESTIMATE_METHODS = ("bbc", "optimism", "tt")
+DEFAULT_ESTIMATE_METHOD = "bbc"
+DEFAULT_N_BOOT = 500
+DEFAULT_FOLDS = 10
+
+
+@dataclass(frozen=True, eq=False)
+class ConfigScores:
+    """Every configuration's predicted labels on the dev rows, the dev labels, and each configuration's complexity.
+
+    predictions: (n_configurations, n_dev) integer labels; row i is configuration i (one head: kind, pooling,
+        rule value, K and C), column r is dev row r.
+    labels: (n_dev,) integer dev labels.
+    n_neurons, n_layers, C: (n_configurations,) the complexity keys: neurons the head reads, layers it integrates
+        (K), and its inverse regularisation strength (scikit-learn's C: smaller = stronger).
+    metric: "accuracy" or "macro_f1" (the sweep's --metric).
+    n_classes: the number of classes (labels and predictions lie in 0..n_classes-1); default: the largest label or
+        prediction + 1.
+
+    Bad input raises a one-line InputError naming the field.
+    """
+
+    predictions: np.ndarray
+    labels: np.ndarray
+    n_neurons: np.ndarray
+    n_layers: np.ndarray
+    C: np.ndarray
+    metric: str = "accuracy"
+    n_classes: int | None = None
+    group: np.ndarray | None = None
+    grid: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        pred = _int_array("predictions", self.predictions, 2)
+        labels = _int_array("labels", self.labels, 1)
+        m, n = pred.shape
+        if m == 0 or n == 0:
+            raise InputError(f"predictions: shape {pred.shape}; need at least one configuration and one dev row")
+        if len(labels) != n:
+            raise InputError(f"labels: {len(labels)} dev labels for predictions over {n} dev rows")
+        neurons = _int_array("n_neurons", self.n_neurons, 1)
+        layers = _int_array("n_layers", self.n_layers, 1)
+        c = np.asarray(self.C, dtype=np.float64) if _is_numeric(self.C) else None
+        if c is None or c.ndim != 1:
+            raise InputError("C: give a 1-D array of positive numbers, one per configuration")
+        for name, arr in (("n_neurons", neurons), ("n_layers", layers), ("C", c)):
+            if len(arr) != m:
+                raise InputError(f"{name}: {len(arr)} values for {m} configurations")
+        if neurons.min() < 1 or layers.min() < 1:
+            raise InputError("n_neurons and n_layers: every configuration reads at least one neuron of one layer")
+        if not np.all(np.isfinite(c)) or c.min() <= 0:
+            raise InputError("C: every value must be a finite number above 0")
+        if self.metric not in METRICS:
+            raise InputError(f"metric {self.metric!r}: choose from {', '.join(METRICS)}")
+        low = min(int(pred.min()), int(labels.min()))
+        high = max(int(pred.max()), int(labels.max()))
+        if low < 0:
+            raise InputError("predictions and labels: class indices must be 0 or more")
+        k = high + 1 if self.n_classes is None else self.n_classes
+        if not isinstance(k, (int, np.integer)) or k < 1 or high >= k:
+            raise InputError(f"n_classes {self.n_classes!r}: labels and predictions go up to {high}")
+        group, grid = self.group, self.grid
+        if (group is None) != (grid is None):
+            raise InputError("group and grid: give both (configurations' neighbourhoods) or neither")
+        if grid is not None:
+            grid = _int_array("grid", grid, 2)
+            group = np.asarray(group)
+            if group.ndim != 1 or len(group) != m or len(grid) != m:
+                raise InputError(f"group and grid: need one group and one grid row for each of the {m} configurations")
+            if len({(g, *row) for g, row in zip(group.tolist(), grid.tolist(), strict=True)}) != m:
+                raise InputError("group and grid: two configurations share a group and a grid position")
+        for name, value in (
+            ("predictions", pred),
+            ("labels", labels),
+            ("n_neurons", neurons),
+            ("n_layers", layers),
+            ("C", c),
+            ("n_classes", int(k)),
+            ("group", group),
+            ("grid", grid),
+        ):
+            object.__setattr__(self, name, value)
+
+    @property
+    def n_configurations(self) -> int:
+        return int(self.predictions.shape[0])
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.predictions.shape[1])
+
+    @cached_property
+    def n_distinct(self) -> int:
+        """Configurations with distinct dev predictions (heads that agree on every dev row count once)."""
+        return len(np.unique(self.predictions, axis=0))
+
+    @cached_property
+    def complexity_rank(self) -> np.ndarray:
+        """Dense rank of (n_neurons, n_layers, C): 0 = the simplest; equal keys share a rank."""
+        keys = np.stack([self.n_neurons.astype(np.float64), self.n_layers.astype(np.float64), self.C])
+        _, inverse = np.unique(keys.T, axis=0, return_inverse=True)
+        return inverse.reshape(-1).astype(np.int64)
+
+    @cached_property
+    def neighbourhood(self) -> object:
+        """(n_configurations, n_configurations) row-stochastic averaging operator: row i averages configuration i
+        and its grid neighbours (same group; grid positions one step apart along exactly one axis)."""
+        if self.grid is None or self.group is None:
+            raise InputError("the smoothed strategy needs the configurations' group and grid (see ConfigScores)")
+        position = {
+            (g, *row): i for i, (g, row) in enumerate(zip(self.group.tolist(), self.grid.tolist(), strict=True))
+        }
+        rows, cols = [], []
+        for (g, *row), i in position.items():
+            rows.append(i)
+            cols.append(i)
+            for axis in range(len(row)):
+                for step in (-1, 1):
+                    near = list(row)
+                    near[axis] += step
+                    j = position.get((g, *near))
+                    if j is not None:
+                        rows.append(i)
+                        cols.append(j)
+        from scipy import sparse
+
+        m = self.n_configurations
+        adjacency = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(m, m))
+        return sparse.diags(1.0 / np.asarray(adjacency.sum(axis=1)).ravel()) @ adjacency
+
+    def scores(self, weights: np.ndarray | None = None) -> np.ndarray:
+        """Every configuration's metric under row weights.
+
+        weights: (n_dev,) or (n_dev, B) non-negative row weights (bootstrap counts, fold indicators); default all
+        ones. Returns (n_configurations,) or (n_configurations, B)."""
+        if weights is None:
+            return self._scores(np.ones((self.n_rows, 1)))[:, 0]
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape[0] != self.n_rows or w.ndim not in (1, 2) or not np.all(w >= 0):
+            raise InputError(f"weights: need non-negative weights for the {self.n_rows} dev rows, got {w.shape}")
+        return self._scores(w[:, None])[:, 0] if w.ndim == 1 else self._scores(w)
+
+    def _scores(self, w: np.ndarray) -> np.ndarray:
+        total = w.sum(axis=0)
+        if np.any(total <= 0):
+            raise InputError("weights: every column needs at least one row with a positive weight")
+        if self.metric == "accuracy":
+            return (self._correct @ w) / total
+        f1_sum = np.zeros((self.n_configurations, w.shape[1]))
+        present = np.zeros_like(f1_sum)
+        for c in range(self.n_classes):
+            is_pred = (self.predictions == c).astype(np.float64)
+            is_true = (self.labels == c).astype(np.float64)
+            tp = (is_pred * is_true) @ w
+            denom = is_pred @ w + (is_true @ w)[None, :]
+            here = denom > 0
+            f1_sum += np.where(here, 2 * tp / np.where(here, denom, 1.0), 0.0)
+            present += here
+        return f1_sum / np.maximum(present, 1)
+
+    @cached_property
+    def _correct(self) -> np.ndarray:
+        return (self.predictions == self.labels[None, :]).astype(np.float64)
+
+    def restrict(self, rows: np.ndarray) -> ConfigScores:
+        """The same configurations on a subset of the dev rows (indices or a boolean mask)."""
+        rows = np.asarray(rows)
+        return ConfigScores(
+            self.predictions[:, rows],
+            self.labels[rows],
+            self.n_neurons,
+            self.n_layers,
+            self.C,
+            self.metric,
+            self.n_classes,
+            self.group,
+            self.grid,
+        )
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What a strategy chose: `index` is the row of ConfigScores.predictions to export."""
+
+    strategy: str
+    index: int
+    dev_score: float  # the chosen configuration's dev score (what today's table shows)
+    best_dev_score: float  # the best dev score of any configuration
+    threshold: float  # the lowest dev score among the strategy's candidates (argmax: the best score itself)
+    n_candidates: int  # configurations the strategy found as good as the best (argmax: the ties)
+    n_configurations: int
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The score to expect on new data from `strategy`'s choice, with the search accounted for.
+
+    estimate: the honest number to show next to `apparent` (the chosen configuration's dev score).
+    optimism: apparent - estimate (how much the dev score overstates, by this estimate).
+    n_configurations / n_distinct: how many configurations were compared (distinct: by dev predictions)."""
+
+    strategy: str
+    method: str
+    estimate: float
+    apparent: float
+    optimism: float
+    n_configurations: int
+    n_distinct: int
+    n_rows: int
+    n_resamples: int  # bootstrap resamples (bbc, optimism) or folds (tt)
+    seed: int
+    details: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+# ---- strategies: vectorised over columns of a score matrix --------------------------------------------------------
+
+#: A strategy's candidate set: (configurations, their scores (n_configurations, B), the row weights behind each
+#: column (n_dev, B)) -> (n_configurations, B) mask. Every strategy then takes the simplest candidate (`_simplest`).
+Candidates = Callable[[ConfigScores, np.ndarray, np.ndarray], np.ndarray]
+
+
+def _simplest(candidates: np.ndarray, scores: np.ndarray, cs: ConfigScores) -> np.ndarray:
+    """Per column, among the candidates: the lowest complexity rank, then the higher score, then the lower index."""
+    rank = cs.complexity_rank[:, None]
+    ranked = np.where(candidates, rank, np.iinfo(np.int64).max)
+    simplest = candidates & (rank == ranked.min(axis=0, keepdims=True))
+    best = np.where(simplest, scores, -np.inf).max(axis=0, keepdims=True)
+    return (simplest & (scores >= best - _TIE)).argmax(axis=0)
+
+
+def binomial_se(score: np.ndarray | float, n_rows: float) -> np.ndarray:
+    """The binomial standard error sqrt(s (1 - s) / n) of a score s measured on n rows."""
+    s = np.clip(np.asarray(score, dtype=np.float64), 0.0, 1.0)
+    return np.sqrt(s * (1.0 - s) / np.maximum(n_rows, 1.0))
+
+
+def _best_candidates(cs: ConfigScores, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    return scores >= scores.max(axis=0, keepdims=True) - _TIE
+
+
+def _one_se_candidates(cs: ConfigScores, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    best = scores.max(axis=0, keepdims=True)
+    return scores >= best - binomial_se(best, weights.sum(axis=0)[None, :]) - _TIE
+
+
+def _one_se_paired_candidates(cs: ConfigScores, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    leader = _simplest(_best_candidates(cs, scores, weights), scores, cs)
+    lead_score = scores[leader, np.arange(scores.shape[1])][None, :]
+    return scores >= lead_score - paired_se(cs, leader, weights) - _TIE
+
+
+def paired_se(cs: ConfigScores, leader: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(n_configurations, B): the standard error of the mean paired difference in per-row correctness between each
+    configuration and column b's `leader[b]`, under column b's row weights: sqrt(weighted variance / weight).
+    Configurations that err on the same rows as the leader get a small one, unrelated ones a larger one. For
+    macro_f1 the per-row correctness stands in for the score (an approximation)."""
+    total = weights.sum(axis=0)
+    c = cs._correct
+    lead = c[leader].T  # (n_dev, B)
+    s_i = (c @ weights) / total
+    s_l = (lead * weights).sum(axis=0) / total
+    both = (c @ (lead * weights)) / total
+    mean_d = s_i - s_l
+    mean_d2 = s_i + s_l - 2 * both  # (c_i - c_l)^2 = c_i + c_l - 2 c_i c_l for 0/1 values
+    return np.sqrt(np.maximum(mean_d2 - mean_d**2, 0.0) / total)
+
+
+def _smoothed_candidates(cs: ConfigScores, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    smoothed = cs.neighbourhood @ scores
+    return smoothed >= smoothed.max(axis=0, keepdims=True) - _TIE
+
+
+#: Every strategy's candidate set, by the name the sweep records (`--select NAME`); the choice is the simplest
+#: candidate: fewest neurons, then fewest layers, then smallest C, then the higher score, then the lower index.
+STRATEGIES: dict[str, Candidates] = {
+    "argmax": _best_candidates,
+    "one_se": _one_se_candidates,
+    "one_se_paired": _one_se_paired_candidates,
+    "smoothed": _smoothed_candidates,
+}
+#: The strategy the sweep uses unless told otherwise (chosen by benchmarks/bench_selection.py; see BENCHMARKS.md).
+DEFAULT_STRATEGY = "one_se"
+
+
+def _strategy(strategy: str) -> Candidates:
+    if strategy not in STRATEGIES:
+        raise InputError(f"selection strategy {strategy!r}: choose from {', '.join(STRATEGIES)}")
+    return STRATEGIES[strategy]
+
+
+def _pick(cs: ConfigScores, candidates: Candidates, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The chosen configuration per column of `scores` (computed under the same columns of `weights`)."""
+    return _simplest(candidates(cs, scores, weights), scores, cs)
+
+
+def _check_scores(scores: object) -> ConfigScores:
+    if not isinstance(scores, ConfigScores):
+        raise InputError(f"scores: expected a ConfigScores, got {type(scores).__name__}")
+    return scores
+
+
+def choose(scores: ConfigScores, strategy: str = DEFAULT_STRATEGY) -> Choice:
+    """The configuration `strategy` chooses from the dev predictions alone."""
+    cs = _check_scores(scores)
+    candidates = _strategy(strategy)
+    ones = np.ones((cs.n_rows, 1))
+    s = cs.scores()[:, None]
+    mask = candidates(cs, s, ones)
+    index = int(_simplest(mask, s, cs)[0])
+    admitted = s[mask[:, 0], 0]
+    return Choice(
+        strategy, index, float(s[index, 0]), float(s.max()), float(admitted.min()), int(mask.sum()), cs.n_configurations
+    )
+
+
+def argmax(scores: ConfigScores) -> Choice:
+    """The best dev score; ties to fewer neurons, then fewer layers, then smaller C, then the lower index."""
+    return choose(scores, "argmax")
+
+
+def one_se(scores: ConfigScores) -> Choice:
+    """The simplest configuration (fewest neurons, then fewest layers, then smallest C) within one binomial standard
+    error of the best dev score; among equally simple ones the higher dev score, then the lower index."""
+    return choose(scores, "one_se")
+
+
+# ---- the honest estimate ------------------------------------------------------------------------------------------
+
+
+def bootstrap_counts(n_rows: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_rows, n_boot) multinomial counts: column b says how often each row is drawn in resample b."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_rows, size=(n_boot, n_rows))
+    flat = (draws + n_rows * np.arange(n_boot)[:, None]).ravel()
+    return np.bincount(flat, minlength=n_boot * n_rows).reshape(n_boot, n_rows).T.astype(np.float64)
+
+
+def expected_score(
+    scores: ConfigScores,
+    strategy: str = DEFAULT_STRATEGY,
+    *,
+    method: str = DEFAULT_ESTIMATE_METHOD,
+    n_boot: int = DEFAULT_N_BOOT,
+    folds: int = DEFAULT_FOLDS,
+    seed: int = 0,
+) -> Estimate:
+    """What `strategy`'s choice should score on new rows like the dev rows, accounting for the search.
+
+    method: "bbc" (bootstrap, out-of-bag score of each resample's choice; default), "optimism" (Efron's optimism
+    bootstrap) or "tt" (Tibshirani & Tibshirani 2009 over `folds` folds of the dev rows); see the module docstring.
+    n_boot: resamples for the bootstrap methods (500 by default: the estimate's Monte-Carlo error is then a few
+    hundredths of a point). seed: the resamples' and folds' seed (the same inputs give the same estimate)."""
+    cs = _check_scores(scores)
+    candidates = _strategy(strategy)
+    if method not in ESTIMATE_METHODS:
+        raise InputError(f"estimate method {method!r}: choose from {', '.join(ESTIMATE_METHODS)}")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"seed {seed!r}: give an integer of 0 or more")
+    full = cs.scores()
+    chosen = int(_pick(cs, candidates, full[:, None], np.ones((cs.n_rows, 1)))[0])
+    apparent = float(full[chosen])
+    n = cs.n_rows
+    details: dict = {}
+    if method in ("bbc", "optimism"):
+        if not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+            raise InputError(f"n_boot {n_boot!r}: give a whole number of resamples, 1 or more")
+        if n < 2:
+            raise InputError(f"the bootstrap needs at least 2 dev rows, got {n}")
+        counts = bootstrap_counts(n, int(n_boot), int(seed))
+        picks = _pick(cs, candidates, cs._scores(counts), counts)
+        if method == "bbc":
+            out_of_bag = (counts == 0).astype(np.float64)
+            keep = out_of_bag.sum(axis=0) > 0  # a resample that drew every row has no out-of-bag row
+            oob = _chosen_scores(cs, picks[keep], out_of_bag[:, keep])
+            value = float(np.mean(oob))
+            details = {"oob_sd": float(np.std(oob)), "resamples_used": int(keep.sum())}
+        else:
+            in_bag = _chosen_scores(cs, picks, counts)
+            value = apparent - float(np.mean(in_bag - full[picks]))
+        resamples = int(n_boot)
+        details["chosen_share"] = float(np.mean(picks == chosen))  # how stable the choice is under resampling
+    else:
+        if not isinstance(folds, (int, np.integer)) or not 2 <= folds <= n:
+            raise InputError(f"folds {folds!r}: give a whole number from 2 to the {n} dev rows")
+        rng = np.random.default_rng(seed)
+        fold_of = rng.permutation(np.arange(n) % int(folds))
+        member = (fold_of[:, None] == np.arange(int(folds))[None, :]).astype(np.float64)
+        per_fold = cs._scores(member)
+        own = _pick(cs, candidates, per_fold, member)
+        cols = np.arange(int(folds))
+        bias = float(np.mean(per_fold[own, cols] - per_fold[chosen, cols]))
+        value = apparent - bias
+        resamples = int(folds)
+    return Estimate(
+        strategy,
+        method,
+        value,
+        apparent,
+        apparent - value,
+        cs.n_configurations,
+        cs.n_distinct,
+        n,
+        resamples,
+        int(seed),
+        details,
+    )
+
+
+def _chosen_scores(cs: ConfigScores, picks: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Score of configuration picks[b] under weights[:, b], for every b (one configuration per column)."""
+    if cs.metric == "accuracy":
+        return np.einsum("bn,nb->b", cs._correct[picks], weights) / weights.sum(axis=0)
+    out = np.empty(len(picks))
+    for b, (i, w) in enumerate(zip(picks, weights.T, strict=True)):
+        sub = ConfigScores(
+            cs.predictions[i : i + 1],
+            cs.labels,
+            cs.n_neurons[i : i + 1],
+            cs.n_layers[i : i + 1],
+            cs.C[i : i + 1],
+            cs.metric,
+            cs.n_classes,
+        )
+        out[b] = sub._scores(w[:, None])[0, 0]
+    return out
+
+
+# ---- input checks -------------------------------------------------------------------------------------------------
+
+
+def _is_numeric(value: object) -> bool:
+    try:
+        arr = np.asarray(value)
+    except Exception:
+        return False
+    return arr.dtype.kind in "biuf"
+
+
+def _int_array(name: str, value: object, ndim: int) -> np.ndarray:
+    """`value` as an int64 array of `ndim` dimensions; InputError naming `name` otherwise."""
+    if isinstance(value, (str, bytes)) or not _is_numeric(value):
+        raise InputError(f"{name}: give a {ndim}-D array of whole numbers")
+    arr = np.asarray(value)
+    if arr.ndim != ndim:
+        raise InputError(f"{name}: need a {ndim}-D array, got {arr.ndim}-D with shape {arr.shape}")
+    if arr.dtype.kind == "f" and arr.size and not (np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))):
+        raise InputError(f"{name}: every value must be a whole number")
+    return arr.astype(np.int64)
+
+
+def stack_configs(
+    predictions: Sequence[np.ndarray],
+    labels: np.ndarray,
+    n_neurons: Sequence[int],
+    n_layers: Sequence[int],
+    C: Sequence[float],
+    metric: str = "accuracy",
+    n_classes: int | None = None,
+) -> ConfigScores:
+    """ConfigScores from one dev-prediction vector per configuration (the sweep's rows, in its order)."""
+    if len(predictions) == 0:
+        raise InputError("predictions: no configuration to choose from")
+    lengths = {len(np.asarray(p)) for p in predictions}
+    if len(lengths) != 1:
+        raise InputError(f"predictions: configurations predict different numbers of dev rows ({sorted(lengths)})")
+    return ConfigScores(
+        np.stack([np.asarray(p) for p in predictions]),
+        labels,
+        np.asarray(n_neurons),
+        np.asarray(n_layers),
+        np.asarray(C, dtype=np.float64),
+        metric,
+        n_classes,
+    )
+
+
+__all__ = [
+    "DEFAULT_ESTIMATE_METHOD",
+    "DEFAULT_STRATEGY",
+    "ESTIMATE_METHODS",
+    "STRATEGIES",
+    "Choice",
+    "ConfigScores",
+    "Estimate",
+    "argmax",
+    "binomial_se",
+    "bootstrap_counts",
+    "choose",
+    "expected_score",
+    "one_se",
+    "paired_se",
+    "stack_configs",
+]

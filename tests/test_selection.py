@@ -1,0 +1,287 @@
+"""Selection strategies and the honest estimate (spin_cache.loop.selection) on small constructed matrices."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spin_cache.errors import InputError
+from spin_cache.fit.metrics import score_predictions
+from spin_cache.loop.selection import (
+    STRATEGIES,
+    ConfigScores,
+    argmax,
+    binomial_se,
+    bootstrap_counts,
+    choose,
+    expected_score,
+    one_se,
+    stack_configs,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def correct_pattern(n: int, n_correct: int, seed: int) -> np.ndarray:
+    """A 0/1 'is correct' vector with exactly n_correct ones at seeded positions."""
+    hits = np.zeros(n, dtype=np.int64)
+    hits[np.random.default_rng(seed).choice(n, n_correct, replace=False)] = 1
+    return hits
+
+
+def binary_scores(hits: list[np.ndarray], neurons, layers, cs, metric: str = "accuracy") -> ConfigScores:
+    """Binary labels all 1: a configuration predicts 1 where it is correct, 0 elsewhere."""
+    n = len(hits[0])
+    return ConfigScores(
+        np.stack(hits),
+        np.ones(n, dtype=np.int64),
+        np.asarray(neurons),
+        np.asarray(layers),
+        np.asarray(cs, dtype=float),
+        metric,
+    )
+
+
+def test_argmax_takes_the_best_and_breaks_ties_to_fewer_neurons_layers_then_smaller_c():
+    n = 100
+    a = correct_pattern(n, 80, 0)
+    b = correct_pattern(n, 80, 1)
+    low = correct_pattern(n, 70, 2)
+    s = binary_scores([low, a, b, a, b], [5, 50, 40, 40, 40], [1, 3, 4, 2, 2], [0.1, 1.0, 1.0, 1.0, 0.01])
+    ch = argmax(s)
+    assert ch.index == 4  # 80%: 40 neurons beat 50; of the 40-neuron ones, 2 layers beat 4; then C 0.01 beats 1.0
+    assert ch.dev_score == pytest.approx(0.8) and ch.best_dev_score == pytest.approx(0.8)
+    assert ch.n_candidates == 4 and ch.n_configurations == 5 and ch.threshold == pytest.approx(0.8)
+    # Equal complexity and equal score: the first configuration.
+    assert argmax(binary_scores([a, a], [3, 3], [1, 1], [1.0, 1.0])).index == 0
+
+
+def test_one_se_prefers_the_simpler_near_tie_over_a_lucky_argmax():
+    """The arg-max is a big configuration one row-noise ahead of a far smaller one; one_se takes the small one,
+    and not the clearly worse, smallest configuration."""
+    n = 200
+    lucky = correct_pattern(n, 172, 0)  # 86.0%, 1500 neurons over 6 layers
+    simple = correct_pattern(n, 168, 1)  # 84.0%, 40 neurons over 2 layers: 2 points behind, within one SE
+    tiny = correct_pattern(n, 150, 2)  # 75.0%, 4 neurons: far outside
+    mid = correct_pattern(n, 170, 3)  # 85.0%, 300 neurons
+    s = binary_scores([lucky, simple, tiny, mid], [1500, 40, 4, 300], [6, 2, 1, 3], [0.01, 0.01, 0.01, 0.01])
+    se = float(binomial_se(0.86, n))
+    assert 0.02 < se < 0.025
+    assert argmax(s).index == 0
+    ch = one_se(s)
+    assert ch.index == 1 and ch.dev_score == pytest.approx(0.84)
+    assert ch.threshold == pytest.approx(0.84) and ch.n_candidates == 3  # lowest admitted: 0.84 >= 0.86 - se
+    assert choose(s, "one_se") == ch
+
+
+def test_one_se_breaks_ties_on_layers_then_smaller_c_then_higher_score():
+    n = 400
+    top = correct_pattern(n, 360, 0)  # 90%
+    near = correct_pattern(n, 356, 1)  # 89%, within SE (1.5 points)
+    nearer = correct_pattern(n, 358, 2)
+    s = binary_scores(
+        [top, near, near, nearer, nearer], [100, 30, 30, 30, 30], [4, 3, 2, 2, 2], [1.0, 0.1, 0.1, 0.001, 0.001]
+    )
+    assert one_se(s).index == 3  # 30 neurons; 2 layers; C 0.001 (index 3 and 4 identical: the first)
+    s2 = binary_scores([top, near, nearer], [100, 30, 30], [4, 2, 2], [1.0, 0.1, 0.1])
+    assert one_se(s2).index == 2  # equal complexity: the higher dev score
+
+
+def test_nothing_reads_test_rows():
+    """ConfigScores has no place for test rows, and the benchmark's protocol chooses and estimates from dev' alone:
+    scrambling every test' prediction changes the test' scores and nothing else."""
+    fields = {f.name for f in dataclasses.fields(ConfigScores)}
+    assert fields == {"predictions", "labels", "n_neurons", "n_layers", "C", "metric", "n_classes", "group", "grid"}
+    spec = importlib.util.spec_from_file_location("bench_selection", ROOT / "benchmarks" / "bench_selection.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(0)
+    n_dev, n_test, m = 120, 200, 30
+    y = rng.integers(0, 2, n_dev + n_test)
+    quality = rng.uniform(0.6, 0.9, m)
+    pred = np.where(rng.random((m, n_dev + n_test)) < quality[:, None], y, 1 - y)
+    data = {
+        "predictions": pred,
+        "labels": y,
+        "base": np.arange(m) < 3,
+        "n_neurons": rng.integers(1, 500, m),
+        "kind": np.full(m, "ffn"),
+        "pooling": np.full(m, "mean"),
+        "value": np.repeat([0.1, 0.3, 0.5, 0.8, 0.9], 6),
+        "k": np.tile(np.arange(1, 7), 5),
+        "C": np.full(m, 0.01),
+        "n_classes": 2,
+    }
+    dev, test = np.arange(n_dev), np.arange(n_dev, n_dev + n_test)
+    names = list(STRATEGIES)
+    before = bench.evaluate_split(data, dev, test, names, ["bbc", "tt"], n_boot=50)
+    scrambled = dict(data, predictions=pred.copy())
+    scrambled["predictions"][:, test] = rng.integers(0, 2, (m, n_test))
+    after = bench.evaluate_split(scrambled, dev, test, names, ["bbc", "tt"], n_boot=50)
+    for name in names:
+        for key in ("dev", "n_neurons", "k", "C", "candidates", "est_bbc", "est_tt"):
+            assert before[name][key] == after[name][key]
+    assert any(before[name]["test"] != after[name]["test"] for name in names)
+
+
+def noise_configs(m: int, n: int, p: float, seed: int) -> ConfigScores:
+    """m independent configurations, each correct on every row with probability p: all equally good."""
+    rng = np.random.default_rng(seed)
+    hits = (rng.random((m, n)) < p).astype(np.int64)
+    return binary_scores(list(hits), rng.integers(1, 1000, m), rng.integers(1, 7, m), rng.choice([0.01, 1.0], m))
+
+
+def test_the_bootstrap_estimate_removes_the_winners_curse():
+    s = noise_configs(m=300, n=400, p=0.7, seed=0)
+    est = expected_score(s, "argmax", method="bbc", n_boot=300)
+    assert est.apparent > 0.75  # the best of 300 equal configurations looks 5+ points better than it is
+    assert abs(est.estimate - 0.7) < 0.015
+    assert est.optimism == pytest.approx(est.apparent - est.estimate)
+    assert est.n_configurations == 300 and est.n_distinct == 300 and est.n_rows == 400
+    for method in ("optimism", "tt"):
+        other = expected_score(s, "argmax", method=method)
+        assert other.estimate < est.apparent - 0.02  # every method corrects downwards
+    json.dumps(est.to_json())
+
+
+def test_one_configuration_has_no_selection_bias():
+    hits = correct_pattern(300, 240, 0)
+    s = binary_scores([hits], [10], [1], [1.0])
+    assert expected_score(s, "argmax", method="tt").estimate == pytest.approx(0.8)
+    assert expected_score(s, "one_se", method="optimism", n_boot=400).estimate == pytest.approx(0.8, abs=0.005)
+    assert expected_score(s, "argmax", method="bbc", n_boot=400).estimate == pytest.approx(0.8, abs=0.01)
+
+
+def test_estimates_are_deterministic_and_seeded():
+    s = noise_configs(m=40, n=150, p=0.6, seed=1)
+    a = expected_score(s, "one_se", seed=3, n_boot=100)
+    assert a == expected_score(s, "one_se", seed=3, n_boot=100)
+    assert a.estimate != expected_score(s, "one_se", seed=4, n_boot=100).estimate
+    assert expected_score(s, n_boot=20).strategy == "one_se"
+
+
+def test_weighted_scores_equal_scores_on_repeated_rows():
+    rng = np.random.default_rng(0)
+    n, m, k = 60, 7, 4
+    labels = rng.integers(0, k, n)
+    pred = rng.integers(0, k, (m, n))
+    for metric in ("accuracy", "macro_f1"):
+        s = ConfigScores(pred, labels, np.arange(1, m + 1), np.ones(m), np.ones(m), metric, n_classes=k)
+        plain = s.scores()
+        for i in range(m):
+            assert plain[i] == pytest.approx(score_predictions(labels, pred[i], metric))
+        counts = bootstrap_counts(n, 3, seed=0)
+        assert counts.sum(axis=0).tolist() == [n, n, n]
+        weighted = s.scores(counts)
+        for b in range(3):
+            rows = np.repeat(np.arange(n), counts[:, b].astype(int))
+            for i in range(m):
+                assert weighted[i, b] == pytest.approx(score_predictions(labels[rows], pred[i, rows], metric))
+        assert s.restrict(np.arange(10)).n_rows == 10
+    est = expected_score(
+        ConfigScores(pred, labels, np.arange(1, m + 1), np.ones(m), np.ones(m), "macro_f1"), "argmax", n_boot=30
+    )
+    assert 0.0 <= est.estimate <= 1.0
+
+
+def test_stack_configs_and_strategy_names():
+    s = stack_configs([np.array([1, 0, 1]), np.array([1, 1, 1])], np.array([1, 1, 1]), [3, 4], [1, 1], [0.1, 0.1])
+    assert s.n_configurations == 2 and argmax(s).index == 1
+    assert set(STRATEGIES) >= {"argmax", "one_se"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"predictions": np.zeros(3)}, "predictions: need a 2-D"),
+        ({"predictions": np.full((2, 3), 0.5)}, "whole number"),
+        ({"predictions": np.zeros((2, 0))}, "at least one configuration"),
+        ({"labels": np.zeros(4)}, "4 dev labels"),
+        ({"n_neurons": np.array([1])}, "n_neurons: 1 values for 2"),
+        ({"n_neurons": np.array([0, 1])}, "at least one neuron"),
+        ({"C": np.array([0.0, 1.0])}, "above 0"),
+        ({"C": "1,2"}, "C: give"),
+        ({"metric": "auc"}, "metric 'auc'"),
+        ({"labels": np.array([0, -1, 0])}, "0 or more"),
+        ({"n_classes": 0}, "n_classes 0"),
+        ({"labels": np.array([0, 3, 0]), "n_classes": 2}, "go up to 3"),
+    ],
+)
+def test_bad_input_is_one_line(kwargs, fragment):
+    args = {
+        "predictions": np.zeros((2, 3), dtype=int),
+        "labels": np.zeros(3, dtype=int),
+        "n_neurons": np.array([1, 2]),
+        "n_layers": np.array([1, 1]),
+        "C": np.array([1.0, 1.0]),
+    }
+    with pytest.raises(InputError, match=fragment) as err:
+        ConfigScores(**(args | kwargs))
+    assert "\n" not in str(err.value)
+
+
+def test_bad_strategy_method_and_resamples():
+    s = binary_scores([correct_pattern(10, 5, 0)], [1], [1], [1.0])
+    with pytest.raises(InputError, match="strategy 'best'"):
+        choose(s, "best")
+    with pytest.raises(InputError, match="estimate method 'cv'"):
+        expected_score(s, method="cv")
+    with pytest.raises(InputError, match="n_boot 0"):
+        expected_score(s, n_boot=0)
+    with pytest.raises(InputError, match="folds 11"):
+        expected_score(s, method="tt", folds=11)
+    with pytest.raises(InputError, match="ConfigScores"):
+        choose(np.zeros((2, 2)))  # type: ignore[arg-type]
+
+
+def test_one_se_paired_judges_the_difference_on_the_same_rows():
+    """B is A minus 4 correct rows (a consistent, paired loss of 2 points: outside the paired window, inside the
+    binomial one); C errs on unrelated rows with the same 84%: inside both windows."""
+    n = 200
+    a = correct_pattern(n, 172, 0)
+    b = a.copy()
+    b[np.flatnonzero(a)[:4]] = 0
+    c = np.roll(a, 37)
+    c[np.flatnonzero(c)[:4]] = 0
+    s = binary_scores([a, b, c], [1500, 40, 100], [6, 2, 2], [0.01, 0.01, 0.01])
+    assert s.scores().tolist() == pytest.approx([0.86, 0.84, 0.84])
+    assert one_se(s).index == 1
+    ch = choose(s, "one_se_paired")
+    assert ch.index == 2 and ch.n_candidates == 2 and ch.threshold == pytest.approx(0.84)
+
+
+def test_smoothed_prefers_a_plateau_to_an_isolated_spike():
+    """Along one grid axis: a lone spike at position 0 (its neighbour is poor) against a broad plateau at 2-4."""
+    n = 400
+    rates = [0.86, 0.70, 0.84, 0.85, 0.84, 0.80]
+    hits = [correct_pattern(n, int(r * n), i) for i, r in enumerate(rates)]
+    s = ConfigScores(np.stack(hits), np.ones(n, dtype=int), np.full(6, 10), np.ones(6, dtype=int), np.ones(6),
+                     group=np.zeros(6, dtype=int), grid=np.arange(6)[:, None])  # fmt: skip
+    assert argmax(s).index == 0
+    ch = choose(s, "smoothed")
+    assert ch.index == 3 and ch.dev_score == pytest.approx(0.85)
+    dense = s.neighbourhood.toarray()
+    assert dense[0].tolist() == pytest.approx([0.5, 0.5, 0, 0, 0, 0])
+    assert dense[3].tolist() == pytest.approx([0, 0, 1 / 3, 1 / 3, 1 / 3, 0])
+    # Different groups are never neighbours.
+    apart = dataclasses.replace(s, group=np.arange(6))
+    assert np.allclose(apart.neighbourhood.toarray(), np.eye(6))
+    assert expected_score(s, "smoothed", n_boot=50).n_configurations == 6
+
+
+def test_smoothed_needs_a_grid_and_grid_is_checked():
+    s = binary_scores([correct_pattern(10, 5, 0)], [1], [1], [1.0])
+    with pytest.raises(InputError, match="needs the configurations' group and grid"):
+        choose(s, "smoothed")
+    with pytest.raises(InputError, match="give both"):
+        dataclasses.replace(s, group=np.zeros(1))
+    two = binary_scores([correct_pattern(10, 5, 0)] * 2, [1, 1], [1, 1], [1.0, 1.0])
+    with pytest.raises(InputError, match="share a group and a grid position"):
+        dataclasses.replace(two, group=np.zeros(2), grid=np.zeros((2, 1)))
+    with pytest.raises(InputError, match="one group and one grid row"):
+        dataclasses.replace(two, group=np.zeros(3), grid=np.zeros((3, 1)))
