@@ -50,7 +50,7 @@ def bare_batch(loaded, encodings, rows: list[int]) -> None:
         runner(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
 
 
-class _PausableThrottle(extract_schedule._Throttle):
+class _PausableThrottle(extract_schedule.Throttle):
     """extract's writer gate, able to hold the writer while a bare forward runs (the benchmark's, not the product's)."""
 
     def pause(self) -> int:
@@ -74,9 +74,9 @@ def paired_bare_forwards(loaded, encodings) -> Iterator[list[float]]:
     all_threads = torch.get_num_threads()
     throttles: list[_PausableThrottle] = []
     real_pooled_batches, real_pool_into, real_throttle = (
-        extract_pool._pooled_batches,
-        extract_pool._pool_into,
-        extract_run._Throttle,
+        extract_pool.pooled_batches,
+        extract_pool.pool_into,
+        extract_run.Throttle,
     )
 
     def throttle(limit: int) -> _PausableThrottle:
@@ -110,11 +110,11 @@ def paired_bare_forwards(loaded, encodings) -> Iterator[list[float]]:
     def pool_into(loaded_x, encodings_x, rows, columns, target):  # on the CPU
         return paired(functools.partial(real_pool_into, loaded_x, encodings_x, rows, columns, target), rows)
 
-    extract_pool._pooled_batches, extract_pool._pool_into, extract_run._Throttle = pooled_batches, pool_into, throttle
+    extract_pool.pooled_batches, extract_pool.pool_into, extract_run.Throttle = pooled_batches, pool_into, throttle
     try:
         yield bare
     finally:
-        extract_pool._pooled_batches, extract_pool._pool_into, extract_run._Throttle = (
+        extract_pool.pooled_batches, extract_pool.pool_into, extract_run.Throttle = (
             real_pooled_batches,
             real_pool_into,
             real_throttle,
@@ -178,7 +178,7 @@ def main() -> None:
         dataset = dataset.subset(args.limit)
     loaded = load_model("minilm", device="cpu")
     kernels.fused_pooling()  # built (once per machine) before anything is timed
-    encodings, _, _ = extract_plan._tokenize(loaded, dataset, 512)
+    encodings, _, _ = extract_plan.tokenize(loaded, dataset, 512)
     pin_malloc_thresholds()  # what extraction does: both sides run with the same allocator settings
     keep: dict = {}
     rounds = []

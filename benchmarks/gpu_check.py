@@ -16,7 +16,7 @@ padding), so `tokenizer.pad` does what it does in extraction. Inputs are random 
 2. Speed, alternating for --repeats rounds after a warm-up of both sides (a whole bare pass first):
    - bare forward: the same model, block rows, length-sorted batches, `tokenizer.pad` and forward call (mask,
      position ids, no KV cache: `forward_arguments`) as extraction, outputs discarded;
-   - extraction: the real block phase, `spin_cache.extract._extract_blocks`, into a fresh store on local disk with
+   - extraction: the real block phase, `spin_cache.extract.extract_blocks`, into a fresh store on local disk with
      the layout `spin-cache extract` makes (kinds hidden+ffn, poolings last/mean/max, float16, default block
      rows); afterwards every block must be committed.
    Reported: bare_seconds / extract_seconds (extraction throughput relative to the bare forward), examples/s,
@@ -227,7 +227,7 @@ class _Probe:
     def attached(self, store):
         from spin_cache.extract import run as ex
 
-        saved = (ex._pool_block, ex._BlockWriter.put, ex._BlockWriter.close)
+        saved = (ex.pool_block, ex.BlockWriter.put, ex.BlockWriter.close)
         pool_block, put, close = saved
         write_block = store.write_block
 
@@ -248,26 +248,26 @@ class _Probe:
                 self.blocks += 1
             return timed("write", write_block)(block, arrays, info, threads, **options)
 
-        ex._pool_block, ex._BlockWriter.put, ex._BlockWriter.close = (
+        ex.pool_block, ex.BlockWriter.put, ex.BlockWriter.close = (
             timed("pool", pool_block), timed("put_wait", put), timed("close_wait", close))  # fmt: skip
         store.write_block = counted_write  # the writer thread calls self.store.write_block
         try:
             yield self
         finally:
-            ex._pool_block, ex._BlockWriter.put, ex._BlockWriter.close = saved
+            ex.pool_block, ex.BlockWriter.put, ex.BlockWriter.close = saved
             del store.write_block
 
 
 def extract_blocks(loaded, store, encodings: list[list[int]], batch_size: int) -> tuple[float, _Probe, object]:
     """The block phase of run_extraction, timed: every block of `store`, writer included."""
-    from spin_cache.extract.run import ExtractionReport, _extract_blocks
+    from spin_cache.extract.run import ExtractionReport, extract_blocks
 
     report = ExtractionReport(store=store)
     probe = _Probe()
     with probe.attached(store):
         sync(loaded.device)
         t0 = time.perf_counter()
-        _extract_blocks(loaded, store, encodings, list(range(store.layout.n_blocks)), batch_size, False, report)
+        extract_blocks(loaded, store, encodings, list(range(store.layout.n_blocks)), batch_size, False, report)
         sync(loaded.device)
         seconds = time.perf_counter() - t0
     return seconds, probe, report

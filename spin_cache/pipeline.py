@@ -10,11 +10,14 @@ from pathlib import Path
 
 from .errors import InputError
 from .extract.run import run_extraction
+from .extract.settings import ExtractSettings
 from .loop.probe import ProbeRun, ProbeSettings, run_probes
 from .loop.sweep import DEFAULT_ETAS, SweepSettings, run_sweep
 from .report import write_report
 
 SECTIONS = {"extract", "probe", "sweep"}
+# extraction options the config sets at its top level (or run_pipeline's arguments), not in [extract]
+TOP_LEVEL_EXTRACT = {"model", "data", "out", "train", "dev", "test", "text_column", "label_column", "progress"}
 
 
 @dataclass
@@ -33,7 +36,7 @@ class PipelineConfig:
     out: str | None = None  # default: runs/<name>
     scheduler: str | None = None
     workers: int | None = None
-    extract: dict = field(default_factory=dict)  # options of run_extraction
+    extract: dict = field(default_factory=dict)  # options of ExtractSettings (kinds, poolings, batch_size, ...)
     probe: dict = field(default_factory=dict)  # c_grid, metric, max_iter, tol
     sweep: dict = field(default_factory=dict)  # rule, values, c_grid, penalty, seed, max_iter, tol
 
@@ -57,13 +60,15 @@ def load_config(path: str | Path) -> PipelineConfig:
     for section in SECTIONS & set(raw):
         if not isinstance(raw[section], dict):
             raise InputError(f"{p}: [{section}] must be a table")
+    _check_section(p, "extract", raw.get("extract", {}), ExtractSettings, exclude=TOP_LEVEL_EXTRACT)
     _check_section(p, "probe", raw.get("probe", {}), ProbeSettings)
     _check_section(p, "sweep", raw.get("sweep", {}), SweepSettings)
     return PipelineConfig(**raw)
 
 
-def _check_section(path: Path, name: str, section: dict, cls: type) -> None:
-    allowed = {f.name for f in fields(cls)}
+def _check_section(path: Path, name: str, section: dict, cls: type, exclude: set[str] = frozenset()) -> None:
+    """Refuse a key of section [name] that is not a field of settings class `cls` (or is one of `exclude`)."""
+    allowed = {f.name for f in fields(cls)} - set(exclude)
     bad = sorted(set(section) - allowed)
     if bad:
         raise InputError(f"{path}: [{name}] has unknown key {bad[0]!r}; known keys: {', '.join(sorted(allowed))}")
@@ -75,10 +80,7 @@ def run_pipeline(
     """Run every stage; return the sweep's result table plus the paths of what was made.
 
     `command` (the command line) is kept beside the probe and sweep outputs and shown in the report."""
-    report = run_extraction(
-        model=cfg.model, data=cfg.data, out=cfg.store, train=cfg.train, dev=cfg.dev, test=cfg.test,
-        text_column=cfg.text_column, label_column=cfg.label_column, progress=progress, **cfg.extract,
-    )  # fmt: skip
+    report = run_extraction(extract_settings(cfg, progress=progress))
     store = report.store
     say(f"[extract] {'cache hit' if report.cache_hit else 'done'}: {store.url}")  # type: ignore[operator]
     out = cfg.out_dir
@@ -107,6 +109,14 @@ def run_pipeline(
     say(f"[report] {report_path}")  # type: ignore[operator]
     return {"store": store.url, "probes": str(probe_dir), "sweep": str(sweep_dir), "report": str(report_path),
             "table": table}  # fmt: skip
+
+
+def extract_settings(cfg: PipelineConfig, *, progress: bool = True) -> ExtractSettings:
+    """The extraction a config asks for: its model, data and store, and the options of its [extract] section."""
+    return ExtractSettings(
+        model=cfg.model, data=cfg.data, out=cfg.store, train=cfg.train, dev=cfg.dev, test=cfg.test,
+        text_column=cfg.text_column, label_column=cfg.label_column, progress=progress, **_tuples(cfg.extract),
+    )  # fmt: skip
 
 
 def _tuples(section: dict) -> dict:

@@ -77,7 +77,7 @@ def test_mean_pooling_adds_up(heads, model, kind, centered):
         # the logit is the classifier's decision on the features the model gives (the store's own pooling code)
         x = model_features(model, head, text)
         np.testing.assert_allclose(e.features, x[0], rtol=1e-5, atol=1e-5)
-        decision = float(head.classifier.decision_function(x)[0, 0])
+        decision = float(np.ravel(head.classifier.decision_function(x))[0])
         assert _close(e.logit, decision, scale), (e.logit, decision)
         assert e.label == head.info["label_names"][int(decision > 0)]
         # every token takes part in a mean
@@ -101,7 +101,7 @@ def test_max_pooling_credits_each_neuron_to_one_token(heads, model, kind):
         scale = float(np.abs(e.neuron_contributions).sum() + abs(e.constant))
         assert _close(e.constant + e.token_contributions.sum(), e.logit, scale)
         x = model_features(model, head, text)
-        assert _close(e.logit, float(head.classifier.decision_function(x)[0, 0]), scale)
+        assert _close(e.logit, float(np.ravel(head.classifier.decision_function(x))[0]), scale)
         # the credited token really holds the max of that neuron
         np.testing.assert_allclose(e.features, x[0], rtol=1e-5, atol=1e-5)
 

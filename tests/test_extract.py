@@ -423,9 +423,9 @@ def test_writer_throttle_holds_threads_to_its_limit_until_raised():
     the limit is raised and arrays already waiting go through at once."""
     import threading
 
-    from spin_cache.extract.schedule import _Throttle
+    from spin_cache.extract.schedule import Throttle
 
-    throttle = _Throttle(1)
+    throttle = Throttle(1)
     lock, release = threading.Lock(), threading.Event()
     inside, peak, started = 0, 0, 0
 
@@ -465,14 +465,14 @@ def test_the_writer_gets_a_core_for_a_span_fixed_by_the_block_and_its_batches():
     """On the CPU each block but the first starts on one thread fewer, handing a core to the writer of the block
     before, for a span set by that block's bytes and the batches' tokens alone: never by timings, since a batch's
     values may differ in the last bit with the thread count and a store must not depend on when its writer ran."""
-    from spin_cache.extract.schedule import MODEL_FLOPS_PER_WRITTEN_BYTE, _CoreForWriter
+    from spin_cache.extract.schedule import MODEL_FLOPS_PER_WRITTEN_BYTE, CoreForWriter
 
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
         # one thread writing 100 bytes = 100 * MODEL_FLOPS_PER_WRITTEN_BYTE flops of the model's other thread
         flops_per_token = 100 * MODEL_FLOPS_PER_WRITTEN_BYTE / 2.5 / (10 * 15)  # 2.5 batches of 10 rows x 15 tokens
-        share = _CoreForWriter(flops_per_token, block_bytes=100)
+        share = CoreForWriter(flops_per_token, block_bytes=100)
 
         def threads_per_batch(block: int) -> list[int]:
             share.start_block(block)
@@ -488,7 +488,7 @@ def test_the_writer_gets_a_core_for_a_span_fixed_by_the_block_and_its_batches():
         share.restore()
         assert torch.get_num_threads() == 2
         torch.set_num_threads(1)  # a single thread has none to hand over
-        alone = _CoreForWriter(flops_per_token, block_bytes=100)
+        alone = CoreForWriter(flops_per_token, block_bytes=100)
         alone.start_block(1)
         alone.before_batch(rows=10, tokens=15)
         assert torch.get_num_threads() == 1

@@ -9,7 +9,7 @@ import pytest
 
 from spin_cache.cli import main
 from spin_cache.errors import InputError
-from spin_cache.pipeline import load_config
+from spin_cache.pipeline import PipelineConfig, load_config
 
 
 def _config(tmp_path: Path, tiny_sst2: dict[str, str], store: str) -> Path:
@@ -63,6 +63,12 @@ def test_config_errors_name_the_key(tmp_path, capsys):
     bad.write_text("[sweep]\netas = [0.1]\n")
     assert main(["run", str(bad)]) == 2
     assert "[sweep] has unknown key 'etas'" in capsys.readouterr().err
+    bad.write_text("[extract]\nbatch = 8\n")
+    with pytest.raises(InputError, match=r"bad\.toml: \[extract\] has unknown key 'batch'"):
+        load_config(bad)
+    bad.write_text('[extract]\nmodel = "minilm"\n')  # set at the top level, not in [extract]
+    with pytest.raises(InputError, match=r"\[extract\] has unknown key 'model'"):
+        load_config(bad)
     bad.write_text("name = \n")
     assert main(["run", str(bad)]) == 2
     assert "invalid TOML" in capsys.readouterr().err
@@ -78,3 +84,35 @@ def test_every_command_documents_exit_codes_and_json(capsys):
         text = p.format_help()
         assert "exit codes:" in text, name
         assert "--json" in text, name
+
+
+def test_extract_settings_check_and_normalise_every_option(tmp_path):
+    from spin_cache.extract.settings import ExtractSettings
+    from spin_cache.pipeline import extract_settings
+
+    settings = ExtractSettings(kinds="hidden", poolings=["mean", "max"], out=tmp_path, batch_size="8")
+    assert settings.kinds == ("hidden",) and settings.poolings == ("mean", "max")
+    assert settings.out == str(tmp_path) and settings.batch_size == 8
+    for bad, match in [
+        ({"batch_size": 0}, "batch_size: expected an integer >= 1"),
+        ({"max_length": -3}, "max_length"),
+        ({"block_rows": 0}, "block_rows"),
+        ({"chunk_cols": 1.5}, "chunk_cols"),
+        ({"workers": 0}, "workers"),
+        ({"kinds": ["attn"]}, "kinds: .*'attn'"),
+        ({"poolings": ["median"]}, "poolings: .*'median'"),
+        ({"dtype": "int8"}, "dtype: expected one of"),
+        ({"compute_dtype": "fp8"}, "compute_dtype"),
+        ({"workers": 2, "shard": (0, 2)}, "exclusive"),
+        ({"shard": (2, 2)}, "between 0 and N-1"),
+    ]:
+        with pytest.raises(InputError, match=match):
+            ExtractSettings(**bad)
+    cfg = PipelineConfig(store=str(tmp_path / "s"), extract={"kinds": ["ffn"], "batch_size": 4})
+    settings = extract_settings(cfg, progress=False)
+    assert (settings.kinds, settings.batch_size, settings.out, settings.progress) == (
+        ("ffn",),
+        4,
+        str(tmp_path / "s"),
+        False,
+    )

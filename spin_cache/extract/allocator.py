@@ -5,10 +5,8 @@ Extraction: a steady heap for a loop that allocates and frees the same large ten
 glibc's malloc serves blocks above its mmap threshold (128 KiB at start, raised as such blocks are freed) with
 fresh pages from the kernel, and gives the top of the heap back once more than the trim threshold is free there.
 A forward pass whose activations are pooled by hooks interleaves the model's large buffers with many small
-results, so the heap keeps being trimmed and regrown: measured on the bundled MiniLM, ~370,000 page faults
-(~1.4 GB of zero-filled pages) per 2,048 sentences, against ~90,000 for the bare forward pass, and ~9% of the
-forward's time. Pinning both thresholds lets freed memory be reused instead (~0 faults per block). See
-BENCHMARKS.md, Extraction.
+results, so the heap keeps being trimmed and regrown, and every batch faults in fresh zero-filled pages. Pinning
+both thresholds lets freed memory be reused instead (BENCHMARKS.md, Extraction).
 
 Streamed sweeps: the heap's free space is given back after each streamed fit (`release_free_heap`).
 """

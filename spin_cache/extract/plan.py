@@ -1,10 +1,10 @@
-"""Before the first batch: options checked, data loaded and tokenised, the manifest and the store decided."""
+"""Before the first batch: the data loaded, the model's files read once, the manifest and the store decided."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from pathlib import Path
+import os
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -13,31 +13,117 @@ import torch
 from ..data.loading import LabelledDataset, load_dataset
 from ..errors import InputError, IntegrityError, StoreMismatchError
 from ..model import kernels
-from ..model.loading import LoadedModel, _resolve_device
+from ..model.loading import LoadedModel, ModelFiles, read_model_files, resolve_device
 from ..outputs import check_store_destination
-from ..representations import KINDS, POOLINGS
+from ..representations import default_poolings
 from ..store.access import _fs
 from ..store.activation_store import ActivationStore
-from ..store.layout import STORE_DTYPES
+from ..store.layout import FORMAT_VERSION, canonical_hash
 from ..store.manifest import describe_differences, fingerprint_inputs
+from .settings import DEFAULT_CHUNK_COLS, DEFAULT_MAX_LENGTH, DEFAULT_STORES_DIR, ExtractSettings
 
-DEFAULT_CHUNK_COLS = 64
-DEFAULT_MAX_LENGTH = 512
-DEFAULT_STORES_DIR = "stores"
+__all__ = [
+    "DEFAULT_CHUNK_COLS",
+    "DEFAULT_MAX_LENGTH",
+    "DEFAULT_STORES_DIR",
+    "ExtractPlan",
+    "examples_table",
+    "existing_store",
+    "plan_extraction",
+    "pooling_route",
+    "repair_examples",
+    "resolve_compute_dtype",
+    "store_fingerprint",
+    "tokenize",
+    "transformers_version",
+]
+
+
+@dataclass
+class ExtractPlan:
+    """What an extraction will make, decided before any store is looked at: the settings with their defaults
+    resolved, the dataset, the model's files and the manifest's model, dataset and extraction parts."""
+
+    settings: ExtractSettings
+    dataset: LabelledDataset
+    files: ModelFiles
+    compute_dtype: str  # resolved: never "auto"
+    poolings: tuple[str, ...]
+    max_length: int
+    extraction: dict  # the manifest's extraction settings (those that change stored values)
+    model_info: dict
+    dataset_info: dict
+
+    @property
+    def wanted(self) -> dict:
+        """The part of a manifest that the fingerprint is computed from."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "model": self.model_info,
+            "dataset": self.dataset_info,
+            "extraction": self.extraction,
+        }
+
+    @property
+    def fingerprint(self) -> str:
+        """The fingerprint of the store this plan makes."""
+        return store_fingerprint(self.wanted)
+
+    @property
+    def url(self) -> str:
+        """Where the store goes: `settings.out`, else ``stores/<first 16 hex digits of the fingerprint>``."""
+        out = self.settings.out
+        return out if out is not None else os.path.join(DEFAULT_STORES_DIR, self.fingerprint[:16])
+
+
+def plan_extraction(settings: ExtractSettings) -> ExtractPlan:
+    """Resolve the settings' defaults, load the data and read the model's files (hashed, and the tokenizer
+    checked, see :func:`spin_cache.model.loading.load_tokenizer`)."""
+    s = settings
+    compute_dtype = resolve_compute_dtype(s.compute_dtype, s.device)
+    dataset = s.data if isinstance(s.data, LabelledDataset) else _load_data(s)
+    files = read_model_files(s.model)
+    poolings = s.poolings or default_poolings(_is_decoder(files.config))
+    max_length = _resolve_max_length(s.max_length, files.tokenizer, files.config)
+    rows_per_split = {split: int((dataset.splits == split).sum()) for split in ("train", "dev", "test")}
+    return ExtractPlan(
+        settings=s,
+        dataset=dataset,
+        files=files,
+        compute_dtype=compute_dtype,
+        poolings=tuple(poolings),
+        max_length=max_length,
+        extraction={
+            "kinds": list(s.kinds),
+            "poolings": list(poolings),
+            "max_length": max_length,
+            "dtype": s.dtype,
+            "compute_dtype": compute_dtype,
+        },
+        model_info={"name": str(s.model), "path": str(files.path), **files.identity},
+        dataset_info={
+            "name": dataset.name,
+            "fingerprint": dataset.fingerprint(),
+            "n_rows": len(dataset),
+            "rows_per_split": {k: v for k, v in rows_per_split.items() if v},
+            "label_names": list(dataset.label_names),
+        },
+    )
 
 
 def resolve_compute_dtype(compute_dtype: str, device: str) -> str:
     """'auto': bfloat16 on a CUDA device that supports it, float32 elsewhere (CPU matmuls in bf16 are slow)."""
     if compute_dtype != "auto":
         return compute_dtype
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     if dev.type == "cuda" and torch.cuda.is_bf16_supported():
         return "bfloat16"
     return "float32"
 
 
-def _pooling_route(loaded: LoadedModel | None) -> str:
-    """What pooled the activations (for the manifest): `mean` may differ in its last stored bit between the two."""
+def pooling_route(loaded: LoadedModel | None) -> str:
+    """What pooled the activations, for the manifest's run info (`mean` may differ in its last stored bit
+    between the fused kernel and torch); `loaded` is None when worker processes did."""
     if loaded is None:
         return "by the workers (fused kernel where each could build it)"
     float32 = next(loaded.model.parameters()).dtype == torch.float32  # the kernel takes float32 activations
@@ -45,54 +131,17 @@ def _pooling_route(loaded: LoadedModel | None) -> str:
     return "fused kernel (spin_cache.model.kernels)" if fused else "torch"
 
 
-def _check_options(
-    kinds: Sequence[str],
-    poolings: Sequence[str] | None,
-    dtype: str,
-    compute_dtype: str,
-    batch_size: int,
-    chunk_cols: int,
-    block_rows: int | None,
-) -> None:
-    bad_kinds = [k for k in kinds if k not in KINDS]
-    if not kinds or bad_kinds:
-        raise InputError(f"--kinds: {bad_kinds or 'none'} not supported; choose from {', '.join(KINDS)}")
-    bad_pool = [p for p in poolings or () if p not in POOLINGS]
-    if bad_pool:
-        raise InputError(f"--poolings: {', '.join(bad_pool)} not supported; choose from {', '.join(POOLINGS)}")
-    if dtype not in STORE_DTYPES:
-        raise InputError(f"--dtype {dtype}: choose from {', '.join(STORE_DTYPES)}")
-    if compute_dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise InputError(f"--compute-dtype {compute_dtype}: choose from auto, float32, bfloat16, float16")
-    if batch_size < 1:
-        raise InputError(f"--batch-size {batch_size}: must be at least 1")
-    if chunk_cols < 1:
-        raise InputError(f"--chunk-cols {chunk_cols}: must be at least 1")
-    if block_rows is not None and block_rows < 1:
-        raise InputError(f"--block-rows {block_rows}: must be at least 1")
-
-
-def _load_data(
-    data: str | None, train: str | None, dev: str | None, test: str | None, text_column: str, label_column: str
-) -> LabelledDataset:
-    if train or dev or test:
-        if data not in (None, "sst2"):
+def _load_data(settings: ExtractSettings) -> LabelledDataset:
+    s = settings
+    if s.train or s.dev or s.test:
+        if s.data not in (None, "sst2"):
             raise InputError(
                 "--data and --train/--dev/--test are exclusive: pass one file with a split column or one per split"
             )
-        return load_dataset(None, train=train, dev=dev, test=test, text_column=text_column, label_column=label_column)
-    return load_dataset(data, text_column=text_column, label_column=label_column)
-
-
-def _load_tokenizer_and_config(path: Path) -> tuple[object, object]:
-    from transformers import AutoConfig, AutoTokenizer
-
-    try:
-        config = AutoConfig.from_pretrained(path, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except Exception as exc:
-        raise InputError(f"{path}: cannot load the model's config or tokenizer ({exc})") from exc
-    return tokenizer, config
+        return load_dataset(
+            None, train=s.train, dev=s.dev, test=s.test, text_column=s.text_column, label_column=s.label_column
+        )
+    return load_dataset(s.data, text_column=s.text_column, label_column=s.label_column)
 
 
 def _is_decoder(config: object) -> bool:
@@ -114,6 +163,7 @@ def _is_decoder(config: object) -> bool:
 
 
 def _resolve_max_length(max_length: int | None, tokenizer: object, config: object) -> int:
+    """The asked length, or 512 capped by the model's positions; a longer one than the model has is refused."""
     limits = [
         v
         for v in (
@@ -133,9 +183,20 @@ def _resolve_max_length(max_length: int | None, tokenizer: object, config: objec
     return max_length
 
 
-def _tokenize(
+def tokenize(
     loaded: LoadedModel, dataset: LabelledDataset, max_length: int
 ) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
+    """Tokenise every text with the model's tokenizer.
+
+    Returns
+    -------
+    encodings
+        Each example's token ids, truncated to `max_length`.
+    n_tokens
+        Each example's token count before truncation.
+    truncated
+        Whether it was truncated.
+    """
     tok = loaded.tokenizer
     full = tok(list(dataset.texts), truncation=False, verbose=False)["input_ids"]
     n_tokens = np.array([len(x) for x in full], dtype=np.int64)
@@ -152,7 +213,8 @@ def _tokenize(
     return encodings, n_tokens, truncated
 
 
-def _examples_table(dataset: LabelledDataset, n_tokens: np.ndarray, truncated: np.ndarray) -> pl.DataFrame:
+def examples_table(dataset: LabelledDataset, n_tokens: np.ndarray, truncated: np.ndarray) -> pl.DataFrame:
+    """The store's examples table: one row per example, in the dataset's order (README, store layout)."""
     return pl.DataFrame(
         {
             "row": np.arange(len(dataset), dtype=np.int64),
@@ -167,13 +229,12 @@ def _examples_table(dataset: LabelledDataset, n_tokens: np.ndarray, truncated: n
     )
 
 
-def _fingerprint(partial_manifest: dict) -> str:
-    from ..store.layout import canonical_hash
-
+def store_fingerprint(partial_manifest: dict) -> str:
+    """The fingerprint of the store a (partial) manifest describes: a hash of the inputs that change its values."""
     return canonical_hash(fingerprint_inputs(partial_manifest))
 
 
-def _repair_examples(store: ActivationStore, examples: pl.DataFrame) -> None:
+def repair_examples(store: ActivationStore, examples: pl.DataFrame) -> None:
     """Resuming an incomplete store: write its examples table again if it is missing or unreadable (a crash while
     the store was created). Same fingerprint, same table: it depends only on the dataset and the tokenizer."""
     try:
@@ -182,7 +243,7 @@ def _repair_examples(store: ActivationStore, examples: pl.DataFrame) -> None:
         store.write_examples(examples)
 
 
-def _existing_store(url: str, wanted: dict, overwrite: bool, storage_options: dict | None) -> ActivationStore | None:
+def existing_store(url: str, wanted: dict, overwrite: bool, storage_options: dict | None) -> ActivationStore | None:
     """The store at `url` if there is one made from `wanted`; None where a new one may be created (nothing there,
     an empty directory, or a store with `overwrite`). Anything else at `url` is refused, never deleted."""
     fs, root = _fs(url, storage_options)
@@ -191,7 +252,7 @@ def _existing_store(url: str, wanted: dict, overwrite: bool, storage_options: di
     if overwrite:
         return None
     store = ActivationStore.open(url, mode="r", storage_options=storage_options)
-    if store.fingerprint != _fingerprint(wanted):
+    if store.fingerprint != store_fingerprint(wanted):
         diffs = describe_differences(fingerprint_inputs(store.manifest), fingerprint_inputs(wanted))
         raise StoreMismatchError(
             f"{url} holds a store made from other inputs ({'; '.join(diffs[:4])}); "
@@ -200,7 +261,8 @@ def _existing_store(url: str, wanted: dict, overwrite: bool, storage_options: di
     return store
 
 
-def _transformers_version() -> str:
+def transformers_version() -> str:
+    """The installed transformers version (for the manifest's run info)."""
     import transformers
 
     return transformers.__version__

@@ -7,44 +7,50 @@ flight and the finished store is identical to an uninterrupted run (batches depe
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from .. import __version__
 from ..data.loading import LabelledDataset
-from ..model.identity import DEFAULT_MODEL, model_identity, resolve_model_path
+from ..model.identity import DEFAULT_MODEL
 from ..model.loading import LoadedModel, load_model
-from ..representations import KINDS, default_poolings
 from ..store.activation_store import ActivationStore
-from ..store.layout import FORMAT_VERSION, Layout, default_block_rows, dtype_bytes
+from ..store.layout import Layout, default_block_rows, dtype_bytes
 from ..store.lock import StoreLock
 from ..store.manifest import new_manifest
 from .allocator import pin_malloc_thresholds
 from .plan import (
     DEFAULT_CHUNK_COLS,
     DEFAULT_STORES_DIR,
-    _check_options,
-    _examples_table,
-    _existing_store,
-    _fingerprint,
-    _is_decoder,
-    _load_data,
-    _load_tokenizer_and_config,
-    _pooling_route,
-    _repair_examples,
-    _resolve_max_length,
-    _tokenize,
-    _transformers_version,
-    resolve_compute_dtype,
+    ExtractPlan,
+    examples_table,
+    existing_store,
+    plan_extraction,
+    pooling_route,
+    repair_examples,
+    tokenize,
+    transformers_version,
 )
-from .pool import _TORCH_DTYPES, _pool_block
-from .schedule import _CoreForWriter, _Throttle
-from .workers import _check_parallel, _run_workers, _shard_device, _wait_for_store
-from .write import _BlockWriter
+from .pool import pool_block
+from .schedule import CoreForWriter, Throttle
+from .settings import ExtractSettings
+from .transfer import TORCH_DTYPES
+from .workers import run_workers, shard_device, wait_for_store
+from .write import BlockWriter
+
+__all__ = [
+    "DEFAULT_CHUNK_COLS",
+    "DEFAULT_STORES_DIR",
+    "ExtractSettings",
+    "ExtractionReport",
+    "extract",
+    "extract_blocks",
+    "run_extraction",
+]
 
 
 @dataclass
@@ -70,177 +76,144 @@ def extract(
 ) -> ActivationStore:
     """Extract pooled activations of `model` over `data` into a store at `out` and return it.
 
-    Options are those of `run_extraction` (kinds, poolings, max_length, batch_size, device, dtype, ...).
+    Options are those of :class:`ExtractSettings` (kinds, poolings, max_length, batch_size, device, dtype, ...).
     """
     return run_extraction(model=model, data=data, out=out, **options).store  # type: ignore[arg-type]
 
 
-def run_extraction(
-    *,
-    model: str = DEFAULT_MODEL,
-    data: str | LabelledDataset = "sst2",
-    out: str | os.PathLike | None = None,
-    train: str | None = None,
-    dev: str | None = None,
-    test: str | None = None,
-    text_column: str = "text",
-    label_column: str = "label",
-    kinds: Sequence[str] = KINDS,
-    poolings: Sequence[str] | None = None,
-    max_length: int | None = None,
-    batch_size: int = 32,
-    device: str = "auto",
-    dtype: str = "float16",
-    compute_dtype: str = "auto",
-    block_rows: int | None = None,
-    chunk_cols: int = DEFAULT_CHUNK_COLS,
-    overwrite: bool = False,
-    progress: bool = True,
-    storage_options: dict | None = None,
-    workers: int = 1,
-    shard: tuple[int, int] | None = None,
-) -> ExtractionReport:
+def run_extraction(settings: ExtractSettings | None = None, **options: object) -> ExtractionReport:
     """The extraction behind `spin-cache extract`; see `extract` for the short form.
 
-    `workers=N` runs N local processes (one model each, on cuda:i when there are several GPUs), each writing a
-    disjoint set of row blocks; `shard=(i, n)` is one such worker, for launching by hand on several machines
+    Parameters
+    ----------
+    settings
+        Every option (see :class:`ExtractSettings`); default: the defaults.
+    **options
+        Options set on top of `settings`, by name (``run_extraction(model=..., data=..., out=...)``).
+
+    With ``workers=N`` N local processes (one model each, on cuda:i when there are several GPUs) each write a
+    disjoint set of row blocks; ``shard=(i, n)`` is one such worker, for launching by hand on several machines
     (shard 0 creates the store, the others wait for it). The store is complete once every block is committed.
     """
-    options = {k: v for k, v in locals().items() if k not in ("workers", "shard")}
+    if settings is None:
+        settings = ExtractSettings(**options)  # type: ignore[arg-type]
+    elif options:
+        settings = dataclasses.replace(settings, **options)  # type: ignore[arg-type]
     t0 = time.perf_counter()
-    _check_options(kinds, poolings, dtype, compute_dtype, batch_size, chunk_cols, block_rows)
-    compute_dtype = resolve_compute_dtype(compute_dtype, device)
-    _check_parallel(workers, shard)
-    dataset = (
-        data if isinstance(data, LabelledDataset) else _load_data(data, train, dev, test, text_column, label_column)
-    )
-
-    model_path = resolve_model_path(model)
-    identity = model_identity(model_path)
-    tokenizer, config = _load_tokenizer_and_config(model_path)
-    is_decoder = _is_decoder(config)
-    poolings = tuple(poolings) if poolings else default_poolings(is_decoder)
-    max_length = _resolve_max_length(max_length, tokenizer, config)
-    settings = {
-        "kinds": list(kinds),
-        "poolings": list(poolings),
-        "max_length": max_length,
-        "dtype": dtype,
-        "compute_dtype": compute_dtype,
-    }
-    dataset_info = {
-        "name": dataset.name,
-        "fingerprint": dataset.fingerprint(),
-        "n_rows": len(dataset),
-        "rows_per_split": {s: int((dataset.splits == s).sum()) for s in ("train", "dev", "test")},
-        "label_names": list(dataset.label_names),
-    }
-    dataset_info["rows_per_split"] = {k: v for k, v in dataset_info["rows_per_split"].items() if v}
-    model_info = {"name": str(model), "path": str(model_path), **identity}
-    probe_manifest = {
-        "format_version": FORMAT_VERSION,
-        "model": model_info,
-        "dataset": dataset_info,
-        "extraction": settings,
-    }
-    fingerprint = _fingerprint(probe_manifest)
-    url = str(out) if out is not None else os.path.join(DEFAULT_STORES_DIR, fingerprint[:16])
-
-    existing = _existing_store(url, probe_manifest, overwrite, storage_options)
+    plan = plan_extraction(settings)
+    existing = existing_store(plan.url, plan.wanted, settings.overwrite, settings.storage_options)
     if existing is not None and existing.is_complete:
         existing.check_reusable()  # a cache hit only on a complete, consistent store; else exit 4 naming why
         return ExtractionReport(store=existing, cache_hit=True, seconds=time.perf_counter() - t0)
-
-    with StoreLock(url, storage_options, shard if workers == 1 else None):
-        if not progress:
+    shard = settings.shard
+    with StoreLock(plan.url, settings.storage_options, shard if settings.workers == 1 else None):
+        if not settings.progress:
             import transformers
 
             transformers.utils.logging.disable_progress_bar()
         if existing is None and shard is not None and shard[0] != 0:
-            existing = _wait_for_store(url, probe_manifest, storage_options)
-        if shard is not None:
-            device = _shard_device(device, shard)
-        loaded = load_model(str(model_path), device=device, dtype=_TORCH_DTYPES[compute_dtype])
-        encodings, n_tokens, truncated = _tokenize(loaded, dataset, max_length)
-        if existing is None:
-            widths = {"hidden": loaded.adapter.hidden_size, "ffn": loaded.adapter.ffn_size}
-            layers = {
-                "hidden": list(range(loaded.adapter.num_layers + 1)),
-                "ffn": list(range(1, loaded.adapter.num_layers + 1)),
-            }
-            row_bytes = sum(widths[k] * len(layers[k]) * len(poolings) for k in kinds) * dtype_bytes(dtype)
-            layout = Layout(
-                kinds=tuple(kinds),
-                poolings=poolings,
-                layers={k: layers[k] for k in kinds},
-                widths={k: widths[k] for k in kinds},
-                n_rows=len(dataset),
-                dtype=dtype,
-                block_rows=block_rows or default_block_rows(row_bytes, chunk_cols * dtype_bytes(dtype)),
-                chunk_cols=chunk_cols,
-            )
-            model_info |= {
-                "family": loaded.adapter.family,
-                "is_decoder": loaded.adapter.is_decoder,
-                "num_layers": loaded.adapter.num_layers,
-            }
-            manifest = new_manifest(model=model_info, dataset=dataset_info, extraction=settings, layout=layout)
-            store = ActivationStore.create(
-                url,
-                manifest,
-                _examples_table(dataset, n_tokens, truncated),
-                overwrite=overwrite,
-                storage_options=storage_options,
-            )
-        else:
-            store = ActivationStore.open(url, mode="a", storage_options=storage_options)
-            if not store.is_complete and (shard is None or shard[0] == 0):
-                _repair_examples(store, _examples_table(dataset, n_tokens, truncated))
-
+            existing = wait_for_store(plan.url, plan.wanted, settings.storage_options)
+        device = settings.device if shard is None else shard_device(settings.device, shard)
+        loaded = load_model(plan.files, device=device, dtype=TORCH_DTYPES[plan.compute_dtype])
+        encodings, n_tokens, truncated = tokenize(loaded, plan.dataset, plan.max_length)
+        examples = examples_table(plan.dataset, n_tokens, truncated)
+        store = _open_or_create_store(plan, loaded, existing, examples)
         report = ExtractionReport(store=store, n_truncated=int(truncated.sum()))
-        committed = store.committed_blocks()
-        report.resumed_blocks = len(committed)
-        todo = [b for b in range(store.layout.n_blocks) if b not in committed]
-        if shard is not None:
-            todo = [b for b in todo if b % shard[1] == shard[0]]
+        todo = _blocks_to_do(store, shard, report)
         t_blocks = time.perf_counter()
-        if workers > 1:
+        if settings.workers > 1:
             del loaded  # each worker loads its own copy
-            _run_workers(options, url, workers, store, len(todo), progress)
             loaded = None
+            run_workers(settings, plan.url, store, len(todo))
+            report.written_blocks = len(todo)
         else:
-            _extract_blocks(loaded, store, encodings, todo, batch_size, progress, report)
+            extract_blocks(loaded, store, encodings, todo, settings.batch_size, settings.progress, report)
         report.extract_seconds = time.perf_counter() - t_blocks
-        report.written_blocks = len(todo) if workers > 1 else report.written_blocks
-        committed = store.committed_blocks()
-        report.overflow = sum(int(m.get("overflow", 0)) for m in committed.values())
-        store = ActivationStore.open(url, mode="a", storage_options=storage_options)  # a worker may have finished it
-        report.store = store
-        if len(committed) == store.layout.n_blocks and not store.is_complete:
-            store.mark_complete(
-                {
-                    "spin_cache_version": __version__,
-                    "torch_version": torch.__version__,
-                    "transformers_version": _transformers_version(),
-                    "device": str(loaded.device) if loaded is not None else f"{workers} workers on {device}",
-                    "pooling": _pooling_route(loaded),
-                    "batch_size": batch_size,
-                    "padding_side": tokenizer.padding_side,
-                    "n_truncated": report.n_truncated,
-                    "overflow": report.overflow,
-                    "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                }
-            )
-        if report.overflow:
-            report.messages.append(
-                f"{report.overflow} values were outside float16's range and are stored as ±inf; "
-                "rerun with --dtype bfloat16 or --dtype float32 --overwrite"
-            )
+        _finish(plan, loaded, device, report)
         report.seconds = time.perf_counter() - t0
         return report
 
 
-def _extract_blocks(
+def _open_or_create_store(
+    plan: ExtractPlan, loaded: LoadedModel, existing: ActivationStore | None, examples: object
+) -> ActivationStore:
+    """A new store laid out for this model (nothing made from these inputs at the plan's url), or the existing
+    one opened for appending; shard 0 (or the only process) repairs a resumed store's examples table."""
+    s = plan.settings
+    if existing is not None:
+        store = ActivationStore.open(plan.url, mode="a", storage_options=s.storage_options)
+        if not store.is_complete and (s.shard is None or s.shard[0] == 0):
+            repair_examples(store, examples)  # type: ignore[arg-type]
+        return store
+    adapter = loaded.adapter
+    widths = {"hidden": adapter.hidden_size, "ffn": adapter.ffn_size}
+    layers = {"hidden": list(range(adapter.num_layers + 1)), "ffn": list(range(1, adapter.num_layers + 1))}
+    row_bytes = sum(widths[k] * len(layers[k]) * len(plan.poolings) for k in s.kinds) * dtype_bytes(s.dtype)
+    layout = Layout(
+        kinds=tuple(s.kinds),
+        poolings=plan.poolings,
+        layers={k: layers[k] for k in s.kinds},
+        widths={k: widths[k] for k in s.kinds},
+        n_rows=len(plan.dataset),
+        dtype=s.dtype,
+        block_rows=s.block_rows or default_block_rows(row_bytes, s.chunk_cols * dtype_bytes(s.dtype)),
+        chunk_cols=s.chunk_cols,
+    )
+    model_info = plan.model_info | {
+        "family": adapter.family,
+        "is_decoder": adapter.is_decoder,
+        "num_layers": adapter.num_layers,
+    }
+    manifest = new_manifest(model=model_info, dataset=plan.dataset_info, extraction=plan.extraction, layout=layout)
+    return ActivationStore.create(
+        plan.url,
+        manifest,
+        examples,
+        overwrite=s.overwrite,
+        storage_options=s.storage_options,  # type: ignore[arg-type]
+    )
+
+
+def _blocks_to_do(store: ActivationStore, shard: tuple[int, int] | None, report: ExtractionReport) -> list[int]:
+    """The blocks not yet committed (this shard's only); counts the committed ones as resumed in `report`."""
+    committed = store.committed_blocks()
+    report.resumed_blocks = len(committed)
+    todo = [b for b in range(store.layout.n_blocks) if b not in committed]
+    if shard is not None:
+        todo = [b for b in todo if b % shard[1] == shard[0]]
+    return todo
+
+
+def _finish(plan: ExtractPlan, loaded: LoadedModel | None, device: str, report: ExtractionReport) -> None:
+    """Reopen the store (a worker may have finished it), mark it complete once every block is committed, and
+    count the values beyond float16's range into `report`."""
+    s = plan.settings
+    committed = report.store.committed_blocks()
+    report.overflow = sum(int(m.get("overflow", 0)) for m in committed.values())
+    store = report.store = ActivationStore.open(plan.url, mode="a", storage_options=s.storage_options)
+    if len(committed) == store.layout.n_blocks and not store.is_complete:
+        store.mark_complete(
+            {
+                "spin_cache_version": __version__,
+                "torch_version": torch.__version__,
+                "transformers_version": transformers_version(),
+                "device": str(loaded.device) if loaded is not None else f"{s.workers} workers on {device}",
+                "pooling": pooling_route(loaded),
+                "batch_size": s.batch_size,
+                "padding_side": plan.files.tokenizer.padding_side,
+                "n_truncated": report.n_truncated,
+                "overflow": report.overflow,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        )
+    if report.overflow:
+        report.messages.append(
+            f"{report.overflow} values were outside float16's range and are stored as ±inf; "
+            "rerun with --dtype bfloat16 or --dtype float32 --overwrite"
+        )
+
+
+def extract_blocks(
     loaded: LoadedModel,
     store: ActivationStore,
     encodings: list[list[int]],
@@ -249,6 +222,10 @@ def _extract_blocks(
     progress: bool,
     report: ExtractionReport,
 ) -> None:
+    """Pool `blocks` of the store in this process and hand each to a background writer, which commits it.
+
+    `encodings` are every row's token ids; `report.written_blocks` counts the blocks handed over.
+    """
     import numcodecs.blosc
     from tqdm.auto import tqdm
 
@@ -265,12 +242,12 @@ def _extract_blocks(
     numcodecs.blosc.set_nthreads(1)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     write_threads = 1 if loaded.device.type == "cpu" else max(1, min(cores - 1, 8))
-    throttle = _Throttle(write_threads)
-    writer = _BlockWriter(store, throttle, threads=cores)
+    throttle = Throttle(write_threads)
+    writer = BlockWriter(store, throttle, threads=cores)
     core_for_writer = None
     if loaded.device.type == "cpu":
         flops_per_token = 2.0 * sum(p.numel() for b in loaded.adapter.blocks for p in b.parameters())
-        core_for_writer = _CoreForWriter(flops_per_token, layout.block_rows * layout.row_bytes)
+        core_for_writer = CoreForWriter(flops_per_token, layout.block_rows * layout.row_bytes)
     bar = tqdm(total=n_rows, desc="extract", unit="ex", disable=not progress, smoothing=0.1)
     tokens = 0
     t_start = time.perf_counter()
@@ -279,9 +256,7 @@ def _extract_blocks(
             start, stop = layout.block_range(block)
             if core_for_writer is not None:
                 core_for_writer.start_block(block)
-            pooled = _pool_block(
-                loaded, store, encodings, start, stop, batch_size, bar, writer.spare(), core_for_writer
-            )
+            pooled = pool_block(loaded, store, encodings, start, stop, batch_size, bar, writer.spare(), core_for_writer)
             tokens += sum(len(encodings[i]) for i in range(start, stop))
             if block == blocks[-1]:
                 throttle.raise_to(cores)

@@ -9,7 +9,7 @@ import threading
 import torch
 
 
-def _lower_this_threads_priority() -> None:
+def lower_this_threads_priority() -> None:
     """Run the calling thread at the lowest CPU priority (Linux: nice is per thread). The model's worker threads
     wait for each other at every parallel operation, so a writer that preempts one of them stalls them all; at low
     priority it runs in the gaps instead, and when it falls behind the bounded queue makes the model wait."""
@@ -17,7 +17,7 @@ def _lower_this_threads_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
-class _Throttle:
+class Throttle:
     """A gate that lets at most `limit` threads through at once; the limit can be raised while threads wait."""
 
     def __init__(self, limit: int) -> None:
@@ -26,6 +26,7 @@ class _Throttle:
         self.changed = threading.Condition()
 
     def raise_to(self, limit: int) -> None:
+        """Let up to `limit` threads through from now on (never lowers the limit)."""
         with self.changed:
             self.limit = max(self.limit, limit)
             self.changed.notify_all()
@@ -42,21 +43,20 @@ class _Throttle:
 
 
 # The arithmetic one model thread does in the time one writer thread encodes and writes one byte of a block
-# (float16 activations through Blosc zstd-1 + crc32c). Measured here: the bundled MiniLM runs ~76-90 GFLOP/s on
-# one thread of this CPU, the writer ~210 MB/s (BENCHMARKS.md, Extraction). Only the schedule below depends on
-# it, never a stored value; if it is off on another CPU the writer either finishes early (a core idles for the
-# rest of those batches) or late (the rest is written beside the model, as without a schedule).
+# (float16 activations through Blosc zstd-1 + crc32c): the ratio of the two threads' throughputs (BENCHMARKS.md,
+# Extraction). Only the schedule below depends on it, never a stored value; if it is off on another CPU the writer
+# either finishes early (a core idles for the rest of those batches) or late (the rest is written beside the
+# model, as without a schedule).
 MODEL_FLOPS_PER_WRITTEN_BYTE = 350.0
 
 
-class _CoreForWriter:
+class CoreForWriter:
     """On the CPU, hands one of the model's cores to the writer at the start of each block, for about as long as
     writing the previous block takes.
 
     The model's OpenMP threads keep every core busy and wait for each other at every operation, so a writer that
-    takes a core from one of them stalls them all: its CPU time costs about as much wall time. On one thread
-    fewer of two the forward pass runs ~1.6x slower (measured here), so a core of the writer's own costs ~40% of
-    that.
+    takes a core from one of them stalls them all: its CPU time costs about as much wall time. A core of the
+    writer's own costs the model less than that (BENCHMARKS.md, Extraction).
     How long is decided from what is known before the block runs (the block's bytes, the batches' tokens, the
     model's size), never from timings: results of a batch can differ in the last bit with the thread count
     (MKL splits some matrix products by thread), and a store must not depend on when its writer ran. The first
@@ -70,6 +70,7 @@ class _CoreForWriter:
         self.left = 0.0
 
     def start_block(self, block: int) -> None:
+        """Start block number `block`: the writer gets its core back for as long as the block before takes."""
         self.left = self.block_flops if block > 0 else 0.0
 
     def before_batch(self, rows: int, tokens: int) -> None:
@@ -79,6 +80,7 @@ class _CoreForWriter:
         self._set(wanted)
 
     def restore(self) -> None:
+        """Give the model every thread again."""
         self._set(self.threads)
 
     def _set(self, threads: int) -> None:

@@ -9,16 +9,16 @@ import torch
 
 from ..errors import SpinCacheError
 from ..store.activation_store import ActivationStore
-from .pool import _PooledBlock
-from .schedule import _lower_this_threads_priority, _Throttle
+from .pool import PooledBlock
+from .schedule import Throttle, lower_this_threads_priority
 
 
-class _BlockWriter:
+class BlockWriter:
     """A background thread that writes finished blocks, each array through `throttle` (so the number of arrays
     compressed at once can grow mid-block); the queue bound keeps memory bounded. Written blocks' buffers come
     back as spares for the next blocks."""
 
-    def __init__(self, store: ActivationStore, throttle: _Throttle, threads: int, max_pending: int = 1) -> None:
+    def __init__(self, store: ActivationStore, throttle: Throttle, threads: int, max_pending: int = 1) -> None:
         self.store = store
         self.throttle = throttle
         self.threads = threads
@@ -29,7 +29,7 @@ class _BlockWriter:
         self.thread.start()
 
     def _run(self) -> None:
-        _lower_this_threads_priority()
+        lower_this_threads_priority()
         while True:
             item = self.queue.get()
             if item is None:
@@ -47,22 +47,25 @@ class _BlockWriter:
             self.spares.put(pooled.buffer)
 
     def spare(self) -> torch.Tensor | None:
+        """The buffer of a block already written, for reuse; None when there is none yet."""
         try:
             return self.spares.get_nowait()
         except queue.Empty:
             return None
 
-    def put(self, block: int, pooled: _PooledBlock) -> None:
+    def put(self, block: int, pooled: PooledBlock) -> None:
         """Queue a pooled block (its buffer comes back as a spare once written)."""
         self._raise()
         self.queue.put((block, pooled))
 
     def close(self) -> None:
+        """Write what is queued, stop the thread and raise the first error it met."""
         self.queue.put(None)
         self.thread.join()
         self._raise()
 
     def stop(self) -> None:
+        """Stop the thread (after the blocks already queued); errors are not raised (see :meth:`close`)."""
         if self.thread.is_alive():
             self.queue.put(None)
             self.thread.join()

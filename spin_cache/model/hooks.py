@@ -1,14 +1,15 @@
 """The hooked forward: the one place where spin-cache registers hooks on a model.
 
-Every reading of hidden states and FFN activations (extraction, `run_layers`, predict, explain) goes through
-:func:`forward_with_hooks`, which pools inside the hooks and stops the forward after the deepest layer needed."""
+Every reading of hidden states and FFN activations (extraction, predict, explain) goes through
+:func:`forward_with_hooks`, which hands each activation to a callback as it is produced and stops the forward
+after the deepest layer needed. :func:`run_layers` and :func:`pool_layers_into` pool inside that callback."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ class _StopForward(Exception):
 
 
 def _first_tensor(value: Any) -> torch.Tensor:
+    """The hidden states in a block's or model's output (a tensor, a tuple led by one, or a ModelOutput)."""
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
@@ -36,13 +38,14 @@ def _first_tensor(value: Any) -> torch.Tensor:
 
 
 def _accepts(module: torch.nn.Module, name: str) -> bool:
+    """Whether `module.forward` takes a keyword argument `name`."""
     forward = module.forward
     return _function_accepts(getattr(forward, "__func__", forward), name)
 
 
 @functools.lru_cache(maxsize=256)
 def _function_accepts(function: Callable, name: str) -> bool:
-    """Cached: extraction asks once per batch, and inspect.signature costs ~0.3 ms."""
+    """Whether `function` takes a parameter `name`; cached, since extraction asks once per batch."""
     try:
         params = inspect.signature(function).parameters
     except (TypeError, ValueError):
@@ -92,7 +95,7 @@ def run_layers(
     def record(kind: str, layer: int, states: torch.Tensor) -> None:
         results[(kind, layer)] = pooler(states)
 
-    _forward_with_hooks(loaded, input_ids, attention_mask, kinds, upto, record)
+    forward_with_hooks(loaded, input_ids, attention_mask, record, kinds=kinds, upto=upto)
     order = {k: i for i, k in enumerate(KINDS)}
     # clone outside inference mode: callers get ordinary tensors (inference tensors refuse in-place updates)
     return {
@@ -123,7 +126,7 @@ def pool_layers_into(
     if out.shape[0] != input_ids.shape[0]:
         raise InputError(f"out has {out.shape[0]} rows for a batch of {input_ids.shape[0]}")
     # The kernel needs only each row's span of real tokens (a few numpy operations: small tensor operations
-    # between the model's cost ~50 us each on cold caches); torch's bookkeeping is built only if some activation
+    # between the model's run on cold caches and are dear); torch's bookkeeping is built only if some activation
     # is not the kernel's (bfloat16 compute, a GPU, rows with gaps) or to refuse rows without a real token.
     spans = kernels.token_spans(attention_mask)
     pooler = None if spans is not None else MaskPooler(attention_mask, poolings, False, device=loaded.device)
@@ -141,7 +144,7 @@ def pool_layers_into(
             pooler = MaskPooler(attention_mask, poolings, False, device=loaded.device)
         not_finite += pooler.pool_into(states, out, wanted)
 
-    _forward_with_hooks(loaded, input_ids, attention_mask, kinds, loaded.adapter.num_layers, write)
+    forward_with_hooks(loaded, input_ids, attention_mask, write, kinds=kinds)
     return not_finite
 
 
@@ -177,21 +180,49 @@ def _check_run(
     return poolings, kinds
 
 
-def _forward_with_hooks(
+def forward_with_hooks(
     loaded: LoadedModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    kinds: Sequence[str],
-    upto: int,
-    on_states: Callable[[str, int, torch.Tensor], None],
+    on_layer: Callable[[str, int, torch.Tensor], None],
+    *,
+    kinds: Sequence[str] = KINDS,
+    upto: int | None = None,
+    layers: Collection[int] | None = None,
 ) -> None:
-    """One forward pass (stopped after block `upto`) that hands each wanted (kind, layer)'s full (B, T, D)
-    activation to `on_states` as it is produced, in inference mode."""
+    """Run one forward pass and hand each wanted activation to `on_layer` as it is produced.
+
+    The only place in spin-cache that registers hooks on a model; the hooks are removed before returning.
+
+    Parameters
+    ----------
+    loaded
+        The model, its adapter and its device; `input_ids` and `attention_mask` (B, T) are moved there.
+    on_layer
+        Called as ``on_layer(kind, layer, states)`` with the full (B, T, D) activation, in inference mode, once
+        per (kind, layer): hidden layer 0 is the first block's input (the embedding output), hidden layer l < L
+        block l's output, hidden layer L the model's output (after any final norm); ffn layer l is the input of
+        block l's FFN down projection.
+    kinds
+        The kinds to read (see :data:`spin_cache.representations.KINDS`).
+    upto
+        The deepest layer needed (default: the last); the forward pass stops right after block `upto`.
+    layers
+        Only these layers are handed over (default: every layer up to `upto`).
+
+    Raises
+    ------
+    InputError
+        When an activation is produced twice in one pass (a chunked feed-forward), since pooling it would then
+        see only part of the tokens.
+    """
     adapter = loaded.adapter
     num_layers = adapter.num_layers
+    upto = num_layers if upto is None else int(upto)
     device = loaded.device
     input_ids = input_ids.to(device)
     attention_mask = attention_mask.to(device=device, dtype=torch.long)
+    wanted = range(upto + 1) if layers is None else set(layers)
     want_hidden = "hidden" in kinds
     want_ffn = "ffn" in kinds
     seen: set[tuple[str, int]] = set()
@@ -204,16 +235,17 @@ def _forward_with_hooks(
                 "(chunked feed-forward?); set chunk_size_feed_forward=0 in the model config"
             )
         seen.add((kind, layer))
-        on_states(kind, layer, states)
+        on_layer(kind, layer, states)
 
     def embed_pre_hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        record("hidden", 0, args[0] if args else kwargs["hidden_states"])
+        if want_hidden and 0 in wanted:
+            record("hidden", 0, args[0] if args else kwargs["hidden_states"])
         if upto == 0:
             raise _StopForward
 
-    def make_block_hook(layer: int) -> Callable:
+    def make_block_hook(layer: int, read: bool) -> Callable:
         def hook(module: torch.nn.Module, args: tuple, output: Any) -> None:
-            if want_hidden and layer < num_layers:  # layer L comes from the model output (final norm)
+            if read:
                 record("hidden", layer, _first_tensor(output))
             if layer == upto and upto < num_layers:
                 raise _StopForward
@@ -228,18 +260,20 @@ def _forward_with_hooks(
 
     runner, kwargs = forward_arguments(loaded, attention_mask)
     try:
-        if want_hidden or upto == 0:
+        if (want_hidden and 0 in wanted) or upto == 0:
             handles.append(adapter.blocks[0].register_forward_pre_hook(embed_pre_hook, with_kwargs=True))
         for i, block in enumerate(adapter.blocks[:upto]):
             layer = i + 1
-            if (want_hidden and layer < num_layers) or (layer == upto and upto < num_layers):
-                handles.append(block.register_forward_hook(make_block_hook(layer)))
-            if want_ffn:
+            # hidden layer L comes from the model's output (after the final norm), not from the last block
+            read = want_hidden and layer < num_layers and layer in wanted
+            if read or (layer == upto and upto < num_layers):
+                handles.append(block.register_forward_hook(make_block_hook(layer, read)))
+            if want_ffn and layer in wanted:
                 handles.append(adapter.down_projections[i].register_forward_pre_hook(make_ffn_hook(layer)))
         output = None
         with torch.inference_mode(), contextlib.suppress(_StopForward):
             output = runner(input_ids=input_ids, **kwargs)
-            if want_hidden and upto == num_layers:
+            if want_hidden and upto == num_layers and num_layers in wanted:
                 if output is None:
                     raise RuntimeError("the model stopped before its last layer")
                 record("hidden", num_layers, _first_tensor(output))

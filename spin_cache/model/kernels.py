@@ -3,13 +3,12 @@
 torch pools one activation in four operations (a copy for ``first``, a batched matmul for ``mean``, ``amax`` for
 ``max``, a concatenating cast to the stored dtype), each reading the (B, T, D) tensor again, each starting on
 caches the model's matrix products have just swept. This kernel reads each row's real tokens once and writes
-``first``, ``last``, ``mean`` and ``max`` straight into the block buffer in the stored dtype. Measured on the
-bundled MiniLM over SST-2 (BENCHMARKS.md, Extraction): extraction without writing costs 1.04x of the bare forward
-pass instead of 1.08x, and with writing 1.09x instead of 1.14x.
+``first``, ``last``, ``mean`` and ``max`` straight into the block buffer in the stored dtype (its cost against
+torch's: BENCHMARKS.md, Extraction).
 
-It is built with ``torch.utils.cpp_extension.load_inline`` (a C++ compiler and ninja; ~30 s, once per CPU
-and torch installation, cached under ``~/.cache/spin-cache/kernels``), for this CPU's instruction set: without
-``-march=native`` it ran 3x slower here. Where it cannot be built, pooling falls back to torch with a warning;
+It is built with ``torch.utils.cpp_extension.load_inline`` (a C++ compiler and ninja; once per CPU and torch
+installation, cached under ``~/.cache/spin-cache/kernels``), for this CPU's instruction set, which its vector
+loops need to be fast. Where it cannot be built, pooling falls back to torch with a warning;
 ``SPIN_CACHE_FUSED_POOLING=0`` turns it off. Results do not depend on the number of threads (each task pools one
 row's slice of columns on its own), so a store is the same however the threads were set while it was made.
 ``first``, ``last`` and ``max`` equal torch's bit for bit; ``mean`` sums in float32 token by token, so it may

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from spin_cache.errors import InputError
 
@@ -19,7 +20,7 @@ _TOKENIZER_PROBE = "The film was a gripping, funny and moving story about two ol
 
 @dataclass
 class LoadedModel:
-    """A frozen model ready for :func:`run_layers`."""
+    """A frozen model ready for :func:`spin_cache.model.hooks.run_layers`."""
 
     model: torch.nn.Module  # eval mode, requires_grad False
     tokenizer: PreTrainedTokenizerBase  # with a pad token (decoders: pad = eos when missing)
@@ -29,7 +30,25 @@ class LoadedModel:
     device: torch.device
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
+@dataclass(frozen=True)
+class ModelFiles:
+    """What is read from a model directory before its weights: enough to plan an extraction and fingerprint it.
+
+    Built by :func:`read_model_files`; :func:`load_model` takes one so that the files are hashed and the
+    tokenizer and config loaded once per extraction.
+    """
+
+    path: Path
+    identity: dict  # see model_identity
+    tokenizer: PreTrainedTokenizerBase  # checked and padded, see load_tokenizer
+    config: PretrainedConfig
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The torch device for a device name; ``"auto"`` is cuda when available, else cpu.
+
+    Raises InputError for an unknown name and for a CUDA device on a machine without CUDA.
+    """
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -41,24 +60,56 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def read_model_files(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> ModelFiles:
+    """Resolve a model, hash its files and load its tokenizer (checked, see :func:`load_tokenizer`) and config."""
+    path = resolve_model_path(str(name_or_path))
+    identity = model_identity(path)
+    return ModelFiles(path=path, identity=identity, tokenizer=load_tokenizer(path), config=load_config(path))
+
+
+def load_config(path: Path) -> PretrainedConfig:
+    """The model directory's config (offline); InputError naming the directory when it cannot be read."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as exc:
+        raise InputError(f"cannot read the model config in {path}: {type(exc).__name__}: {exc}") from None
+
+
 def load_model(
-    name_or_path: str = DEFAULT_MODEL, *, device: str = "cpu", dtype: torch.dtype = torch.float32
+    model: str | os.PathLike | ModelFiles = DEFAULT_MODEL,
+    *,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> LoadedModel:
     """Load a model and its tokenizer from a local directory (or the local HF cache), frozen, in eval mode.
 
-    ``device="auto"`` picks cuda when available. T5-family models load as encoder-only models. The tokenizer is
-    loaded (and checked, see :func:`load_tokenizer`) before the weights.
-    """
-    from transformers import AutoConfig, AutoModel
+    Parameters
+    ----------
+    model
+        A model name or directory (see :func:`resolve_model_path`), or the :class:`ModelFiles` already read from
+        one (nothing is hashed or loaded twice then).
+    device
+        ``"auto"`` picks cuda when available.
+    dtype
+        The dtype the weights are loaded in.
 
-    path = resolve_model_path(name_or_path)
-    identity = model_identity(path)
-    dev = _resolve_device(device)
-    tokenizer = load_tokenizer(path)
-    try:
-        config = AutoConfig.from_pretrained(path, local_files_only=True)
-    except Exception as exc:
-        raise InputError(f"cannot read the model config in {path}: {type(exc).__name__}: {exc}") from None
+    T5-family models load as encoder-only models. The tokenizer is loaded (and checked, see
+    :func:`load_tokenizer`) before the weights.
+    """
+    from transformers import AutoModel
+
+    if isinstance(model, ModelFiles):
+        files = model
+        dev = resolve_device(device)
+    else:
+        # the device is checked after the files are hashed and before the tokenizer is loaded
+        path = resolve_model_path(str(model))
+        identity = model_identity(path)
+        dev = resolve_device(device)
+        files = ModelFiles(path=path, identity=identity, tokenizer=load_tokenizer(path), config=load_config(path))
+    path, config = files.path, files.config
     model_type = getattr(config, "model_type", None)
     if model_type in T5_TYPES:
         import transformers
@@ -71,14 +122,16 @@ def load_model(
     else:
         cls = AutoModel
     try:
-        model = cls.from_pretrained(path, config=config, dtype=dtype, local_files_only=True)
+        module = cls.from_pretrained(path, config=config, dtype=dtype, local_files_only=True)
     except Exception as exc:
         raise InputError(f"cannot load the model in {path}: {type(exc).__name__}: {exc}") from None
-    model.eval()
-    model.requires_grad_(False)
-    adapter = find_adapter(model)
-    model.to(dev)
-    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, path=path, identity=identity, device=dev)
+    module.eval()
+    module.requires_grad_(False)
+    adapter = find_adapter(module)
+    module.to(dev)
+    return LoadedModel(
+        model=module, tokenizer=files.tokenizer, adapter=adapter, path=path, identity=files.identity, device=dev
+    )
 
 
 def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:

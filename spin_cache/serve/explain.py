@@ -17,7 +17,7 @@ constant add up to the logit. With `centered=True` the training mean is moved fr
 (mean: each token gets (w_j / s_j)(a[t, j] - mu_j) / n; max/first/last: the chosen token gets w_j (x_j - mu_j) / s_j)
 and the constant is b: a token is then credited relative to an average training text.
 
-Activations are read with forward hooks on the same modules as :func:`spin_cache.model.hooks.run_layers` (block
+Activations are read by :func:`spin_cache.model.hooks.forward_with_hooks`, like every other reading (block
 outputs / FFN down-projection inputs), in float32 and unrounded; `logit` is the classifier's own decision on the
 pooled float32 features (the store rounds to float16, so `spin-cache predict` may differ in the last digits).
 Multi-class heads explain the logit of the predicted class (or of `label`); binary heads their single logit.
@@ -25,20 +25,17 @@ Multi-class heads explain the logit of the predicted class (or of `label`); bina
 
 from __future__ import annotations
 
-import contextlib
 import html
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import InputError
 from ..fit.head import Head
-from ..model.hooks import _first_tensor, _StopForward, forward_arguments
+from ..model.hooks import forward_with_hooks
 from ..model.loading import LoadedModel
 from ..representations import KINDS, POOLINGS
 from .predict import Predictor, check_head_fits, check_model_identity
@@ -201,59 +198,13 @@ def token_activations(
     lowest = 0 if kind == "hidden" else 1
     if min(layers) < lowest or deepest > num_layers:
         raise InputError(f"the head reads {kind} layers {layers}, but the model has layers {lowest}..{num_layers}")
-    device = loaded.device
-    input_ids = input_ids.to(device)
     mask = torch.ones_like(input_ids, dtype=torch.long)
     found: dict[int, torch.Tensor] = {}
 
-    def keep(layer: int, states: torch.Tensor) -> None:
-        if layer in found:
-            raise InputError(
-                f"the {kind} activation of layer {layer} was produced twice in one pass "
-                "(chunked feed-forward?); set chunk_size_feed_forward=0 in the model config"
-            )
+    def keep(_kind: str, layer: int, states: torch.Tensor) -> None:
         found[layer] = states[0].detach().to(torch.float32).cpu().clone()
 
-    def embed_hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        keep(0, args[0] if args else kwargs["hidden_states"])
-        if deepest == 0:
-            raise _StopForward
-
-    def block_hook(layer: int) -> Callable:
-        def hook(module: torch.nn.Module, args: tuple, output: Any) -> None:
-            if kind == "hidden" and layer in want and layer < num_layers:
-                keep(layer, _first_tensor(output))
-            if layer == deepest and deepest < num_layers:
-                raise _StopForward
-
-        return hook
-
-    def ffn_hook(layer: int) -> Callable:
-        def hook(module: torch.nn.Module, args: tuple) -> None:
-            keep(layer, args[0])
-
-        return hook
-
-    handles = []
-    runner, kwargs = forward_arguments(loaded, mask)
-    try:
-        if kind == "hidden" and 0 in want:
-            handles.append(adapter.blocks[0].register_forward_pre_hook(embed_hook, with_kwargs=True))
-        for i, block in enumerate(adapter.blocks[:deepest]):
-            layer = i + 1
-            handles.append(block.register_forward_hook(block_hook(layer)))
-            if kind == "ffn" and layer in want:
-                handles.append(adapter.down_projections[i].register_forward_pre_hook(ffn_hook(layer)))
-        output = None
-        with torch.inference_mode(), contextlib.suppress(_StopForward):
-            output = runner(input_ids=input_ids, **kwargs)
-        if kind == "hidden" and num_layers in want:
-            if output is None:
-                raise RuntimeError("the model stopped before its last layer")
-            keep(num_layers, _first_tensor(output))
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(loaded, input_ids, mask, keep, kinds=(kind,), upto=deepest, layers=want)
     missing = sorted(want - set(found))
     if missing:
         raise RuntimeError(f"no {kind} activations were seen for layers {missing}")
@@ -330,7 +281,8 @@ def explain(
             parts.append(a[0 if pooling == "first" else n_tok - 1].numpy())
     features = np.concatenate(parts).astype(np.float32)[None, :]
     clf = head.classifier
-    scores = clf.decision_function(features)[0]
+    # one logit for a binary head, one per class otherwise (whether decision_function returns (n,) or (n, 1))
+    scores = np.atleast_1d(clf.decision_function(features)[0])
     probs = clf.predict_proba(features)[0]
     names = list(info.get("label_names") or [str(i) for i in range(clf.n_classes_)])
     predicted = int(scores[0] > 0) if scores.shape[0] == 1 else int(np.argmax(scores))
