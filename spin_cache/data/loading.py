@@ -19,7 +19,7 @@ import os
 import re
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,9 @@ class LabelledDataset:
     labels: np.ndarray
     splits: np.ndarray
     label_names: tuple[str, ...]
+    # where the rows came from, beyond the content (not in the fingerprint): for Hugging Face datasets the
+    # source, split mapping, ignored splits and a carved dev split (spin_cache.data.hf), for the manifest
+    source: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         ids = tuple(self.ids)
@@ -196,6 +199,7 @@ class LabelledDataset:
             labels=self.labels[keep],
             splits=self.splits[keep],
             label_names=self.label_names,
+            source=self.source,
         )
 
 
@@ -636,27 +640,61 @@ def _check_nonempty_splits(path_for: dict[str, str], rows: list[_Row], required:
 
 
 def load_dataset(
-    data: str | os.PathLike | None = "sst2",
+    data: Any = "sst2",
     *,
     train: str | os.PathLike | None = None,
     dev: str | os.PathLike | None = None,
     test: str | os.PathLike | None = None,
-    text_column: str = "text",
-    label_column: str = "label",
+    text_column: str | None = None,
+    label_column: str | None = None,
     split_column: str = "split",
     id_column: str = "id",
+    dev_split: float | None = None,
+    seed: int = 0,
+    revision: str | None = None,
 ) -> LabelledDataset:
     """Load and validate a labelled dataset.
 
     ``data="sst2"`` (or None with no split files) loads the built-in SST-2. Otherwise ``data`` is one
     file with a ``split_column``, or ``train`` and ``dev`` (and optionally ``test``) are separate files.
+    Hugging Face datasets (:mod:`spin_cache.data.hf`): ``data`` is a ``datasets.Dataset`` or ``DatasetDict``, a
+    ``save_to_disk`` folder, or ``NAME[:CONFIG]`` of the hub (at `revision`; from the local cache when
+    HF_HUB_OFFLINE=1); ``validation`` is the dev split, and ``dev_split=FRACTION`` (with `seed`) carves one from
+    train when there is none. Text and label columns default to ``text`` and ``label``; for Hugging Face datasets
+    without them, the only string column and the only ClassLabel column are used.
     Numeric labels are classes by value (1, 1.0, "1" and " 1 " are one class, named "1") and are mapped in
     sorted order to 0..n-1 with their whole-number forms as ``label_names``; other labels use the sorted unique
     strings. The classes are those of train: a dev or test label that train lacks is refused, and so is a
     non-integer number (a regression target; spin-cache classifies). Raises InputError (one line, naming file,
     line/row and column) on any problem.
     """
-    cols = _Columns(text=text_column, label=label_column, split=split_column, id=id_column)
+    from . import hf
+
+    hf_options = dict(text_column=text_column, label_column=label_column, split_column=split_column,
+                      id_column=id_column, dev_split=dev_split, seed=seed)  # fmt: skip
+    if hf.is_hf_object(data):
+        return hf.load_hf(data, name=type(data).__name__, origin={"kind": "object"}, **hf_options)
+    if isinstance(data, str | os.PathLike) and hf.is_saved_dataset(data):
+        path = os.fspath(data)
+        origin = {"kind": "save_to_disk", "path": str(Path(path).resolve())}
+        return hf.load_hf(hf.load_from_disk(path), name=path, origin=origin, **hf_options)
+    if (
+        isinstance(data, str)
+        and data != BUILTIN_NAME
+        and not any(v is not None for v in (train, dev, test))
+        and not Path(data).exists()
+        and Path(data.split(":", 1)[0]).suffix.lower() not in SUPPORTED_EXTENSIONS
+        and hf.looks_like_hub_id(data)
+    ):
+        name, _, config = data.partition(":")
+        origin = {"kind": "hub", "name": name, "config": config or None, "revision": revision}
+        return hf.load_hf(hf.load_from_hub(data, revision), name=data, origin=origin, **hf_options)
+    if dev_split is not None:
+        raise InputError("--dev-split carves a dev split from a Hugging Face dataset's train split; files name "
+                         "their dev rows (a split column or --dev)")  # fmt: skip
+    if data is not None and not isinstance(data, str | os.PathLike):
+        raise InputError(f"data: a name, a path or a datasets.Dataset/DatasetDict, not {type(data).__name__}")
+    cols = _Columns(text=text_column or "text", label=label_column or "label", split=split_column, id=id_column)
     split_files = {"train": train, "dev": dev, "test": test}
     given = {k: v for k, v in split_files.items() if v is not None}
     is_builtin = data is None or (isinstance(data, str) and data == BUILTIN_NAME)
