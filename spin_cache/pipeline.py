@@ -42,10 +42,12 @@ class PipelineConfig:
 
     @property
     def out_dir(self) -> Path:
+        """Where probes, sweep and report go: `out`, else ``runs/<name>``."""
         return Path(self.out or f"runs/{self.name}")
 
 
 def load_config(path: str | Path) -> PipelineConfig:
+    """Read a pipeline config (TOML); InputError naming the file for a missing file, bad TOML or unknown key."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: config file not found")

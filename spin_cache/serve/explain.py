@@ -74,6 +74,7 @@ class Explanation:
         return float(self.constant + self.token_contributions.sum())
 
     def to_dict(self) -> dict:
+        """The explanation as plain JSON-ready values (tokens with their contributions, per-layer sums)."""
         return {
             "text": self.text,
             "label": self.label,
@@ -92,6 +93,7 @@ class Explanation:
         }
 
     def to_json(self) -> str:
+        """:meth:`to_dict` as one line of JSON."""
         return json.dumps(self.to_dict(), ensure_ascii=False)
 
     def _scale(self) -> float:
