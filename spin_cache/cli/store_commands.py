@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields
 
+from ..extract.settings import ExtractSettings
 from ..representations import KINDS
 from ..validation import (
     NON_NEGATIVE_INT,
@@ -25,6 +27,8 @@ from .options import (
     shard,
     store_options,
 )
+
+DEFAULTS = ExtractSettings()
 
 
 def add_extract(sub: argparse._SubParsersAction) -> None:
@@ -48,92 +52,67 @@ def add_extract(sub: argparse._SubParsersAction) -> None:
             "SPIN_CACHE_FUSED_POOLING=0 turns the kernel off."
         ),
     )
-    p.add_argument("--model", default="minilm", help="model directory, cached hub id, or 'minilm' (default)")
+    p.add_argument("--model", help="model directory, cached hub id, or 'minilm' (default)")
     p.add_argument(
         "--data",
-        default="sst2",
         help="'sst2' (built in, default) or a .csv/.tsv/.jsonl/.parquet/.txt file with a split column",
     )
     p.add_argument("--train", help="training split file (instead of --data)")
     p.add_argument("--dev", help="validation split file, used to choose C and the configuration")
     p.add_argument("--test", help="test split file (optional)")
-    p.add_argument("--text-column", default="text", help="column holding the text (default: text)")
-    p.add_argument("--label-column", default="label", help="column holding the label (default: label)")
+    p.add_argument("--text-column", help="column holding the text (default: text)")
+    p.add_argument("--label-column", help="column holding the label (default: label)")
     p.add_argument("--out", help="store path or URL, e.g. s3://bucket/prefix (default: ./stores/<fingerprint>)")
     add_storage_options(p)
-    p.add_argument("--kinds", type=kinds_type, default=list(KINDS), help="hidden,ffn (default: both)")
+    p.add_argument("--kinds", type=kinds_type, help="hidden,ffn (default: both)")
     p.add_argument(
         "--poolings",
         type=poolings_type,
-        default=None,
         help="any of first,last,mean,max (default: first,mean,max for encoders; last,mean,max for decoders)",
     )
-    p.add_argument(
-        "--max-length", type=positive_int, default=None, help="truncate longer examples (default: 512 or less)"
-    )
-    p.add_argument("--batch-size", type=positive_int, default=32, help="examples per forward pass (default: 32)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--max-length", type=positive_int, help="truncate longer examples (default: 512 or less)")
+    p.add_argument("--batch-size", type=positive_int, help="examples per forward pass (default: %(default)s)")
+    p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument(
         "--dtype",
-        default="float16",
         choices=["float16", "bfloat16", "float32"],
         help="stored dtype (default: float16; out-of-range values are counted and reported)",
     )
     p.add_argument(
         "--compute-dtype",
-        default="auto",
         choices=["auto", "float32", "bfloat16", "float16"],
         help="model dtype (default auto: bfloat16 on CUDA where supported, else float32)",
     )
-    p.add_argument(
-        "--block-rows", type=positive_int, default=None, help="rows per committed block / shard (default: auto)"
-    )
-    p.add_argument("--chunk-cols", type=positive_int, default=64, help="neurons per inner chunk (default: 64)")
+    p.add_argument("--block-rows", type=positive_int, help="rows per committed block / shard (default: auto)")
+    p.add_argument("--chunk-cols", type=positive_int, help="neurons per inner chunk (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace a store made from other inputs")
     p.add_argument(
         "--workers",
         type=positive_int,
-        default=1,
         help="local worker processes, one model each (one GPU each if several)",
     )
     p.add_argument(
         "--shard",
         type=shard,
-        default=None,
         metavar="I/N",
         help="be worker I of N (launch by hand on several machines or GPUs; shard 0 creates the store)",
     )
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    p.set_defaults(func=cmd_extract)
+    # Every default comes from ExtractSettings: the CLI, the TOML pipeline and the Python API share them.
+    shared = [f.name for f in fields(ExtractSettings) if f.name not in ("progress", "storage_options")]
+    p.set_defaults(func=cmd_extract, **{name: getattr(DEFAULTS, name) for name in shared})
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from ..extract.run import run_extraction
 
-    report = run_extraction(
-        model=args.model,
-        data=args.data,
-        out=args.out,
-        train=args.train,
-        dev=args.dev,
-        test=args.test,
-        text_column=args.text_column,
-        label_column=args.label_column,
-        kinds=args.kinds,
-        poolings=args.poolings,
-        max_length=args.max_length,
-        batch_size=args.batch_size,
-        device=args.device,
-        dtype=args.dtype,
-        compute_dtype=args.compute_dtype,
-        block_rows=args.block_rows,
-        chunk_cols=args.chunk_cols,
-        overwrite=args.overwrite,
+    names = [f.name for f in fields(ExtractSettings) if f.name not in ("progress", "storage_options")]
+    settings = ExtractSettings(
+        **{name: getattr(args, name) for name in names},
         progress=not args.quiet,
-        workers=args.workers,
-        shard=args.shard,
         storage_options=store_options(args, args.out) if args.out else None,
     )
+    report = run_extraction(settings)
     store = report.store
     for message in report.messages:
         log.warning(message)
