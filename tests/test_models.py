@@ -426,13 +426,13 @@ def test_t5_full_model_uses_encoder():
 
 
 def test_find_adapter_unsupported():
-    from transformers import OPTConfig, OPTModel
+    from transformers import BloomConfig, BloomModel
 
     with pytest.raises(InputError, match=r"supported model types: bert.*gpt2.*llama.*t5.*ADAPTERS"):
         find_adapter(nn.Linear(3, 3))
-    opt = OPTModel(OPTConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2))
-    with pytest.raises(InputError, match=r"'opt'.*spin_cache/models.py"):
-        find_adapter(opt)
+    bloom = BloomModel(BloomConfig(vocab_size=50, hidden_size=16, n_layer=1, n_head=2))
+    with pytest.raises(InputError, match=r"'bloom'.*spin_cache/model/adapters.py"):
+        find_adapter(bloom)
 
 
 def test_kinds_constant():

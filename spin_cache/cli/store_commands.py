@@ -55,11 +55,20 @@ def add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="model directory, cached hub id, or 'minilm' (default)")
     p.add_argument(
         "--data",
-        help="'sst2' (built in, default) or a .csv/.tsv/.jsonl/.parquet/.txt file with a split column",
+        help="'sst2' (built in, default), a .csv/.tsv/.jsonl/.parquet/.txt file with a split column, a Hugging "
+        "Face dataset NAME[:CONFIG] (from the local cache when HF_HUB_OFFLINE=1) or a datasets.save_to_disk folder",
     )
     p.add_argument("--train", help="training split file (instead of --data)")
     p.add_argument("--dev", help="validation split file, used to choose C and the configuration")
     p.add_argument("--test", help="test split file (optional)")
+    p.add_argument(
+        "--dev-split",
+        type=arg_type(Constraint("float", low=0, high=1, low_open=True, high_open=True)),
+        metavar="FRACTION",
+        help="a Hugging Face dataset without a validation split: carve this share of train as dev (stratified)",
+    )
+    p.add_argument("--data-seed", type=arg_type(NON_NEGATIVE_INT), help="seed of --dev-split (default: 0)")
+    p.add_argument("--revision", help="Hugging Face dataset revision: a branch, tag or commit")
     p.add_argument("--text-column", help="column holding the text (default: text)")
     p.add_argument("--label-column", help="column holding the label (default: label)")
     p.add_argument("--out", help="store path or URL, e.g. s3://bucket/prefix (default: ./stores/<fingerprint>)")

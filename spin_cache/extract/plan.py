@@ -13,6 +13,7 @@ import torch
 from ..data.loading import LabelledDataset, load_dataset
 from ..errors import InputError, IntegrityError, StoreMismatchError
 from ..model import kernels
+from ..model.adapters import DECODER_TYPES, T5_TYPES
 from ..model.loading import LoadedModel, ModelFiles, read_model_files, resolve_device
 from ..outputs import check_store_destination
 from ..representations import default_poolings
@@ -107,6 +108,8 @@ def plan_extraction(settings: ExtractSettings) -> ExtractPlan:
             "n_rows": len(dataset),
             "rows_per_split": {k: v for k, v in rows_per_split.items() if v},
             "label_names": list(dataset.label_names),
+            # where the rows came from (a Hugging Face dataset, its split mapping, a carved dev split)
+            **({"source": dataset.source} if dataset.source else {}),
         },
     )
 
@@ -141,25 +144,21 @@ def _load_data(settings: ExtractSettings) -> LabelledDataset:
         return load_dataset(
             None, train=s.train, dev=s.dev, test=s.test, text_column=s.text_column, label_column=s.label_column
         )
-    return load_dataset(s.data, text_column=s.text_column, label_column=s.label_column)
+    return load_dataset(
+        s.data,
+        text_column=s.text_column,
+        label_column=s.label_column,
+        dev_split=s.dev_split,
+        seed=s.data_seed,
+        revision=s.revision,
+    )
 
 
 def _is_decoder(config: object) -> bool:
     model_type = getattr(config, "model_type", "")
-    if model_type in ("t5", "mt5", "umt5"):
+    if model_type in T5_TYPES:
         return False
-    return bool(getattr(config, "is_decoder", False)) or model_type in (
-        "gpt2",
-        "llama",
-        "mistral",
-        "qwen2",
-        "qwen3",
-        "gemma",
-        "gemma2",
-        "phi3",
-        "gpt_neox",
-        "opt",
-    )
+    return bool(getattr(config, "is_decoder", False)) or model_type in DECODER_TYPES
 
 
 def _resolve_max_length(max_length: int | None, tokenizer: object, config: object) -> int:

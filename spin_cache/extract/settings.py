@@ -66,6 +66,12 @@ class ExtractSettings:
         fsspec options for a remote `out`.
     progress
         Show progress bars.
+    dev_split
+        For a Hugging Face dataset without a validation split: the share of train carved out as dev (stratified).
+    data_seed
+        The seed of that split.
+    revision
+        The Hugging Face dataset revision (branch, tag or commit).
     """
 
     model: str = DEFAULT_MODEL
@@ -90,6 +96,9 @@ class ExtractSettings:
     shard: tuple[int, int] | None = None
     storage_options: dict | None = None
     progress: bool = True
+    dev_split: float | None = None
+    data_seed: int = 0
+    revision: str | None = None
 
     CONSTRAINTS: ClassVar[dict[str, Constraint]] = {
         "kinds": Constraint("names", choices=KINDS),
@@ -99,6 +108,8 @@ class ExtractSettings:
         "block_rows": POSITIVE_INT,
         "chunk_cols": POSITIVE_INT,
         "workers": POSITIVE_INT,
+        "dev_split": Constraint("float", low=0, high=1, low_open=True, high_open=True),
+        "data_seed": Constraint("int", low=0),
     }
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"dtype": STORE_DTYPES, "compute_dtype": COMPUTE_DTYPES}
 

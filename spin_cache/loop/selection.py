@@ -264,6 +264,8 @@ class Estimate:
 
     estimate: the honest number to show next to `apparent` (the chosen configuration's dev score).
     optimism: apparent - estimate (how much the dev score overstates, by this estimate).
+    se: the binomial standard error of a score measured on the n_rows dev rows, at the estimate: no estimate made
+        from these rows is more precise than this (show it as "83.6 ± 1.3").
     n_configurations / n_distinct: how many configurations were compared (distinct: by dev predictions)."""
 
     strategy: str
@@ -271,6 +273,7 @@ class Estimate:
     estimate: float
     apparent: float
     optimism: float
+    se: float
     n_configurations: int
     n_distinct: int
     n_rows: int
@@ -467,6 +470,7 @@ def expected_score(
         value,
         apparent,
         apparent - value,
+        float(binomial_se(value, n)),
         cs.n_configurations,
         cs.n_distinct,
         n,

@@ -25,6 +25,10 @@ PHI_TYPES = ("phi",)
 PHI3_TYPES = ("phi3",)
 GEMMA_TYPES = ("gemma", "gemma2", "gemma3", "gemma3_text")
 FALCON_TYPES = ("falcon",)
+#: Causal decoders: their default pooling is `last` (the last real token), encoders pool `first`.
+DECODER_TYPES = (
+    GPT2_TYPES + LLAMA_TYPES + GPT_NEOX_TYPES + OPT_TYPES + PHI_TYPES + PHI3_TYPES + GEMMA_TYPES + FALCON_TYPES
+)
 
 
 @dataclass
