@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import platform
 import sys
@@ -139,6 +140,8 @@ int64_t pool_into(torch::Tensor states, torch::Tensor starts, torch::Tensor stop
 _FLAGS = ("-O3", "-march=native", "-fopenmp")
 _OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
+log = logging.getLogger(__name__)
+
 
 def _cpu_signature() -> str:
     """What decides whether a build made with -march=native runs here: the CPU's model and instruction sets."""
@@ -178,7 +181,7 @@ def fused_pooling() -> Any | None:
 
         directory.mkdir(parents=True, exist_ok=True)
         if not (directory / f"{name}.so").exists():
-            print("spin-cache: building the fused pooling kernel for this CPU (once, ~30 s)", file=sys.stderr)
+            log.info("building the fused pooling kernel for this CPU (once, about 30 s)")
         return load_inline(
             name,
             cpp_sources=[_SOURCE],
