@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from collections.abc import Set
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def load_config(path: str | Path) -> PipelineConfig:
     return PipelineConfig(**raw)
 
 
-def _check_section(path: Path, name: str, section: dict, cls: type, exclude: set[str] = frozenset()) -> None:
+def _check_section(path: Path, name: str, section: dict, cls: type, exclude: Set[str] = frozenset()) -> None:
     """Refuse a key of section [name] that is not a field of settings class `cls` (or is one of `exclude`)."""
     allowed = {f.name for f in fields(cls)} - set(exclude)
     bad = sorted(set(section) - allowed)

@@ -185,11 +185,11 @@ class LabelledDataset:
         parts = []
         for split in SPLITS:
             idx = self.split_indices(split)
-            n = limits[split]
-            if n is not None:
-                if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
+            limit = limits[split]
+            if limit is not None:
+                if isinstance(limit, bool) or not isinstance(limit, int | np.integer) or limit < 0:
                     raise InputError(f"subset: the row count for split {split!r} must be an integer >= 0")
-                idx = idx[: int(n)]
+                idx = idx[: int(limit)]
             parts.append(idx)
         keep = np.concatenate(parts)
         return LabelledDataset(
@@ -670,14 +670,15 @@ def load_dataset(
     """
     from . import hf
 
-    hf_options = dict(text_column=text_column, label_column=label_column, split_column=split_column,
-                      id_column=id_column, dev_split=dev_split, seed=seed)  # fmt: skip
+    def from_hf(obj: Any, name: str, origin: dict[str, str | None]) -> LabelledDataset:
+        return hf.load_hf(obj, name=name, origin=origin, text_column=text_column, label_column=label_column,
+                          split_column=split_column, id_column=id_column, dev_split=dev_split, seed=seed)  # fmt: skip
+
     if hf.is_hf_object(data):
-        return hf.load_hf(data, name=type(data).__name__, origin={"kind": "object"}, **hf_options)
+        return from_hf(data, type(data).__name__, {"kind": "object"})
     if isinstance(data, str | os.PathLike) and hf.is_saved_dataset(data):
         path = os.fspath(data)
-        origin = {"kind": "save_to_disk", "path": str(Path(path).resolve())}
-        return hf.load_hf(hf.load_from_disk(path), name=path, origin=origin, **hf_options)
+        return from_hf(hf.load_from_disk(path), path, {"kind": "save_to_disk", "path": str(Path(path).resolve())})
     if (
         isinstance(data, str)
         and data != BUILTIN_NAME
@@ -688,7 +689,7 @@ def load_dataset(
     ):
         name, _, config = data.partition(":")
         origin = {"kind": "hub", "name": name, "config": config or None, "revision": revision}
-        return hf.load_hf(hf.load_from_hub(data, revision), name=data, origin=origin, **hf_options)
+        return from_hf(hf.load_from_hub(data, revision), data, origin)
     if dev_split is not None:
         raise InputError("--dev-split carves a dev split from a Hugging Face dataset's train split; files name "
                          "their dev rows (a split column or --dev)")  # fmt: skip
@@ -697,12 +698,13 @@ def load_dataset(
     cols = _Columns(text=text_column or "text", label=label_column or "label", split=split_column, id=id_column)
     split_files = {"train": train, "dev": dev, "test": test}
     given = {k: v for k, v in split_files.items() if v is not None}
-    is_builtin = data is None or (isinstance(data, str) and data == BUILTIN_NAME)
+    # the one data file; None for the built-in dataset
+    data_file = None if data is None or (isinstance(data, str) and data == BUILTIN_NAME) else data
 
     if given:
-        if not is_builtin:
+        if data_file is not None:
             raise InputError(
-                f"{os.fspath(data)}: pass either one data file with a split column or --train/--dev/--test "
+                f"{os.fspath(data_file)}: pass either one data file with a split column or --train/--dev/--test "
                 "files, not both"
             )
         missing = [k for k in ("train", "dev") if k not in given]
@@ -722,10 +724,10 @@ def load_dataset(
         name = "+".join(Path(paths[s]).name for s in SPLITS if s in paths)
         return _build(name, rows, builtin=False, train_path=paths["train"], id_flag=id_column)
 
-    if is_builtin:
+    if data_file is None:
         return _load_builtin(cols)
 
-    raw = _read_file(data, cols)
+    raw = _read_file(data_file, cols)
     if raw.n == 0:
         raise InputError(f"{raw.path}: the file has no rows; add examples")
     if raw.split is None:

@@ -11,6 +11,7 @@ import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -41,6 +42,9 @@ from .settings import ExtractSettings
 from .transfer import TORCH_DTYPES
 from .workers import run_workers, shard_device, wait_for_store
 from .write import BlockWriter
+
+if TYPE_CHECKING:
+    import polars as pl
 
 __all__ = [
     "DEFAULT_CHUNK_COLS",
@@ -114,6 +118,7 @@ def run_extraction(settings: ExtractSettings | None = None, **options: object) -
         if existing is None and shard is not None and shard[0] != 0:
             existing = wait_for_store(plan.url, plan.wanted, settings.storage_options)
         device = settings.device if shard is None else shard_device(settings.device, shard)
+        loaded: LoadedModel | None  # None once the workers (each with its own copy) take over
         loaded = load_model(plan.files, device=device, dtype=TORCH_DTYPES[plan.compute_dtype])
         encodings, n_tokens, truncated = tokenize(loaded, plan.dataset, plan.max_length)
         examples = examples_table(plan.dataset, n_tokens, truncated)
@@ -135,7 +140,7 @@ def run_extraction(settings: ExtractSettings | None = None, **options: object) -
 
 
 def _open_or_create_store(
-    plan: ExtractPlan, loaded: LoadedModel, existing: ActivationStore | None, examples: object
+    plan: ExtractPlan, loaded: LoadedModel, existing: ActivationStore | None, examples: pl.DataFrame
 ) -> ActivationStore:
     """A new store laid out for this model (nothing made from these inputs at the plan's url), or the existing
     one opened for appending; shard 0 (or the only process) repairs a resumed store's examples table."""
@@ -143,7 +148,7 @@ def _open_or_create_store(
     if existing is not None:
         store = ActivationStore.open(plan.url, mode="a", storage_options=s.storage_options)
         if not store.is_complete and (s.shard is None or s.shard[0] == 0):
-            repair_examples(store, examples)  # type: ignore[arg-type]
+            repair_examples(store, examples)
         return store
     adapter = loaded.adapter
     widths = {"hidden": adapter.hidden_size, "ffn": adapter.ffn_size}
@@ -170,7 +175,7 @@ def _open_or_create_store(
         manifest,
         examples,
         overwrite=s.overwrite,
-        storage_options=s.storage_options,  # type: ignore[arg-type]
+        storage_options=s.storage_options,
     )
 
 

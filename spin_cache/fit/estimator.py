@@ -31,16 +31,19 @@ class EstimatorParameterError(InputError, InvalidParameterError):
 
 def _c_grid(c: Any) -> list[float]:
     """C as the list of values to fit: one positive number, or a non-empty sequence of them."""
-    values = [c] if np.isscalar(c) else list(c)
-    ok = bool(values) and all(
-        isinstance(v, Real) and not isinstance(v, bool) and np.isfinite(v) and v > 0 for v in values
-    )
+    values: list[Any] = [c] if np.isscalar(c) else list(c)
+    ok = bool(values) and all(_is_positive_real(v) for v in values)
     if not ok:
         raise EstimatorParameterError(
             f"The 'C' parameter of SpinClassifier must be a positive float or a non-empty sequence of positive "
             f"floats. Got {c!r} instead."
         )
     return [float(v) for v in values]
+
+
+def _is_positive_real(v: object) -> bool:
+    """A finite real number > 0 that is not a bool (a Python or NumPy number, a Fraction, ...)."""
+    return isinstance(v, Real) and not isinstance(v, bool) and bool(np.isfinite(float(v))) and float(v) > 0
 
 
 class SpinClassifier(ClassifierMixin, BaseEstimator):
@@ -74,6 +77,9 @@ class SpinClassifier(ClassifierMixin, BaseEstimator):
         "metric": [StrOptions(set(METRICS))],
         "random_state": ["random_state"],
     }
+    # fitted attributes (set by fit / from_parts; declared here for the type checker only, so that
+    # check_is_fitted still sees an unfitted estimator)
+    classes_: np.ndarray
 
     def __init__(
         self,
@@ -136,14 +142,14 @@ class SpinClassifier(ClassifierMixin, BaseEstimator):
                 raise EstimatorInputError(
                     f"choosing C from a grid of {len(grid)} values needs X_dev and y_dev (or give a single C)"
                 )
-            dev_x, dev_codes = None, None
+            dev_data = None
         else:
             dev_x, y_dev = validate_data(self, X_dev, y_dev, dtype=[np.float32, np.float64], reset=False)
-            dev_codes = self._encode(y_dev, "y_dev")
+            dev_data = (dev_x, self._encode(y_dev, "y_dev"))
         self.n_classes_ = len(self.classes_)
         self.scaler_ = Standardizer.fit(X)
         train = Design.of(self.scaler_.transform(X), y_codes)
-        dev = train if dev_x is None else Design.of(self.scaler_.transform(dev_x), dev_codes)
+        dev = train if dev_data is None else Design.of(self.scaler_.transform(dev_data[0]), dev_data[1])
         res = fit_c_path(
             train,
             dev,

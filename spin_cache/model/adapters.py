@@ -3,7 +3,7 @@ projections of a loaded model (:data:`ADAPTERS`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,7 +55,7 @@ def _linear_sizes(module: torch.nn.Module) -> tuple[int, int]:
     if isinstance(module, torch.nn.Linear):
         return module.in_features, module.out_features
     if hasattr(module, "nx") and hasattr(module, "nf"):  # transformers.pytorch_utils.Conv1D
-        return int(module.nx), int(module.nf)
+        return int(_get(module, "nx")), int(_get(module, "nf"))
     weight = getattr(module, "weight", None)
     if isinstance(weight, torch.Tensor) and weight.dim() == 2:
         return int(weight.shape[1]), int(weight.shape[0])
@@ -76,6 +76,7 @@ def _base_candidates(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def _get(obj: Any, dotted: str) -> Any:
+    """``obj.<dotted>``, or None where an attribute on the way is missing or None."""
     for part in dotted.split("."):
         obj = getattr(obj, part, None)
         if obj is None:
@@ -83,25 +84,30 @@ def _get(obj: Any, dotted: str) -> Any:
     return obj
 
 
+def _each(blocks: Iterable[torch.nn.Module], dotted: str) -> list[torch.nn.Module]:
+    """``block.<dotted>`` of every block: the per-block modules a finder has checked are there."""
+    return [_get(b, dotted) for b in blocks]
+
+
 def _make(
     family: str,
     is_decoder: bool,
     runner: torch.nn.Module,
-    blocks: Sequence[torch.nn.Module],
-    downs: Sequence[torch.nn.Module],
+    blocks: Iterable[torch.nn.Module],
+    downs: Iterable[torch.nn.Module],
     needs_position_ids: bool,
     model_type: str | None,
 ) -> Adapter:
-    blocks, downs = list(blocks), list(downs)
-    ffn_size, hidden_size = _linear_sizes(downs[0])
+    block_list, down_list = list(blocks), list(downs)
+    ffn_size, hidden_size = _linear_sizes(down_list[0])
     return Adapter(
         family=family,
         is_decoder=is_decoder,
-        num_layers=len(blocks),
+        num_layers=len(block_list),
         hidden_size=hidden_size,
         ffn_size=ffn_size,
-        blocks=blocks,
-        down_projections=downs,
+        blocks=block_list,
+        down_projections=down_list,
         needs_position_ids=needs_position_ids,
         runner=runner,
         model_type=model_type,
@@ -116,7 +122,7 @@ def _find_bert(model: torch.nn.Module, model_type: str | None) -> Adapter | None
             and len(layers)
             and all(_get(b, "output.dense") is not None and _get(b, "intermediate") is not None for b in layers)
         ):
-            downs = [b.output.dense for b in layers]
+            downs = _each(layers, "output.dense")
             return _make("bert", False, base, layers, downs, False, model_type)
     return None
 
@@ -129,7 +135,7 @@ def _find_distilbert(model: torch.nn.Module, model_type: str | None) -> Adapter 
             and len(layers)
             and all(_get(b, "ffn.lin2") is not None for b in layers)
         ):
-            downs = [b.ffn.lin2 for b in layers]
+            downs = _each(layers, "ffn.lin2")
             return _make("distilbert", False, base, layers, downs, False, model_type)
     return None
 
@@ -142,7 +148,7 @@ def _find_gpt2(model: torch.nn.Module, model_type: str | None) -> Adapter | None
             and len(layers)
             and all(_get(b, "mlp.c_proj") is not None for b in layers)
         ):
-            downs = [b.mlp.c_proj for b in layers]
+            downs = _each(layers, "mlp.c_proj")
             return _make("gpt2", True, base, layers, downs, True, model_type)
     return None
 
@@ -155,7 +161,7 @@ def _find_llama(model: torch.nn.Module, model_type: str | None) -> Adapter | Non
             and len(layers)
             and all(isinstance(_get(b, "mlp.down_proj"), torch.nn.Module) for b in layers)
         ):
-            downs = [b.mlp.down_proj for b in layers]
+            downs = _each(layers, "mlp.down_proj")
             return _make("llama", True, base, layers, downs, True, model_type)
     return None
 
@@ -169,9 +175,12 @@ def _find_t5_encoder(model: torch.nn.Module, model_type: str | None) -> Adapter 
         if (
             isinstance(blocks, torch.nn.ModuleList)
             and len(blocks)
-            and all(_get(b, "layer") is not None and _get(b.layer[-1], "DenseReluDense.wo") is not None for b in blocks)
+            and all(
+                _get(b, "layer") is not None and _get(_get(b, "layer")[-1], "DenseReluDense.wo") is not None
+                for b in blocks
+            )
         ):
-            downs = [b.layer[-1].DenseReluDense.wo for b in blocks]
+            downs = [_get(_get(b, "layer")[-1], "DenseReluDense.wo") for b in blocks]
             # T5EncoderModel: run the whole model (same output); full T5: run its encoder stack only
             runner = model if stack is _get(model, "encoder") and _get(model, "decoder") is None else stack
             return _make("t5-encoder", False, runner, blocks, downs, False, model_type)
@@ -190,7 +199,7 @@ def _find_deberta_v2(model: torch.nn.Module, model_type: str | None) -> Adapter 
             and len(layers)
             and all(_get(b, "output.dense") is not None and _get(b, "intermediate") is not None for b in layers)
         ):
-            downs = [b.output.dense for b in layers]
+            downs = _each(layers, "output.dense")
             blocks = list(layers)
             conv = _get(base, "encoder.conv")
             if isinstance(conv, torch.nn.Module):
@@ -207,13 +216,14 @@ def _find_opt(model: torch.nn.Module, model_type: str | None) -> Adapter | None:
                 # the model's output is projected to word_embed_proj_dim (opt-350m): its last hidden layer would
                 # have another width than the others
                 raise InputError(
-                    f"unsupported OPT model: its output is projected from {base.config.hidden_size} to "
-                    f"{base.config.word_embed_proj_dim} dimensions (word_embed_proj_dim, as in opt-350m); "
+                    f"unsupported OPT model: its output is projected from {_get(base, 'config.hidden_size')} to "
+                    f"{_get(base, 'config.word_embed_proj_dim')} dimensions (word_embed_proj_dim, as in opt-350m); "
                     "use an OPT model without that projection"
                 )
-            for block in layers:
-                _keep_tokens_axis(block, block.fc2)
-            return _make("opt", True, base, layers, [b.fc2 for b in layers], True, model_type)
+            downs = _each(layers, "fc2")
+            for block, down in zip(layers, downs, strict=True):
+                _keep_tokens_axis(block, down)
+            return _make("opt", True, base, layers, downs, True, model_type)
     return None
 
 
@@ -243,7 +253,8 @@ def _keep_tokens_axis(block: torch.nn.Module, down: torch.nn.Module) -> None:
     block.register_forward_pre_hook(remember, with_kwargs=True)
     down.register_forward_pre_hook(unflatten)
     down.register_forward_hook(flatten)
-    down._spin_cache_tokens_axis = True
+    # nn.Module.__setattr__ is annotated for tensors and modules only; a plain value is stored as an attribute
+    down._spin_cache_tokens_axis = True  # type: ignore[assignment]
 
 
 def _find_gemma(model: torch.nn.Module, model_type: str | None) -> Adapter | None:
@@ -260,7 +271,7 @@ def _find_gemma(model: torch.nn.Module, model_type: str | None) -> Adapter | Non
             and len(layers)
             and all(isinstance(_get(b, "mlp.down_proj"), torch.nn.Module) for b in layers)
         ):
-            return _make("gemma", True, base, layers, [b.mlp.down_proj for b in layers], True, model_type)
+            return _make("gemma", True, base, layers, _each(layers, "mlp.down_proj"), True, model_type)
     return None
 
 
@@ -277,7 +288,7 @@ def _layers_finder(
                 and len(layers)
                 and all(isinstance(_get(b, down_path), torch.nn.Module) for b in layers)
             ):
-                downs = [_get(b, down_path) for b in layers]
+                downs = _each(layers, down_path)
                 return _make(family, is_decoder, base, layers, downs, needs_position_ids, model_type)
         return None
 

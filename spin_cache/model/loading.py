@@ -102,7 +102,7 @@ def load_model(
     T5-family models load as encoder-only models. The tokenizer is loaded (and checked, see
     :func:`load_tokenizer`) before the weights.
     """
-    from transformers import AutoModel
+    from transformers import AutoModel, PreTrainedModel
 
     if isinstance(model, ModelFiles):
         files = model
@@ -118,15 +118,16 @@ def load_model(
     if model_type in T5_TYPES:
         import transformers
 
-        cls = {
+        encoders: dict[str, type[PreTrainedModel]] = {
             "t5": transformers.T5EncoderModel,
             "mt5": transformers.MT5EncoderModel,
             "umt5": transformers.UMT5EncoderModel,
-        }[model_type]
+        }
+        cls: type[PreTrainedModel] | type[AutoModel] = encoders[model_type]
     else:
         cls = AutoModel
     try:
-        module = cls.from_pretrained(path, config=config, dtype=dtype, local_files_only=True)
+        module: torch.nn.Module = cls.from_pretrained(path, config=config, dtype=dtype, local_files_only=True)
     except Exception as exc:
         raise InputError(f"cannot load the model in {path}: {type(exc).__name__}: {exc}") from None
     module.eval()

@@ -192,12 +192,12 @@ class MaskPooler:
             self.lowest[states.dtype] = torch.full((), float("-inf"), dtype=states.dtype, device=states.device)
         lowest = self.lowest[states.dtype]
         a, b = self.span
-        best = states[:, a:b].amax(dim=1) if b > a else None
+        peak = states[:, a:b].amax(dim=1) if b > a else None
         for lo, hi, mask in self.ragged:
             part = torch.where(mask, states[:, lo:hi], lowest).amax(dim=1)
-            best = part if best is None else torch.maximum(best, part)
-        assert best is not None  # every row has a real token, so some region is non-empty
-        return best.to(torch.float32)
+            peak = part if peak is None else torch.maximum(peak, part)
+        assert peak is not None  # every row has a real token, so some region is non-empty
+        return peak.to(torch.float32)
 
 
 def pool(states: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:

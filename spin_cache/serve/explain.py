@@ -265,6 +265,8 @@ def explain(
     kind, pooling = info.get("kind"), info.get("pooling")
     if pooling not in POOLINGS:
         raise InputError(f"the head's pooling {pooling!r} cannot be explained; expected first, last, mean or max")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise InputError(f"the head's kind {kind!r} cannot be explained; expected hidden or ffn")
     loaded = _loaded_for(head, model, device)
     input_ids, tokens, gaps = _tokenize(loaded, text, int(info.get("max_length", 512)))
     layers = head.layers
@@ -274,13 +276,13 @@ def explain(
     # Pooled features as pool_many computes them (float32), then the classifier's own decision.
     parts = []
     for layer in layers:
-        a = torch.from_numpy(acts[layer][:, np.asarray(head.selection[layer], dtype=np.int64)])
+        chosen = torch.from_numpy(acts[layer][:, np.asarray(head.selection[layer], dtype=np.int64)])
         if pooling == "mean":
-            parts.append((a.sum(dim=0, dtype=torch.float32) / n_tok).numpy())
+            parts.append((chosen.sum(dim=0, dtype=torch.float32) / n_tok).numpy())
         elif pooling == "max":
-            parts.append(a.amax(dim=0).numpy())
+            parts.append(chosen.amax(dim=0).numpy())
         else:
-            parts.append(a[0 if pooling == "first" else n_tok - 1].numpy())
+            parts.append(chosen[0 if pooling == "first" else n_tok - 1].numpy())
     features = np.concatenate(parts).astype(np.float32)[None, :]
     clf = head.classifier
     # one logit for a binary head, one per class otherwise (whether decision_function returns (n,) or (n, 1))
