@@ -1,10 +1,18 @@
 """Selection strategies under repeated re-splits of dev and test (issue 23): which choice generalises, and how
 honest is the estimate shown next to it.
 
-    # 1. every configuration's predictions on every dev and test row, cached (minutes; resumable per group)
-    python benchmarks/bench_selection.py predict --store stores/sst5 --probes RUN --cache /tmp/sel/sst5
-    python benchmarks/bench_selection.py predict --synthetic /tmp/sel/synth --cache /tmp/sel/synth  # store + probes
-    # 2. 20 re-splits, every strategy and estimate (a minute or two per set)
+    # 0. a probe run per store (the default ProbeSettings; ~15 min each on the 2-core VM)
+    python -c "from spin_cache.loop.probe import run_probes, ProbeSettings; \
+               run_probes('stores/sst5', '/tmp/sel/probes_sst5', ProbeSettings(), scheduler='threads', workers=1)"
+    # 1. every head's predictions on every dev and test row, cached (SST-2 ~9 min, SST-5 ~40 min on the shared
+    #    2-core VM, one thread; resumable per (kind, pooling) group; --kinds/--poolings for a subset)
+    python benchmarks/bench_selection.py predict --store stores/sst5 --probes /tmp/sel/probes_sst5 --cache /tmp/sel/sst5
+    python benchmarks/bench_selection.py predict --synthetic /tmp/sel/synthA --cache /tmp/sel/synthA   # store+probes
+    python benchmarks/bench_selection.py predict --synthetic /tmp/sel/synthB --cache /tmp/sel/synthB --classes 5 \
+        --signal 0.35
+    python benchmarks/bench_selection.py predict --synthetic /tmp/sel/synthC --cache /tmp/sel/synthC --classes 3 \
+        --signal 0.3 --informative 2:4,4:4,6:4 --width 384 --seed 1
+    # 2. 20 re-splits, every strategy and estimate (about a minute per set)
     python benchmarks/bench_selection.py evaluate --cache /tmp/sel/sst5 --name SST-5 --json /tmp/sel/sst5.json
     # 3. the tables of several sets as markdown
     python benchmarks/bench_selection.py table /tmp/sel/*.json
@@ -12,17 +20,20 @@ honest is the estimate shown next to it.
 `predict` mirrors `spin_cache.loop.sweep.sweep_group`: for every (kind, pooling) group, every rule value of the
 default grid (DEFAULT_ETAS) and every K, the selected neurons of the first K layers (spin_cache.loop.select.select on
 the probe run's saliency), standardised with train statistics, one L2 head per C of HEAD_C_GRID fitted on train only
-with the sweep's solver (warm-started along C, as fit_c_path does), and its predicted label on every dev and test
-row. Base (the last hidden layer, all neurons) is fitted the same way for every pooling. Identical selections are
-fitted once. Each group's predictions land in CACHE/<kind>_<pooling>.npz as it finishes (a rerun skips them).
+with the library's solver (spin_cache.fit.solver.fit_logistic, warm-started along the sorted C grid with one
+Lipschitz bound, as fit_c_path does), and its predicted label on every dev and test row. Base (the last hidden
+layer, all neurons) is fitted the same way for every pooling. Identical selections are fitted once. Each group's
+predictions land in CACHE/<kind>_<pooling>.npz as it finishes (a rerun skips them).
 
 `evaluate` pools the dev and test rows and draws `--splits` random dev'/test' splits of the original sizes (seeds
 0..splits-1). On each, every strategy chooses from the dev' columns only (ConfigScores never sees a test' row), the
-chosen configuration is scored once on test', and every estimate method is computed on dev'. Base: the best
-(pooling, C) of the Base heads on dev' (ties to smaller C), scored on test'. Reported per strategy: mean and
-standard deviation of test' accuracy, mean optimism (chosen dev' - test'), mean gain over Base on test', the chosen
-configuration's neurons, and per estimate method the mean |estimate - test'| and mean (estimate - test').
-The original split is reported too (the numbers today's sweep prints).
+chosen head is scored once on test', and every estimate method is computed on dev'. Base: the best (pooling, C) of
+the Base heads on dev' (ties to smaller C), scored on test'. Reported per strategy: mean and standard deviation of
+test' accuracy; the mean paired difference to the arg-max (its standard error over splits, which share rows, so it
+is understated; splits won/lost); mean optimism (chosen dev' - test'); mean gain over Base on test'; the chosen
+head's neurons and K (medians); per estimate method the mean estimate, mean |estimate - test'| (floored by test''s
+own sampling error, ~1 point here) and mean (estimate - test'). The original split is reported too (what today's
+sweep prints). `smoothed` smooths over the rule-value grid (selection.sweep_neighbourhoods).
 """
 
 from __future__ import annotations
@@ -47,6 +58,7 @@ from spin_cache.loop.selection import (
     ConfigScores,
     choose,
     expected_score,
+    sweep_neighbourhoods,
 )
 
 META = ("kind", "pooling", "value", "k", "n_neurons", "C", "base")
@@ -244,13 +256,11 @@ def accuracy(pred: np.ndarray, y: np.ndarray) -> float:
 
 
 def neighbourhoods(data: dict, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The grid the `smoothed` strategy averages over: neighbours share kind, pooling and C and sit one step apart
-    in the rule-value grid or in K."""
-    value = data["value"][rows]
-    keys = zip(data["kind"][rows], data["pooling"][rows], data["C"][rows], strict=True)
-    group = np.array([f"{k}/{p}/{c:g}" for k, p, c in keys])
-    grid = np.stack([np.searchsorted(np.unique(value), value), data["k"][rows]], axis=1)
-    return group, grid
+    """The grid the `smoothed` strategy averages over: neighbours share kind, pooling, K and C and sit one step
+    apart in the rule-value grid (nested neuron sets; selection.sweep_neighbourhoods documents why not K or C)."""
+    return sweep_neighbourhoods(
+        data["kind"][rows], data["pooling"][rows], data["value"][rows], data["k"][rows], data["C"][rows]
+    )
 
 
 def evaluate_split(data: dict, dev: np.ndarray, test: np.ndarray, strategies, methods, n_boot: int) -> dict:

@@ -13,6 +13,7 @@ import pytest
 from spin_cache.errors import InputError
 from spin_cache.fit.metrics import score_predictions
 from spin_cache.loop.selection import (
+    DEFAULT_STRATEGY,
     STRATEGIES,
     ConfigScores,
     argmax,
@@ -22,6 +23,7 @@ from spin_cache.loop.selection import (
     expected_score,
     one_se,
     stack_configs,
+    sweep_neighbourhoods,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,7 +164,8 @@ def test_estimates_are_deterministic_and_seeded():
     a = expected_score(s, "one_se", seed=3, n_boot=100)
     assert a == expected_score(s, "one_se", seed=3, n_boot=100)
     assert a.estimate != expected_score(s, "one_se", seed=4, n_boot=100).estimate
-    assert expected_score(s, n_boot=20).strategy == "one_se"
+    assert expected_score(s, n_boot=20).strategy == DEFAULT_STRATEGY == "argmax"
+    assert expected_score(s, n_boot=20).method == "bbc"
 
 
 def test_weighted_scores_equal_scores_on_repeated_rows():
@@ -285,3 +288,20 @@ def test_smoothed_needs_a_grid_and_grid_is_checked():
         dataclasses.replace(two, group=np.zeros(2), grid=np.zeros((2, 1)))
     with pytest.raises(InputError, match="one group and one grid row"):
         dataclasses.replace(two, group=np.zeros(3), grid=np.zeros((3, 1)))
+
+
+def test_sweep_neighbourhoods_link_rule_values_only():
+    kinds = ["ffn"] * 6 + ["hidden"]
+    poolings = ["mean"] * 7
+    values = [0.5, 0.8, 0.9, 0.8, 0.9, 0.9, 0.9]
+    ks = [1, 1, 1, 2, 2, 1, 1]
+    cs = [0.01, 0.01, 0.01, 0.01, 0.01, 0.1, 0.01]
+    group, grid = sweep_neighbourhoods(kinds, poolings, values, ks, cs)
+    assert grid[:, 0].tolist() == [0, 1, 2, 1, 2, 2, 2]
+    s = stack_configs([np.array([1, 0])] * 7, np.array([1, 1]), [1] * 7, ks, cs)
+    s = dataclasses.replace(s, group=group, grid=grid)
+    linked = s.neighbourhood.toarray() > 0
+    assert np.flatnonzero(linked[1]).tolist() == [0, 1, 2]  # eta 0.8, K 1: eta 0.5 and 0.9 at the same K and C
+    assert np.flatnonzero(linked[3]).tolist() == [3, 4]  # K 2: not linked to K 1
+    assert np.flatnonzero(linked[5]).tolist() == [5]  # another C
+    assert np.flatnonzero(linked[6]).tolist() == [6]  # another kind
