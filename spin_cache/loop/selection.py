@@ -233,7 +233,7 @@ class ConfigScores:
             return (self._correct @ w) / total
         f1_sum = np.zeros((self.n_configurations, w.shape[1]))
         present = np.zeros_like(f1_sum)
-        for c in range(self.n_classes):
+        for c in range(self.n_classes or 0):
             is_pred = (self.predictions == c).astype(np.float64)
             is_true = (self.labels == c).astype(np.float64)
             tp = (is_pred * is_true) @ w
@@ -559,8 +559,8 @@ def sweep_neighbourhoods(
     or miss a whole layer's signal at once, and smoothing across such a cliff moves the choice off the optimum (a
     synthetic store with signal in layers 3 and 5 lost 0.8-1.0 points when K was smoothed); smoothing over C did
     not help on any measured set (benchmarks/bench_selection.py)."""
-    values = np.asarray(values, dtype=np.float64)
-    position = np.searchsorted(np.unique(values), values)
+    value_array = np.asarray(values, dtype=np.float64)
+    position = np.searchsorted(np.unique(value_array), value_array)
     keys = zip(kinds, poolings, np.asarray(ks).tolist(), np.asarray(cs, dtype=np.float64).tolist(), strict=True)
     group = np.array([f"{kind}/{pooling}/K={k}/C={c!r}" for kind, pooling, k, c in keys])
     return group, position[:, None]

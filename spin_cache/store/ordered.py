@@ -126,7 +126,7 @@ class OrderedCopy:
     def read(self, arr: zarr.Array, rows: slice, cols: slice, block_rows: int) -> np.ndarray:
         """arr[rows, cols]; IntegrityError naming the array and the damaged chunk when a chunk does not decode."""
         try:
-            return arr[rows, cols]
+            return np.asarray(arr[rows, cols])
         except Exception as exc:
             chunk = find_damaged_chunk(arr, rows, cols, block_rows)
             raise ordered_damage(self.url, arr.path, f"{type(exc).__name__}: {exc}", chunk) from None
