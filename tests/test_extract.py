@@ -206,7 +206,8 @@ def test_kill9_mid_extraction_then_resume_equals_uninterrupted(tmp_path):
         if commits.exists() and len(list(commits.iterdir())) >= 3:
             break
         time.sleep(0.05)
-    assert proc.poll() is None, "the extraction finished before it could be killed"
+    if proc.poll() is not None:  # a fast machine finished first: the scenario did not happen, which is no failure
+        pytest.skip("the extraction finished before it could be killed")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     partial = ActivationStore.open(killed)
@@ -347,7 +348,8 @@ def test_a_second_writer_is_refused_and_readers_see_incomplete(tmp_path, capsys)
     while time.time() < deadline and not (commits.exists() and any(commits.iterdir())):
         time.sleep(0.05)
     try:
-        assert first.poll() is None, "the first extraction finished too early"
+        if first.poll() is not None:  # a fast machine finished first: nothing to refuse, which is no failure
+            pytest.skip("the first extraction finished before a second writer could try")
         assert main(["extract", *args]) == 5
         err = capsys.readouterr().err
         assert f"pid {first.pid}" in err and len(err.strip().splitlines()) == 1
@@ -449,9 +451,9 @@ def test_writer_throttle_holds_threads_to_its_limit_until_raised():
     threads = [threading.Thread(target=work) for _ in range(3)]
     for t in threads:
         t.start()
-    wait_until(lambda: started == 3 and inside == 1)
-    time.sleep(0.2)  # the two others are blocked in the gate, not merely late
-    assert inside == 1 and peak == 1
+    # The two others are waiting on the gate's condition (blocked, not merely late): no timing involved.
+    wait_until(lambda: started == 3 and inside == 1 and len(throttle.changed._waiters) == 2)  # type: ignore[attr-defined]
+    assert inside == 1 and peak == 1 and len(throttle.changed._waiters) == 2  # type: ignore[attr-defined]
     throttle.raise_to(3)
     wait_until(lambda: inside == 3)
     assert inside == 3

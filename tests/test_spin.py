@@ -76,7 +76,7 @@ def test_probe_refuses_another_store_and_resumes(probed, tiny_sst2, tmp_path):
 def test_sweep_outputs_and_table(swept):
     _, _, result = swept
     cols = ["kind", "pooling", "rule", "value", "k", "layers", "n_neurons", "share", "C", "dev_metric",
-            "test_metric", "group_bytes_read", "mode", "seconds", "iterations", "fits"]  # fmt: skip
+            "test_metric", "group_bytes_read", "mode", "seconds"]  # fmt: skip
     assert result.sweep.columns == cols
     # 2 kinds x 3 poolings x 3 values x K (7 hidden layers, 6 ffn layers)
     assert result.sweep.height == 3 * 3 * (7 + 6)

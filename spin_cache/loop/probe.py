@@ -21,22 +21,16 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
+import zarr
 
 from .. import __version__
 from ..errors import InputError, IntegrityError, StoreMismatchError
 from ..fit.metrics import METRICS, score_predictions
-from ..fit.solver import PROBE_C_GRID, Design, Standardizer, check_device, fit_c_path, predict_design
+from ..fit.solver import PROBE_C_GRID, Design, Standardizer, fit_c_path, predict_design
 from ..outputs import prepare_output_dir
+from ..store.access import array_name
 from ..store.activation_store import ActivationStore
-from ..store.ordered import (  # noqa: F401 (re-exported: the format's names, from the module that owns it)
-    ORDERED_CHUNK_COLS,
-    ORDERED_DAMAGED,
-    ORDERED_DIR,
-    find_damaged_chunk,
-    open_ordered_group,
-    ordered_damage,
-    write_ordered_columns,
-)
+from ..store.shards import create_array
 from ..validation import POSITIVE_FLOAT, POSITIVE_FLOATS, POSITIVE_INT, check
 from .parallel import check_memory_budget, check_workers, run_tasks, task_memory_budget
 from .select import rank_order
@@ -94,7 +88,6 @@ def probe_layer(
     storage_options: dict | None = None,
     ordered_url: str | None = None,
     memory_budget: int | None = None,
-    device: str = "cpu",
 ) -> dict:
     """One probe (a Dask task): read the layer, standardise on train, fit the C path, score every neuron, and
     write the layer's salient columns in rank order into the run's ordered copy.
@@ -108,7 +101,7 @@ def probe_layer(
     if not streamed:
         rows.load()
     scaler = rows.standardizer()
-    designs = {s: rows.design(s, scaler, device) for s in ("train", "dev", "test")}
+    designs = {s: rows.design(s, scaler) for s in ("train", "dev", "test")}
     res = fit_c_path(designs["train"], designs["dev"], rows.n_classes, settings.c_grid, penalty="l1",
                      metric=settings.metric, max_iter=settings.max_iter, tol=settings.tol)  # fmt: skip
 
@@ -119,7 +112,7 @@ def probe_layer(
 
     saliency = saliency_from_coef(res.fit.coef)
     if ordered_url is not None:
-        write_ordered_columns(ordered_url, store, kind, pooling, layer, saliency, rows.values)
+        write_ordered_columns(ordered_url, store, rows, saliency)
     return {
         "kind": kind,
         "pooling": pooling,
@@ -130,7 +123,7 @@ def probe_layer(
         "train_metric": metric("train"),
         "n_nonzero": int(np.count_nonzero(saliency)),
         "n_neurons": store.width(kind),
-        "iterations": res.iterations,
+        "iterations": int(sum(h["iterations"] for h in res.history)),
         "mode": "streamed" if streamed else "in-memory",
         "fit_seconds": time.perf_counter() - t0,
         "saliency": saliency.astype(np.float64),
@@ -172,17 +165,79 @@ class _LayerRows:
             return Standardizer.fit(self.values[self.rows["train"]])
         return Standardizer.fit_chunks((x for x, _ in self.chunks("train")), self.width)
 
-    def design(self, split: str, scaler: Standardizer, device: str = "cpu") -> Design:
+    def design(self, split: str, scaler: Standardizer) -> Design:
         n = len(self.rows[split])
         if self.values is not None:
             x, y = next(self.chunks(split))
-            return Design.of(scaler.transform(x), y, device)
+            return Design.of(scaler.transform(x), y)
 
         def blocks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             for x, y in self.chunks(split):
                 yield torch.as_tensor(scaler.transform(x)), torch.as_tensor(y)
 
-        return Design(blocks, n, self.width, device)
+        return Design(blocks, n, self.width)
+
+
+ORDERED_DIR = "ordered.zarr"
+ORDERED_CHUNK_COLS = 16
+ORDERED_DAMAGED = "probe again into a new --out, or delete {url} to read the store instead"
+
+
+def ordered_damage(url: str, name: str, detail: object, chunk: str | None = None) -> IntegrityError:
+    """The one-line error for a damaged part of a probe run's ordered copy."""
+    where = f"{url}/{name}" if name else url
+    text = " ".join(str(detail).split())[:200]
+    return IntegrityError(
+        f"{where}: {'chunk ' + chunk + ' ' if chunk else ''}is damaged ({text}); {ORDERED_DAMAGED.format(url=url)}"
+    )
+
+
+def open_ordered_group(url: str, mode: str, *, store: object = None, **kwargs: object) -> zarr.Group:
+    """The ordered copy's group (at `url`, or through `store`); IntegrityError when its zarr.json is damaged."""
+    try:
+        return zarr.open_group(store or url, mode=mode, **kwargs)  # type: ignore[arg-type]
+    except Exception as exc:
+        raise ordered_damage(url, "zarr.json", f"{type(exc).__name__}: {exc}") from None
+
+
+def find_damaged_chunk(arr: zarr.Array, rows: slice, cols: slice, block_rows: int) -> str:
+    """The key (c/BLOCK/0) of the first shard in `rows` whose read of `cols` fails, for an error message."""
+    lo = rows.start or 0
+    hi = arr.shape[0] if rows.stop is None else rows.stop
+    for block in range(lo // block_rows, -(-hi // block_rows)):
+        start, stop = max(lo, block * block_rows), min(hi, (block + 1) * block_rows)
+        try:
+            arr[start:stop, cols]
+        except Exception:
+            return f"c/{block}/0 (rows {block * block_rows}-{min(arr.shape[0], (block + 1) * block_rows) - 1})"
+    return "(shard index)"
+
+
+def write_ordered_columns(url: str, store: ActivationStore, rows: _LayerRows, saliency: np.ndarray) -> None:
+    """The layer's neurons with non-zero saliency, most salient first: any eta or top-k selection is then a
+    contiguous prefix of this array, so a sweep reads only (about) the bytes of the columns it uses."""
+    order = rank_order(saliency)
+    keep = order[: max(1, int(np.count_nonzero(saliency)))]
+    group = open_ordered_group(url, mode="a")
+    arr = create_array(
+        group,
+        array_name(rows.kind, rows.pooling, rows.layer),
+        shape=(store.layout.n_rows, len(keep)),
+        block_rows=store.layout.block_rows,
+        chunk_cols=ORDERED_CHUNK_COLS,
+        dtype=store.layout.dtype,
+        attributes={"kind": rows.kind, "pooling": rows.pooling, "layer": rows.layer,
+                    "neurons": [int(i) for i in keep], "store_fingerprint": store.fingerprint},
+    )  # fmt: skip
+    if rows.values is not None:
+        arr[:] = store.encode(rows.values[:, keep])
+        return
+    ascending = np.sort(keep)
+    back = np.searchsorted(ascending, keep)
+    for block in range(store.layout.n_blocks):  # one shard per write: one writer per shard
+        start, stop = store.layout.block_range(block)
+        values = store.read(rows.kind, rows.pooling, rows.layer, rows=np.arange(start, stop), columns=ascending)
+        arr[start:stop] = store.encode(values[:, back])
 
 
 class ProbeRun:
@@ -282,7 +337,6 @@ def run_probes(
     progress: bool = True,
     storage_options: dict | None = None,
     dashboard: str | None = None,
-    device: str = "cpu",
 ) -> ProbeRun:
     """Probe every (kind, pooling, layer) of the store; finished probes are kept across reruns.
 
@@ -290,11 +344,9 @@ def run_probes(
     `memory_budget` (bytes, default half the machine's memory) is shared by the tasks that run at once; a
     layer that does not fit its share is streamed in row blocks (the probes table says which, column `mode`); a
     budget below one row block per running task is refused. `dashboard`: an address for a local cluster's Dask
-    dashboard (default: none; see parallel.local_cluster). `device`: where the solver runs ("cpu" or "cuda";
-    the settings, results and files are the same either way, up to float rounding)."""
+    dashboard (default: none; see parallel.local_cluster)."""
     settings = settings or ProbeSettings()
     settings.check()
-    device = check_device(device)
     workers = check_workers(workers)
     if memory_budget is not None:
         memory_budget = check("--memory-budget", memory_budget, POSITIVE_INT)
@@ -327,8 +379,7 @@ def run_probes(
     ordered = str(out.resolve() / ORDERED_DIR)
     open_ordered_group(ordered, mode="a", attributes={"store_fingerprint": store.fingerprint})
     per_task = task_memory_budget(memory_budget, scheduler, workers)
-    tasks = [(str(store_url), k, p, layer, settings, storage_options, ordered, per_task, device)
-             for k, p, layer in todo]  # fmt: skip
+    tasks = [(str(store_url), k, p, layer, settings, storage_options, ordered, per_task) for k, p, layer in todo]
     for _, result in run_tasks(
         probe_layer, tasks, scheduler=scheduler, workers=workers, desc="probe", progress=progress, dashboard=dashboard
     ):

@@ -11,10 +11,14 @@ import math
 import numpy as np
 
 from ..errors import InputError
-from ..store.ordered import rank_order  # the one rank order: selections are prefixes of the ordered copy
 
 RULES = ("eta", "top-k", "top-percent")
-__all__ = ["RULES", "random_like", "rank_order", "select", "select_eta", "select_top_k", "select_top_percent"]
+
+
+def rank_order(saliency: np.ndarray) -> np.ndarray:
+    """Neuron indices from most to least salient; ties broken by the lower index."""
+    s = np.asarray(saliency, dtype=np.float64)
+    return np.lexsort((np.arange(len(s)), -s))
 
 
 def select_eta(saliency: np.ndarray, eta: float) -> np.ndarray:

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 import torch
+import zarr
 
 from .. import __version__
 from ..errors import InputError
@@ -25,19 +27,10 @@ from ..extract.allocator import release_free_heap
 from ..fit.estimator import SpinClassifier
 from ..fit.head import Head
 from ..fit.metrics import METRICS, score_predictions
-from ..fit.solver import (
-    HEAD_C_GRID,
-    Design,
-    LinearFit,
-    PathResult,
-    Standardizer,
-    check_device,
-    fit_c_path,
-    predict_design,
-)
+from ..fit.solver import HEAD_C_GRID, Design, Standardizer, fit_c_path, predict_design
 from ..outputs import MARKERS, finite_or_null, prepare_output_dir
+from ..store.access import array_name, array_stored_bytes
 from ..store.activation_store import ActivationStore
-from ..store.ordered import ORDERED_DIR, OrderedCopy, open_ordered, read_columns
 from ..validation import (
     FRACTIONS,
     NON_NEGATIVE_INT,
@@ -50,7 +43,15 @@ from ..validation import (
     check,
 )
 from .parallel import check_memory_budget, check_workers, default_memory_budget, run_tasks, task_memory_budget
-from .probe import IN_MEMORY_COPIES, ProbeRun, block_memory_need
+from .probe import (
+    IN_MEMORY_COPIES,
+    ORDERED_DIR,
+    ProbeRun,
+    block_memory_need,
+    find_damaged_chunk,
+    open_ordered_group,
+    ordered_damage,
+)
 from .select import RULES, random_like, select
 
 # The paper's eta values plus 0.9 and 0.95: with MiniLM/SST-2 every kind and pooling scored best on dev at 0.8, the
@@ -67,9 +68,6 @@ RULE_VALUES: dict[str, tuple[str, Constraint]] = {
 }
 
 
-SEARCHES = ("grid", "patience")
-
-
 @dataclass(frozen=True)
 class SweepSettings:
     rule: str = "eta"
@@ -80,10 +78,6 @@ class SweepSettings:
     max_iter: int = 300
     tol: float = 1e-4
     seed: int = 0
-    # "grid": every (value, K) configuration (the reference); "patience": along K, a value's path stops once dev
-    # has not improved for `patience` layers (fewer fits; may miss the grid's choice: bench_loop.py reports how often)
-    search: str = "grid"
-    patience: int = 2
 
     def check(self) -> None:
         """InputError naming the first setting out of its range (the same rules as the command line's)."""
@@ -102,118 +96,26 @@ class SweepSettings:
         check("max_iter", self.max_iter, POSITIVE_INT)
         check("tol", self.tol, POSITIVE_FLOAT)
         check("--seed", self.seed, NON_NEGATIVE_INT)
-        if self.search not in SEARCHES:
-            raise InputError(f"--search {self.search}: choose from {', '.join(SEARCHES)}")
-        check("--patience", self.patience, POSITIVE_INT)
 
 
 @dataclass
-class SweepRow:
-    """One fitted configuration: a row of sweep.parquet."""
-
+class Config:
     kind: str
     pooling: str
-    rule: str
     value: float
     k: int  # number of layers integrated, from the kind's first layer
-    layers: list[int]
-    n_neurons: int
-    share: float
-    C: float
-    dev_metric: float
-    test_metric: float
-    group_bytes_read: int
-    mode: str
-    seconds: float
-    iterations: int  # solver iterations over the whole C path
-    fits: int  # fits (C values) of this configuration
 
 
-@dataclass
-class HeadParts:
-    """A fitted classifier as its persisted parts (SpinClassifier.to_json / to_arrays shape): plain data that Dask
-    tasks return cheaply; `classifier()` builds the estimator."""
-
-    meta: dict
-    arrays: dict[str, np.ndarray]
-
-    def classifier(self) -> SpinClassifier:
-        return SpinClassifier.from_parts(self.meta, self.arrays)
+def _fit(x: dict[str, np.ndarray], y: dict[str, np.ndarray], n_classes: int, s: SweepSettings) -> SpinClassifier:
+    clf = SpinClassifier(
+        C=tuple(s.c_grid), penalty=s.penalty, max_iter=s.max_iter, tol=s.tol, metric=s.metric, random_state=s.seed
+    )
+    return clf.fit(x["train"], y["train"], x["dev"], y["dev"], n_classes=n_classes)
 
 
-@dataclass
-class BestConfig:
-    row: SweepRow
-    head: HeadParts
-    selection: dict[int, np.ndarray]  # layer -> neuron ids in rank order
-
-
-@dataclass
-class BaseResult:
-    kind: str
-    pooling: str
-    layer: int
-    dev: float
-    test: float
-    n_neurons: int
-    share: float
-    C: float
-
-
-@dataclass
-class GroupResult:
-    """What one (kind, pooling) task returns."""
-
-    rows: list[SweepRow]
-    best: BestConfig | None
-    base: BaseResult | None
-    bytes_read: int
-    bytes_of_columns: float
-    seconds: float
-
-
-@dataclass
-class ControlResult:
-    dev: float
-    test: float
-    n_neurons: int
-    share: float
-    C: float
-    bytes_read: int
-
-
-@dataclass
-class FitOutcome:
-    """One configuration's C path: the chosen fit as head parts, dev/test metric, every C's fit (warm starts)."""
-
-    head: HeadParts
-    dev: float
-    test: float
-    n_features: int
-    iterations: int
-    fits: dict[float, LinearFit]
-
-
-@dataclass
-class GroupPlan:
-    """Which neurons every configuration of one (kind, pooling) needs."""
-
-    kind: str
-    pooling: str
-    layers: list[int]
-    selections: dict[float, dict[int, np.ndarray]]  # value -> layer -> neurons in rank order
-    columns: dict[int, np.ndarray]  # layer -> sorted union of the neurons any configuration (or Base) reads
-    base_layer: int | None
-
-
-@dataclass
-class GroupData:
-    """One group's columns, standardised once on train: z[split][layer] holds `plan.columns[layer]`'s columns."""
-
-    z: dict[str, dict[int, np.ndarray]]
-    mean: dict[int, np.ndarray]
-    scale: dict[int, np.ndarray]
-    y: dict[str, np.ndarray]
+def _metrics(clf: SpinClassifier, x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> tuple[float, float]:
+    test = clf.score(x["test"], y["test"]) if len(y["test"]) else float("nan")
+    return clf.score(x["dev"], y["dev"]), test
 
 
 def _splits(store: ActivationStore) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -228,168 +130,6 @@ def _over_budget(store: ActivationStore, n_columns: int, memory_budget: int | No
     return memory_budget is not None and IN_MEMORY_COPIES * 4 * store.layout.n_rows * n_columns > memory_budget
 
 
-def plan_group(
-    store: ActivationStore, kind: str, pooling: str, saliency: dict[int, np.ndarray], settings: SweepSettings
-) -> GroupPlan:
-    """Every rule value's selection per layer, and the union of columns to read (the last hidden layer in full, for
-    Base)."""
-    layers = list(store.layers(kind))
-    selections = {v: {layer: select(saliency[layer], settings.rule, v) for layer in layers} for v in settings.values}
-    need: dict[int, set[int]] = {layer: set() for layer in layers}
-    for sel in selections.values():
-        for layer, idx in sel.items():
-            need[layer].update(int(i) for i in idx)
-    base_layer = layers[-1] if kind == "hidden" else None
-    if base_layer is not None:
-        need[base_layer] = set(range(store.width(kind)))
-    columns = {layer: np.array(sorted(need[layer]), dtype=np.int64) for layer in layers}
-    return GroupPlan(kind, pooling, layers, selections, columns, base_layer)
-
-
-def read_group(
-    store: ActivationStore,
-    ordered: OrderedCopy | None,
-    plan: GroupPlan,
-    masks: dict[str, np.ndarray],
-    labels: np.ndarray,
-    streamed: bool,
-) -> tuple[GroupData | None, float]:
-    """Read the plan's columns once (none when streamed: only their size) and standardise them once on train.
-    Returns the data and the stored bytes of the columns."""
-    col_bytes = 0.0
-    z: dict[str, dict[int, np.ndarray]] = {s: {} for s in masks}
-    mean, scale = {}, {}
-    for layer in plan.layers:
-        rows_read = None if not streamed else np.arange(min(1, store.layout.n_rows))  # streamed: size only
-        values, nbytes = read_columns(store, ordered, plan.kind, plan.pooling, layer, plan.columns[layer], rows_read)
-        col_bytes += nbytes
-        if streamed:
-            continue
-        scaler = Standardizer.fit(values[masks["train"]])
-        mean[layer], scale[layer] = scaler.mean, scaler.scale
-        for s, m in masks.items():
-            z[s][layer] = scaler.transform(values[m])
-        del values
-    if streamed:
-        return None, col_bytes
-    return GroupData(z, mean, scale, {s: labels[m] for s, m in masks.items()}), col_bytes
-
-
-def _head_parts(
-    res: PathResult, mean: np.ndarray, scale: np.ndarray, n_classes: int, settings: SweepSettings
-) -> HeadParts:
-    params = {"C": tuple(settings.c_grid), "penalty": settings.penalty, "max_iter": settings.max_iter,
-              "tol": settings.tol, "metric": settings.metric, "random_state": settings.seed}  # fmt: skip
-    meta = {"params": params, "C_": res.c, "n_classes": n_classes, "n_features": len(mean),
-            "history": res.history}  # fmt: skip
-    arrays = {"mean": np.asarray(mean, np.float32), "scale": np.asarray(scale, np.float32),
-              "coef": res.fit.coef.astype(np.float32), "intercept": res.fit.intercept.astype(np.float32)}  # fmt: skip
-    return HeadParts(meta, arrays)
-
-
-def fit_designs(
-    designs: dict[str, Design],
-    mean: np.ndarray,
-    scale: np.ndarray,
-    n_classes: int,
-    settings: SweepSettings,
-    warm: dict[float, LinearFit] | None = None,
-) -> FitOutcome:
-    """Fit the C path on standardised train rows (C on dev), score dev and test."""
-    res = fit_c_path(designs["train"], designs["dev"], n_classes, settings.c_grid, penalty=settings.penalty,
-                     metric=settings.metric, max_iter=settings.max_iter, tol=settings.tol,
-                     warm_starts=warm)  # fmt: skip
-    test = float("nan")
-    if designs["test"].n_rows:
-        test = score_predictions(*predict_design(designs["test"], res.fit.coef, res.fit.intercept), settings.metric)
-    return FitOutcome(_head_parts(res, mean, scale, n_classes, settings), res.dev, test,
-                      designs["train"].n_features, res.iterations, res.fits)  # fmt: skip
-
-
-def fit_in_memory(
-    data: GroupData,
-    selection: dict[int, np.ndarray],
-    plan: GroupPlan,
-    n_classes: int,
-    settings: SweepSettings,
-    device: str,
-    warm: dict[float, LinearFit] | None = None,
-) -> FitOutcome:
-    """One configuration from the group's standardised columns (layers in order, neurons in rank order)."""
-    pos = {layer: np.searchsorted(plan.columns[layer], idx) for layer, idx in selection.items()}
-    designs = {
-        s: Design.of(np.concatenate([data.z[s][layer][:, pos[layer]] for layer in selection], axis=1), data.y[s],
-                     device)
-        for s in data.z
-    }  # fmt: skip
-    mean = np.concatenate([data.mean[layer][pos[layer]] for layer in selection])
-    scale = np.concatenate([data.scale[layer][pos[layer]] for layer in selection])
-    return fit_designs(designs, mean, scale, n_classes, settings, warm)
-
-
-def _feature_keys(selection: dict[int, np.ndarray]) -> list[tuple[int, int]]:
-    return [(layer, int(i)) for layer, idx in selection.items() for i in idx]
-
-
-def transfer_warm(
-    fits: dict[float, LinearFit], old: list[tuple[int, int]], new: list[tuple[int, int]]
-) -> dict[float, LinearFit]:
-    """A neighbouring configuration's fits as starts for this one: shared features keep their weights, new ones
-    start at zero (the K+1 head is the K head padded with zeros; a larger eta adds columns inside each layer)."""
-    where = {key: i for i, key in enumerate(old)}
-    src = np.array([where.get(key, -1) for key in new], dtype=np.int64)
-    have = src >= 0
-    out = {}
-    for c, fit in fits.items():
-        coef = np.zeros((fit.coef.shape[0], len(new)), dtype=np.float32)
-        coef[:, have] = fit.coef[:, src[have]]
-        out[c] = LinearFit(coef, fit.intercept.copy(), 0, False)
-    return out
-
-
-def search_configs(
-    plan: GroupPlan,
-    fit_one: Callable[[dict[int, np.ndarray], dict[float, LinearFit] | None], FitOutcome],
-    settings: SweepSettings,
-    total: int,
-    mode: str,
-) -> tuple[list[SweepRow], BestConfig | None]:
-    """Walk every rule value along K = 1 .. layers (search "grid"), or stop a value's K path once dev has not
-    improved for `settings.patience` steps (search "patience"). Each fit starts from its neighbour's fits: (value,
-    K-1) padded with zeros, or for K = 1 the previous value's K = 1 head."""
-    rows: list[SweepRow] = []
-    best: BestConfig | None = None
-    prev_k1: tuple[dict[float, LinearFit], list] | None = None
-    for value, sel in plan.selections.items():
-        prev: tuple[dict[float, LinearFit], list] | None = prev_k1
-        path_best, stale = -np.inf, 0
-        for k in range(1, len(plan.layers) + 1):
-            t1 = time.perf_counter()
-            chosen = {layer: sel[layer] for layer in plan.layers[:k]}
-            keys = _feature_keys(chosen)
-            warm = transfer_warm(prev[0], prev[1], keys) if prev is not None else None
-            out = fit_one(chosen, warm)
-            prev = (out.fits, keys)
-            if k == 1:
-                prev_k1 = prev
-            n = out.n_features
-            row = SweepRow(plan.kind, plan.pooling, settings.rule, float(value), k, [int(v) for v in plan.layers[:k]],
-                           n, n / total, float(out.head.meta["C_"]), out.dev, out.test, 0, mode,
-                           time.perf_counter() - t1, out.iterations, len(out.fits))  # fmt: skip
-            rows.append(row)
-            # Ties on dev go to fewer neurons, then to fewer layers (cheaper at prediction time).
-            if best is None or (out.dev, -n, -k) > (best.row.dev_metric, -best.row.n_neurons, -best.row.k):
-                best = BestConfig(row, out.head, chosen)
-            if settings.search == "patience":
-                if out.dev > path_best:
-                    path_best, stale = out.dev, 0
-                else:
-                    stale += 1
-                    if stale >= settings.patience:
-                        break
-    return rows, best
-
-
 def sweep_group(
     store_url: str,
     kind: str,
@@ -399,43 +139,178 @@ def sweep_group(
     storage_options: dict | None = None,
     ordered_url: str | None = None,
     memory_budget: int | None = None,
-    device: str = "cpu",
-) -> GroupResult:
+) -> dict:
     """One Dask task: every (value, K) configuration of one (kind, pooling), from one read of its columns.
 
     Columns come from the probe run's saliency-ordered copy when it holds them (a contiguous prefix read),
-    else from the store; they are standardised once. When the columns do not fit `memory_budget` bytes, every
-    configuration is fitted on row blocks read on demand instead (out of core; each solver pass reads its columns
-    again)."""
+    else from the store. When the columns do not fit `memory_budget` bytes, every configuration is fitted on row
+    blocks read on demand instead (out of core; each solver pass reads its columns again)."""
     t0 = time.perf_counter()
     store = ActivationStore.open(store_url, storage_options=storage_options, count_bytes=True)
-    plan = plan_group(store, kind, pooling, saliency, settings)
+    layers = store.layers(kind)
+    selections = {v: {layer: select(saliency[layer], settings.rule, v) for layer in layers} for v in settings.values}
+    need: dict[int, set[int]] = {layer: set() for layer in layers}
+    for sel in selections.values():
+        for layer, idx in sel.items():
+            need[layer].update(int(i) for i in idx)
+    base_layer = layers[-1] if kind == "hidden" else None
+    if base_layer is not None:
+        need[base_layer] = set(range(store.width(kind)))
     masks, labels = _splits(store)
+    y = {s: labels[m] for s, m in masks.items()}
     n_classes = len(store.label_names)
     ordered = open_ordered(ordered_url) if ordered_url else None
-    streamed = _over_budget(store, sum(len(c) for c in plan.columns.values()), memory_budget)
-    data, col_bytes = read_group(store, ordered, plan, masks, labels, streamed)
+    cols = {layer: np.array(sorted(need[layer]), dtype=np.int64) for layer in layers}
+    streamed = _over_budget(store, sum(len(c) for c in cols.values()), memory_budget)
+    data: dict[int, np.ndarray] = {}
+    col_bytes = 0.0
+    for layer in layers:
+        rows_read = None if not streamed else np.arange(min(1, store.layout.n_rows))  # streamed: size only
+        values, nbytes = _read_columns(store, ordered, kind, pooling, layer, cols[layer], rows=rows_read)
+        col_bytes += nbytes
+        if not streamed:
+            data[layer] = values
 
-    def fit_one(sel: dict[int, np.ndarray], warm: dict[float, LinearFit] | None) -> FitOutcome:
-        if data is not None:
-            return fit_in_memory(data, sel, plan, n_classes, settings, device, warm)
-        return fit_streamed(store, ordered, kind, pooling, sel, masks, labels, n_classes, settings, device, warm)
+    def features(sel: dict[int, np.ndarray], upto: Sequence[int]) -> dict[str, np.ndarray]:
+        parts = [data[layer][:, np.searchsorted(cols[layer], sel[layer])] for layer in upto]
+        full = np.concatenate(parts, axis=1)
+        return {s: full[m] for s, m in masks.items()}
 
-    total = store.width(kind) * len(plan.layers)
-    rows, best = search_configs(plan, fit_one, settings, total, "streamed" if streamed else "in-memory")
-    base = None
-    if plan.base_layer is not None:
-        out = fit_one({plan.base_layer: np.arange(store.width(kind))}, None)
-        base = BaseResult(kind, pooling, plan.base_layer, out.dev, out.test, store.width(kind),
-                          store.width(kind) / total, float(out.head.meta["C_"]))  # fmt: skip
+    def fit_config(sel: dict[int, np.ndarray], upto: Sequence[int]) -> tuple[SpinClassifier, float, float, int]:
+        if not streamed:
+            x = features(sel, upto)
+            clf = _fit(x, y, n_classes, settings)
+            return (clf, *_metrics(clf, x, y), x["train"].shape[1])
+        return _fit_streamed(store, ordered, kind, pooling, {layer: sel[layer] for layer in upto}, masks, labels,
+                             n_classes, settings)  # fmt: skip
+
+    total = store.width(kind) * len(layers)
+    rows: list[dict[str, Any]] = []
+    best: tuple[dict[str, Any], SpinClassifier, dict[int, np.ndarray]] | None = None
+    for value, sel in selections.items():
+        for k in range(1, len(layers) + 1):
+            t1 = time.perf_counter()
+            clf, dev, test, n = fit_config(sel, layers[:k])
+            row = {
+                "kind": kind,
+                "pooling": pooling,
+                "rule": settings.rule,
+                "value": float(value),
+                "k": k,
+                "layers": [int(v) for v in layers[:k]],
+                "n_neurons": n,
+                "share": n / total,
+                "C": clf.C_,
+                "dev_metric": dev,
+                "test_metric": test,
+                "group_bytes_read": 0,  # set below, once every fit has read
+                "mode": "streamed" if streamed else "in-memory",
+                "seconds": time.perf_counter() - t1,
+            }
+            rows.append(row)
+            # Ties on dev go to fewer neurons, then to fewer layers (cheaper at prediction time).
+            if best is None or (dev, -n, -k) > (best[0]["dev_metric"], -best[0]["n_neurons"], -best[0]["k"]):
+                best = (row, clf, {layer: sel[layer] for layer in layers[:k]})
+    out: dict = {"rows": rows, "best": _pack(best)}
+    if base_layer is not None:
+        clf, dev, test, _ = fit_config({base_layer: np.arange(store.width(kind))}, [base_layer])
+        out["base"] = {
+            "kind": kind,
+            "pooling": pooling,
+            "layer": base_layer,
+            "dev": dev,
+            "test": test,
+            "n_neurons": store.width(kind),
+            "share": store.width(kind) / total,
+            "C": clf.C_,
+        }
     # Streamed fits read their columns again on every solver pass: count those reads too, not only the first.
     bytes_read = (store.counter.bytes_read if store.counter else 0) + (ordered.bytes_read if ordered else 0)
     for row in rows:
-        row.group_bytes_read = bytes_read
-    return GroupResult(rows, best, base, bytes_read, col_bytes, time.perf_counter() - t0)
+        row["group_bytes_read"] = bytes_read
+    out |= {"bytes_read": bytes_read, "bytes_of_columns": col_bytes, "seconds": time.perf_counter() - t0}
+    return out
 
 
-def fit_streamed(
+class OrderedCopy:
+    """A probe run's saliency-ordered columns (see probe.write_ordered_columns), with read counting."""
+
+    def __init__(self, url: str) -> None:
+        from zarr.storage import LocalStore
+
+        from ..store.access import CountingStore
+
+        self.url = url
+        self.counter = CountingStore(LocalStore(url, read_only=True))
+        self.group = open_ordered_group(url, mode="r", store=self.counter)
+        self._stored_bytes: dict[tuple[str, str, int], int] = {}
+
+    @property
+    def bytes_read(self) -> int:
+        return self.counter.bytes_read
+
+    def array(self, kind: str, pooling: str, layer: int) -> tuple[zarr.Array, np.ndarray] | None:
+        name = array_name(kind, pooling, layer)
+        if not Path(self.url, name, "zarr.json").exists():
+            return None  # not in the copy (a probe that kept no column, an older run): read the store
+        try:
+            arr = self.group[name]
+            neurons = np.asarray(arr.attrs["neurons"], dtype=np.int64)
+        except Exception as exc:
+            raise ordered_damage(self.url, f"{name}/zarr.json", f"{type(exc).__name__}: {exc}") from None
+        if not isinstance(arr, zarr.Array) or neurons.ndim != 1 or len(neurons) != arr.shape[1]:
+            raise ordered_damage(self.url, f"{name}/zarr.json", "its metadata does not describe its columns")
+        return arr, neurons
+
+    def read(self, arr: zarr.Array, rows: slice, cols: slice, block_rows: int) -> np.ndarray:
+        """arr[rows, cols]; IntegrityError naming the array and the damaged chunk when a chunk does not decode."""
+        try:
+            return np.asarray(arr[rows, cols])
+        except Exception as exc:
+            chunk = find_damaged_chunk(arr, rows, cols, block_rows)
+            raise ordered_damage(self.url, arr.path, f"{type(exc).__name__}: {exc}", chunk) from None
+
+    def stored_bytes(self, kind: str, pooling: str, layer: int) -> int:
+        """Bytes on disk of one array, listed once (streamed fits ask once per block and pass)."""
+        key = (kind, pooling, layer)
+        if key not in self._stored_bytes:
+            self._stored_bytes[key] = array_stored_bytes(self.url, array_name(kind, pooling, layer))
+        return self._stored_bytes[key]
+
+
+def open_ordered(url: str) -> OrderedCopy | None:
+    return OrderedCopy(url) if Path(url, "zarr.json").exists() else None
+
+
+def _read_columns(
+    store: ActivationStore,
+    ordered: OrderedCopy | None,
+    kind: str,
+    pooling: str,
+    layer: int,
+    cols: np.ndarray,
+    rows: np.ndarray | None = None,
+) -> tuple[np.ndarray, float]:
+    """Float32 values of `cols` (sorted neuron ids; `rows`, a sorted run, or all) and the stored bytes those
+    columns occupy."""
+    found = ordered.array(kind, pooling, layer) if ordered else None
+    if found is not None:
+        arr, neurons = found
+        position = {int(n): i for i, n in enumerate(neurons)}
+        if all(int(c) in position for c in cols):
+            idx = np.array([position[int(c)] for c in cols], dtype=np.int64)
+            span = slice(None) if rows is None else slice(int(rows[0]), int(rows[-1]) + 1)
+            prefix = ordered.read(arr, span, slice(0, int(idx.max()) + 1), store.layout.block_rows)  # type: ignore[union-attr]
+            if rows is not None:
+                prefix = prefix[rows - rows[0]]
+            values = store.decode(prefix)[:, idx]
+            stored = ordered.stored_bytes(kind, pooling, layer)  # type: ignore[union-attr]
+            return values, stored / arr.shape[1] * len(cols)
+    values = store.read(kind, pooling, layer, columns=cols, rows=rows)
+    return values, store.array_nbytes_stored(kind, pooling, layer) / store.width(kind) * len(cols)
+
+
+def _fit_streamed(
     store: ActivationStore,
     ordered: OrderedCopy | None,
     kind: str,
@@ -445,9 +320,7 @@ def fit_streamed(
     labels: np.ndarray,
     n_classes: int,
     settings: SweepSettings,
-    device: str = "cpu",
-    warm: dict[float, LinearFit] | None = None,
-) -> FitOutcome:
+) -> tuple[SpinClassifier, float, float, int]:
     """Fit one configuration out of core: features are read row block by row block on every pass."""
     block_rows = store.layout.block_rows
     ascending = {layer: np.sort(idx) for layer, idx in selection.items()}
@@ -458,8 +331,8 @@ def fit_streamed(
         rows = np.flatnonzero(masks[split])
         for block in np.unique(rows // block_rows):
             part = rows[(rows // block_rows) == block]
-            x = np.concatenate([read_columns(store, ordered, kind, pooling, layer, ascending[layer], rows=part)[0]
-                                [:, back[layer]] for layer in selection], axis=1)  # fmt: skip
+            x = np.concatenate([_read_columns(store, ordered, kind, pooling, layer, ascending[layer], rows=part)[0]
+                                [:, back[layer]] for layer in sorted(selection)], axis=1)  # fmt: skip
             yield x, labels[part]
 
     n = {s: int(m.sum()) for s, m in masks.items()}
@@ -470,40 +343,68 @@ def fit_streamed(
             for x, yb in chunks(split):
                 yield torch.as_tensor(scaler.transform(x)), torch.as_tensor(yb)
 
-        return Design(blocks, n[split], width, device)
+        return Design(blocks, n[split], width)
 
-    out = fit_designs({s: design(s) for s in masks}, scaler.mean, scaler.scale, n_classes, settings, warm)
+    res = fit_c_path(design("train"), design("dev"), n_classes, settings.c_grid, penalty=settings.penalty,
+                     metric=settings.metric, max_iter=settings.max_iter, tol=settings.tol)  # fmt: skip
+    clf = SpinClassifier(C=tuple(settings.c_grid), penalty=settings.penalty, max_iter=settings.max_iter,
+                         tol=settings.tol, metric=settings.metric, random_state=settings.seed)  # fmt: skip
+    clf.n_classes_, clf.classes_, clf.n_features_in_ = n_classes, np.arange(n_classes), width
+    clf.scaler_, clf.C_, clf.coef_, clf.intercept_ = scaler, res.c, res.fit.coef, res.fit.intercept
+    clf.history_ = res.history
+
+    def metric(split: str) -> float:
+        if n[split] == 0:
+            return float("nan")
+        return score_predictions(*predict_design(design(split), res.fit.coef, res.fit.intercept), settings.metric)
+
+    test = metric("test")
     release_free_heap()  # the passes' freed blocks, back to the kernel: peak memory stays flat in the rows
-    return out
+    return clf, res.dev, test, width
+
+
+def _pack(best: tuple | None) -> dict | None:
+    if best is None:
+        return None
+    row, clf, sel = best
+    return {"row": row, "classifier": (clf.to_json(), clf.to_arrays()), "selection": sel}
 
 
 def random_control(
     store_url: str,
-    spin: BestConfig,
+    spin: dict,
     seed: int,
     settings: SweepSettings,
     storage_options: dict | None = None,
     memory_budget: int | None = None,
-    device: str = "cpu",
-) -> ControlResult:
+) -> dict:
     """The same per-layer neuron counts as SPIN's choice, drawn at random (seeded), fitted the same way: from
     memory, or on row blocks read on demand when its columns do not fit `memory_budget` bytes."""
     store = ActivationStore.open(store_url, storage_options=storage_options, count_bytes=True)
-    kind, pooling = spin.row.kind, spin.row.pooling
-    counts = {int(layer): len(idx) for layer, idx in spin.selection.items()}
+    kind, pooling = spin["row"]["kind"], spin["row"]["pooling"]
+    counts = {int(layer): len(idx) for layer, idx in spin["selection"].items()}
     chosen = random_like(counts, {layer: store.width(kind) for layer in counts}, seed)
     masks, labels = _splits(store)
     n_classes = len(store.label_names)
     if _over_budget(store, sum(counts.values()), memory_budget):
         # Random neurons are rarely in the ordered copy's prefix: read them from the store.
-        out = fit_streamed(store, None, kind, pooling, chosen, masks, labels, n_classes, settings, device)
+        clf, dev, test, n = _fit_streamed(store, None, kind, pooling, chosen, masks, labels, n_classes, settings)
     else:
-        full = np.concatenate([store.read(kind, pooling, layer, columns=idx) for layer, idx in chosen.items()], axis=1)
-        scaler = Standardizer.fit(full[masks["train"]])
-        designs = {s: Design.of(scaler.transform(full[m]), labels[m], device) for s, m in masks.items()}
-        out = fit_designs(designs, scaler.mean, scaler.scale, n_classes, settings)
-    return ControlResult(out.dev, out.test, out.n_features, spin.row.share, float(out.head.meta["C_"]),
-                         store.counter.bytes_read if store.counter else 0)  # fmt: skip
+        parts = [store.read(kind, pooling, layer, columns=idx) for layer, idx in chosen.items()]
+        full = np.concatenate(parts, axis=1)
+        x = {s: full[m] for s, m in masks.items()}
+        y = {s: labels[m] for s, m in masks.items()}
+        clf = _fit(x, y, n_classes, settings)
+        dev, test = _metrics(clf, x, y)
+        n = full.shape[1]
+    return {
+        "dev": dev,
+        "test": test,
+        "n_neurons": n,
+        "share": spin["row"]["share"],
+        "C": clf.C_,
+        "bytes_read": store.counter.bytes_read if store.counter else 0,
+    }
 
 
 @dataclass
@@ -527,18 +428,15 @@ def run_sweep(
     progress: bool = True,
     storage_options: dict | None = None,
     dashboard: str | None = None,
-    device: str = "cpu",
 ) -> SweepResult:
     """Evaluate every configuration, write sweep.parquet and summary.json, and export the best head.
 
     `out` must be missing, empty or an earlier sweep (spin-cache writes nothing into a folder it did not make); its
     sweep.json is written before anything else. A `memory_budget` below one row block per running task is
-    refused. `dashboard`: an address for a local cluster's Dask dashboard (default: none). `device`: where the
-    solver runs ("cpu" or "cuda")."""
+    refused. `dashboard`: an address for a local cluster's Dask dashboard (default: none)."""
     run = ProbeRun(probes)
     settings = settings or SweepSettings(metric=run.settings.metric)
     settings.check()
-    device = check_device(device)
     workers = check_workers(workers)
     if memory_budget is not None:
         memory_budget = check("--memory-budget", memory_budget, POSITIVE_INT)
@@ -578,31 +476,30 @@ def run_sweep(
             storage_options,
             ordered_url,
             per_task,
-            device,
         )
         for k, p in groups
     ]
-    results: list[GroupResult] = [None] * len(tasks)  # type: ignore[list-item]
+    results: list[dict[str, Any]] = [{} for _ in tasks]
     for i, res in run_tasks(
         sweep_group, tasks, scheduler=scheduler, workers=workers, desc="sweep", progress=progress, dashboard=dashboard
     ):
         results[i] = res
-    rows = [asdict(row) for res in results for row in res.rows]
-    bests = [res.best for res in results if res.best is not None]
-    spin = max(bests, key=lambda b: (b.row.dev_metric, -b.row.n_neurons, -b.row.k))
-    bases = [res.base for res in results if res.base is not None]
+    rows = [row for res in results for row in res["rows"]]
+    bests = [res["best"] for res in results if res["best"] is not None]
+    spin = max(bests, key=lambda b: (b["row"]["dev_metric"], -b["row"]["n_neurons"], -b["row"]["k"]))
+    bases = [res["base"] for res in results if "base" in res]
     # The control runs alone, after every group: it has the whole budget.
     budget = memory_budget or default_memory_budget()
-    control = random_control(str(store_url), spin, settings.seed, settings, storage_options, budget, device)
+    control = random_control(str(store_url), spin, settings.seed, settings, storage_options, budget)
     table = _table(store, run, spin, bases, control)
     sweep = pl.DataFrame(rows).sort(["kind", "pooling", "value", "k"])
     sweep.write_parquet(out / "sweep.parquet")
     head_dir = out / "head"
     _export_head(store, run, spin, settings, table, head_dir)
     table["head"] = str(head_dir)
-    table["bytes_read"] = int(sum(r.bytes_read for r in results))
-    table["bytes_of_columns"] = int(sum(r.bytes_of_columns for r in results))
-    table["random_control"]["bytes_read"] = int(control.bytes_read)
+    table["bytes_read"] = int(sum(r["bytes_read"] for r in results))
+    table["bytes_of_columns"] = int(sum(r["bytes_of_columns"] for r in results))
+    table["random_control"]["bytes_read"] = int(control["bytes_read"])
     _write_json(out / "summary.json", meta | {"table": table})
     _write_json(out / SWEEP_MARKER, meta | {"status": "complete"})
     return SweepResult(out, table, sweep)
@@ -616,11 +513,9 @@ def _write_json(path: Path, obj: dict) -> None:
     tmp.replace(path)
 
 
-def _table(
-    store: ActivationStore, run: ProbeRun, spin: BestConfig, bases: list[BaseResult], control: ControlResult
-) -> dict:
-    row = asdict(spin.row)
-    base = asdict(max(bases, key=lambda b: b.dev)) if bases else None
+def _table(store: ActivationStore, run: ProbeRun, spin: dict, bases: list[dict], control: dict) -> dict:
+    row = spin["row"]
+    base = max(bases, key=lambda b: b["dev"]) if bases else None
     probes = run.probes.sort(["dev_metric", "layer"], descending=[True, False])
     single = probes.row(0, named=True)
     single_total = store.width(single["kind"]) * len(store.layers(single["kind"]))
@@ -659,19 +554,20 @@ def _table(
             "C": row["C"],
         },
         "random_control": {
-            "dev": control.dev,
-            "test": control.test,
-            "n_neurons": control.n_neurons,
-            "share": control.share,
-            "C": control.C,
+            "dev": control["dev"],
+            "test": control["test"],
+            "n_neurons": control["n_neurons"],
+            "share": control["share"],
+            "C": control["C"],
         },
     }
 
 
 def _export_head(
-    store: ActivationStore, run: ProbeRun, spin: BestConfig, settings: SweepSettings, table: dict, path: Path
+    store: ActivationStore, run: ProbeRun, spin: dict, settings: SweepSettings, table: dict, path: Path
 ) -> None:
-    clf = spin.head.classifier()
+    meta, arrays = spin["classifier"]
+    clf = SpinClassifier.from_parts(meta, arrays)
     model = store.manifest["model"]
     info = {
         "store_fingerprint": store.fingerprint,
@@ -681,14 +577,14 @@ def _export_head(
         },
         "max_length": store.manifest["extraction"]["max_length"],
         "store_dtype": store.layout.dtype,
-        "kind": spin.row.kind,
-        "pooling": spin.row.pooling,
-        "rule": spin.row.rule,
-        "value": spin.row.value,
+        "kind": spin["row"]["kind"],
+        "pooling": spin["row"]["pooling"],
+        "rule": spin["row"]["rule"],
+        "value": spin["row"]["value"],
         "label_names": store.label_names,
         "metrics": {k: v for k, v in table.items() if k != "head"},
     }
-    Head(classifier=clf, selection={int(k): np.asarray(v) for k, v in spin.selection.items()}, info=info).save(path)
+    Head(classifier=clf, selection={int(k): np.asarray(v) for k, v in spin["selection"].items()}, info=info).save(path)
 
 
 def _jsonable(obj: object) -> object:
