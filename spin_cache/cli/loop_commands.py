@@ -29,6 +29,20 @@ from .options import (
 )
 
 
+def loop_options(args: argparse.Namespace, storage_options: dict | None) -> dict:
+    """The keyword arguments probe and sweep share: what to read, where to run, how much memory, what to show."""
+    return {
+        "kinds": args.kinds,
+        "poolings": args.poolings,
+        "scheduler": args.scheduler,
+        "workers": args.workers,
+        "memory_budget": args.memory_budget,
+        "storage_options": storage_options,
+        "progress": not args.quiet,
+        "dashboard": args.dashboard,
+    }
+
+
 def add_probe(sub: argparse._SubParsersAction) -> None:
     p = command(
         sub,
@@ -80,14 +94,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         args.store,
         args.out,
         ProbeSettings(c_grid=args.c_grid, metric=args.metric),
-        kinds=args.kinds,
-        poolings=args.poolings,
-        scheduler=args.scheduler,
-        workers=args.workers,
-        memory_budget=args.memory_budget,
-        storage_options=options,
-        progress=not args.quiet,
-        dashboard=args.dashboard,
+        **loop_options(args, options),
     )
     record_command(args, args.out)
     streamed = run.probes.filter(run.probes["mode"] == "streamed").height
@@ -179,14 +186,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         args.probes,
         args.out,
         settings,
-        kinds=args.kinds,
-        poolings=args.poolings,
-        scheduler=args.scheduler,
-        workers=args.workers,
-        memory_budget=args.memory_budget,
-        storage_options=options,
-        progress=not args.quiet,
-        dashboard=args.dashboard,
+        **loop_options(args, options),
     )
     record_command(args, args.out)
     if args.json:
