@@ -42,6 +42,28 @@ def small_store(tmp_path_factory: pytest.TempPathFactory, tiny_sst2: dict[str, s
     return str(out)
 
 
+@pytest.fixture(scope="session")
+def head_dir(small_store: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real head (hidden/mean) from the session's small store and the shared probe run, fitted once and only
+    read by the tests that use it (they copy it before changing anything)."""
+    from spin_cache.loop.sweep import SweepSettings, run_sweep
+    from tests.test_report import shared_probes
+
+    run = shared_probes(small_store, tmp_path_factory)
+    out = tmp_path_factory.mktemp("small-head") / "sweep"
+    settings = SweepSettings(values=(0.5,), c_grid=(1.0,), max_iter=50)
+    res = run_sweep(small_store, run.path, out, settings, kinds=["hidden"], poolings=["mean"], scheduler="sync",
+                    progress=False)  # fmt: skip
+    return Path(res.table["head"])
+
+
+@pytest.fixture(scope="session")
+def predictor(head_dir: Path):  # -> spin_cache.serve.predict.Predictor
+    from spin_cache.serve.predict import Predictor
+
+    return Predictor(head_dir, device="cpu", batch_size=2)
+
+
 # ---- markers: `pytest -m "not slow and not server"` is the quick loop; scripts/test.sh runs everything -----------
 
 # Modules that start servers on loopback (a Dask scheduler and workers, moto's S3) or a browser.

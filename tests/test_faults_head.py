@@ -16,32 +16,13 @@ import pytest
 from spin_cache.cli import main
 from spin_cache.errors import InputError, IntegrityError, StoreMismatchError
 from spin_cache.fit.head import Head, canonical_meta_sha256
-from spin_cache.loop.sweep import SweepSettings, run_sweep
 from spin_cache.model.loading import load_model
 from spin_cache.serve import predict as predict_mod
 from spin_cache.serve.explain import explain
 from spin_cache.serve.predict import Predictor, count_texts, iter_texts, predict_to, run_predict
 
-from .test_report import shared_probes
-
 TEXTS = ["a gorgeous , witty , seductive movie .", "the script is a disaster", "meh", "fine"]
 LONG = "an utterly tedious and pointless film " * 200
-
-
-@pytest.fixture(scope="module")
-def head_dir(small_store, tmp_path_factory) -> Path:
-    """A real head (hidden/mean) from the session's small store and the shared probe run."""
-    run = shared_probes(small_store, tmp_path_factory)
-    out = tmp_path_factory.mktemp("faults-head") / "sweep"
-    settings = SweepSettings(values=(0.5,), c_grid=(1.0,), max_iter=50)
-    res = run_sweep(small_store, run.path, out, settings, kinds=["hidden"], poolings=["mean"], scheduler="sync",
-                    progress=False)  # fmt: skip
-    return Path(res.table["head"])
-
-
-@pytest.fixture(scope="module")
-def predictor(head_dir) -> Predictor:
-    return Predictor(head_dir, device="cpu", batch_size=2)
 
 
 @pytest.fixture

@@ -15,13 +15,10 @@ import torch
 
 from spin_cache.errors import InputError
 from spin_cache.fit.head import Head
-from spin_cache.loop.sweep import SweepSettings, run_sweep
 from spin_cache.model import identity as identity_mod
 from spin_cache.model.identity import WEIGHT_SUFFIXES
 from spin_cache.serve import predict as predict_mod
 from spin_cache.serve.predict import HASH_KEYS, Predictor, resolve_compute_dtype, run_predict, token_budget_batches
-
-from .test_report import shared_probes
 
 TEXTS = [
     "a gorgeous , witty , seductive movie .",
@@ -32,22 +29,6 @@ TEXTS = [
     "the performances are strong but the story never finds its footing",
     "bad",
 ]
-
-
-@pytest.fixture(scope="module")
-def head_dir(small_store, tmp_path_factory) -> Path:
-    """A real head (hidden/mean) from the session's small store and the shared probe run."""
-    run = shared_probes(small_store, tmp_path_factory)
-    out = tmp_path_factory.mktemp("serving-head") / "sweep"
-    settings = SweepSettings(values=(0.5,), c_grid=(1.0,), max_iter=50)
-    res = run_sweep(small_store, run.path, out, settings, kinds=["hidden"], poolings=["mean"], scheduler="sync",
-                    progress=False)  # fmt: skip
-    return Path(res.table["head"])
-
-
-@pytest.fixture(scope="module")
-def predictor(head_dir) -> Predictor:
-    return Predictor(head_dir, device="cpu", batch_size=2)
 
 
 # ---- token-budget batches ----------------------------------------------------------------------------------------
