@@ -112,11 +112,14 @@ def _known_failure(exc: Exception, args: argparse.Namespace) -> SpinCacheError |
     from ..errors import InputError
     from ..store.remote import remote_error
 
+    known = remote_error(exc, getattr(args, "store", None) or getattr(args, "url", None))
+    if known is not None:  # storage failures, and local permission/space errors with their advice
+        return known
     filename = exc.filename if isinstance(exc, OSError) else None
-    if isinstance(exc, OSError) and filename is not None and "://" not in str(filename):  # local: name the file
+    if isinstance(exc, OSError) and filename is not None and "://" not in str(filename):  # any other local file
         what = (exc.strerror or type(exc).__name__).lower()
-        return InputError(f"{filename}: {what}; check the path and its permissions")
-    return remote_error(exc, getattr(args, "store", None) or getattr(args, "url", None))
+        return InputError(f"{filename}: {what}; check the path")
+    return None
 
 
 def write_crash_log(args: argparse.Namespace) -> Path:

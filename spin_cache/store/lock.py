@@ -27,11 +27,11 @@ from types import TracebackType
 
 import fsspec
 
-from ..errors import SpinCacheError
+from ..errors import StoreBusyError
 
 
-class StoreLockedError(SpinCacheError):
-    exit_code = 5
+class StoreLockedError(StoreBusyError):
+    """Another process holds the store's lock (exit code from :class:`spin_cache.errors.StoreBusyError`)."""
 
 
 #: How long a racer waits for a takeover or a lock being written by an older spin-cache to settle (seconds).
