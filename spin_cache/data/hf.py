@@ -199,7 +199,7 @@ def _check_dev_split(dev_split: float | None, seed: int) -> None:
     if isinstance(dev_split, bool) or not isinstance(dev_split, int | float) or not 0 < dev_split < 1:
         raise InputError(f"--dev-split {_short(dev_split)}: give a fraction of train between 0 and 1, e.g. 0.1")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise InputError(f"--seed {_short(seed)}: give an integer")
+        raise InputError(f"--data-seed {_short(seed)}: give an integer")
 
 
 def load_hf(
