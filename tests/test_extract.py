@@ -18,10 +18,11 @@ import torch
 import zarr
 
 from spin_cache.cli import main
-from spin_cache.errors import InputError, StoreMismatchError
+from spin_cache.errors import InputError, IntegrityError, StoreMismatchError
 from spin_cache.extract.run import run_extraction
 from spin_cache.model.loading import load_model
 from spin_cache.store.activation_store import ActivationStore
+from spin_cache.store.layout import EXAMPLES_FILE
 
 from .conftest import write_sst2_slice
 
@@ -70,7 +71,7 @@ def test_store_is_self_describing_for_plain_zarr_and_polars(small_store):
     assert [c.to_dict()["name"] for c in arr.metadata.codecs] == ["sharding_indexed"]
     inner = [c["name"] for c in arr.metadata.codecs[0].to_dict()["configuration"]["codecs"]]
     assert inner == ["bytes", "blosc", "crc32c"]
-    ex = pl.read_parquet(Path(small_store) / "examples.parquet")
+    ex = pl.read_parquet(Path(small_store) / EXAMPLES_FILE)
     assert ex.columns == ["row", "example_id", "split", "label", "label_name", "text_sha256", "n_tokens", "truncated"]
     assert ex["split"].to_list() == ["train"] * 48 + ["dev"] * 16 + ["test"] * 16
     assert ex["row"].to_list() == list(range(80))
@@ -100,10 +101,11 @@ def test_rerun_is_cache_hit_and_other_inputs_are_refused(small_store, tiny_sst2,
         run_extraction(**other, out=small_store, progress=False)
 
 
-def test_overwrite_replaces_a_store(tiny_sst2, tmp_path):
+def test_overwrite_replaces_a_store(tiny_sst2, tmp_path, gpt2_dir):
     out = str(tmp_path / "s")
-    run_extraction(**tiny_sst2, out=out, kinds=["hidden"], poolings=["mean"], progress=False)
-    report = run_extraction(**tiny_sst2, out=out, kinds=["ffn"], poolings=["max"], overwrite=True, progress=False)
+    common = dict(model=str(gpt2_dir), **tiny_sst2, out=out, progress=False)
+    run_extraction(**common, kinds=["hidden"], poolings=["mean"])
+    report = run_extraction(**common, kinds=["ffn"], poolings=["max"], overwrite=True)
     assert report.store.kinds == ("ffn",) and report.store.is_complete
     assert not (tmp_path / "s" / "hidden").exists()
 
@@ -140,10 +142,15 @@ def _tiny_gpt2(model_dir: Path, embedding_scale: float = 1.0, pad_embedding: flo
     return model_dir
 
 
-def test_decoder_store_with_tiny_gpt2(tmp_path, tiny_sst2):
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The plain random-weight GPT-2 of `_tiny_gpt2`, saved once: a fast model for tests of the store's life cycle."""
+    return _tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2") / "model")
+
+
+def test_decoder_store_with_tiny_gpt2(tmp_path, tiny_sst2, gpt2_dir):
     """Decoder defaults and the full extraction with a random-weight GPT-2."""
-    model_dir = _tiny_gpt2(tmp_path / "tiny-gpt2")
-    store = run_extraction(model=str(model_dir), **tiny_sst2, out=str(tmp_path / "s"), progress=False).store
+    store = run_extraction(model=str(gpt2_dir), **tiny_sst2, out=str(tmp_path / "s"), progress=False).store
     assert store.poolings == ("last", "mean", "max")
     assert store.layers("ffn") == [1, 2] and store.width("ffn") == 128 and store.width("hidden") == 32
     assert store.manifest["model"]["family"] == "gpt2"
@@ -165,7 +172,7 @@ def test_values_beyond_float16_are_counted_and_the_user_is_told(tmp_path, tiny_s
     assert np.abs(wide.store.read("hidden", "mean", 0)).max() > 65504
 
 
-def test_inf_at_padded_positions_is_pooled_again_exactly(tmp_path, tiny_sst2):
+def test_inf_at_padded_positions_is_pooled_again_exactly(tmp_path, tiny_sst2, gpt2_dir):
     """Extraction's mean skips the per-layer check for NaN/inf at padded positions (they leak through its
     matmul: 0 * inf) and checks each packed batch once instead; a batch that fails is pooled again the exact
     way. Here the pad token's embedding is inf: the embedding output (hidden layer 0) is inf only at padded
@@ -181,7 +188,7 @@ def test_inf_at_padded_positions_is_pooled_again_exactly(tmp_path, tiny_sst2):
     assert torch.isnan(fast[("hidden", 0)]["mean"][1]).all()  # the leak the packed check must catch
     common = dict(**tiny_sst2, kinds=["hidden"], poolings=["last", "mean", "max"], batch_size=8, progress=False)
     with_inf = run_extraction(model=str(inf_pad), **common, out=str(tmp_path / "inf")).store
-    clean = run_extraction(model=str(_tiny_gpt2(tmp_path / "clean")), **common, out=str(tmp_path / "clean-s")).store
+    clean = run_extraction(model=str(gpt2_dir), **common, out=str(tmp_path / "clean-s")).store
     for pooling in ("last", "mean", "max"):
         got = with_inf.read("hidden", pooling, 0)
         assert np.isfinite(got).all(), pooling
@@ -193,28 +200,54 @@ def _store_arrays(path: str) -> dict[str, np.ndarray]:
     return {f"{k}/{p}/{layer}": store.read(k, p, layer) for k, p, layer in store.layout.array_keys()}
 
 
+# `spin-cache extract` in a child process that stops after its N-th committed block, holding the lock, until the
+# file GO exists (READY says it got there): the test decides when the child moves on, no timing is involved.
+GATED_EXTRACT = """
+import sys, time
+from pathlib import Path
+from spin_cache.cli import main
+from spin_cache.store.activation_store import ActivationStore
+ready, go, after = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+write_block, written = ActivationStore.write_block, []
+def gated(self, block, *args, **kwargs):
+    write_block(self, block, *args, **kwargs)
+    written.append(block)
+    if len(written) == after:
+        ready.touch()
+        deadline = time.monotonic() + 300
+        while not go.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+ActivationStore.write_block = gated
+sys.exit(main(sys.argv[4:]))
+"""
+
+
+def _gated_extract(tmp_path: Path, after: int, args: list[str]) -> tuple[subprocess.Popen, Path]:
+    """Start the gated child; return it, once it has committed `after` blocks and waits, and its GO file."""
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    proc = subprocess.Popen([sys.executable, "-c", GATED_EXTRACT, str(ready), str(go), str(after), "extract", *args])
+    deadline = time.monotonic() + 300
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the extraction never reached its block {after} (exit code {proc.poll()})")
+        time.sleep(0.05)
+    return proc, go
+
+
 def test_kill9_mid_extraction_then_resume_equals_uninterrupted(tmp_path):
-    paths = write_sst2_slice(tmp_path / "data", 240, 40, 40)
+    paths = write_sst2_slice(tmp_path / "data", 64, 16, 16)
     args = ["--train", paths["train"], "--dev", paths["dev"], "--test", paths["test"]]
     args += ["--block-rows", "16", "--batch-size", "8", "--kinds", "hidden", "--poolings", "mean,max", "--quiet"]
     killed = str(tmp_path / "killed")
-    code = "import sys; from spin_cache.cli import main; sys.exit(main(sys.argv[1:]))"
-    proc = subprocess.Popen([sys.executable, "-c", code, "extract", "--out", killed, *args])
-    commits = Path(killed) / "commits"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if commits.exists() and len(list(commits.iterdir())) >= 3:
-            break
-        time.sleep(0.05)
-    if proc.poll() is not None:  # a fast machine finished first: the scenario did not happen, which is no failure
-        pytest.skip("the extraction finished before it could be killed")
+    proc, _ = _gated_extract(tmp_path, 3, ["--out", killed, *args])
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     partial = ActivationStore.open(killed)
     assert partial.status == "incomplete"
     n_done = len(partial.committed_blocks())
     assert 3 <= n_done < partial.layout.n_blocks
-    with pytest.raises(Exception, match="incomplete"):
+    with pytest.raises(IntegrityError, match="incomplete"):
         partial.read("hidden", "mean", 1)
 
     report = run_extraction(
@@ -337,37 +370,33 @@ def test_shards_by_hand(tmp_path, tiny_sst2, capsys):
 
 
 def test_a_second_writer_is_refused_and_readers_see_incomplete(tmp_path, capsys):
-    paths = write_sst2_slice(tmp_path / "data", 240, 40, 40)
+    paths = write_sst2_slice(tmp_path / "data", 64, 16, 16)
     out = str(tmp_path / "store")
     args = ["--train", paths["train"], "--dev", paths["dev"], "--test", paths["test"], "--out", out]
     args += ["--block-rows", "16", "--batch-size", "8", "--kinds", "hidden", "--poolings", "mean", "--quiet"]
-    code = "import sys; from spin_cache.cli import main; sys.exit(main(sys.argv[1:]))"
-    first = subprocess.Popen([sys.executable, "-c", code, "extract", *args])
-    commits = Path(out) / "commits"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (commits.exists() and any(commits.iterdir())):
-        time.sleep(0.05)
+    first, go = _gated_extract(tmp_path, 1, args)  # holds the lock, one block committed, until `go` exists
     try:
-        if first.poll() is not None:  # a fast machine finished first: nothing to refuse, which is no failure
-            pytest.skip("the first extraction finished before a second writer could try")
         assert main(["extract", *args]) == 5
         err = capsys.readouterr().err
         assert f"pid {first.pid}" in err and len(err.strip().splitlines()) == 1
         assert main(["info", out]) == 0
         assert "incomplete" in capsys.readouterr().out
     finally:
+        go.touch()
         first.wait(timeout=300)
     assert first.returncode == 0
     assert not Path(out + ".lock").exists()
     assert main(["extract", *args]) == 0  # the lock is gone: a cache hit
 
 
-def test_a_stale_lock_is_taken_over(tiny_sst2, tmp_path):
+def test_a_stale_lock_is_taken_over(tiny_sst2, tmp_path, gpt2_dir):
     out = tmp_path / "store"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     lock = {"host": __import__("socket").gethostname(), "pid": int(dead.stdout), "started": "earlier"}
     Path(str(out) + ".lock").write_text(json.dumps(lock))
-    report = run_extraction(**tiny_sst2, out=str(out), kinds=["hidden"], poolings=["mean"], progress=False)
+    report = run_extraction(
+        model=str(gpt2_dir), **tiny_sst2, out=str(out), kinds=["hidden"], poolings=["mean"], progress=False
+    )
     assert report.store.is_complete
 
 
