@@ -20,7 +20,7 @@ import pytest
 from spin_cache.cli import main
 from spin_cache.errors import InputError, IntegrityError
 from spin_cache.store.activation_store import ActivationStore
-from spin_cache.store.layout import EXAMPLES_FILE
+from spin_cache.store.layout import COMMITS_DIR, EXAMPLES_FILE
 from spin_cache.store.lock import StoreLock, StoreLockedError
 from spin_cache.store.manifest import MANIFEST_HASH_KEY
 from spin_cache.synth import make_synthetic_store
@@ -370,7 +370,7 @@ def test_extract_is_no_cache_hit_on_a_store_without_examples(small_store, tiny_s
 
 
 def test_missing_commit_markers_or_rows_are_no_cache_hit(synth):
-    (synth / "commits" / "block_000001.json").unlink()
+    (synth / COMMITS_DIR / "block_000001.json").unlink()
     with pytest.raises(IntegrityError, match=r"1 commit marker\(s\) missing \(block_000001\.json\).*--overwrite"):
         make_synthetic_store(synth, **TINY)
     with pytest.raises(IntegrityError, match="commit marker"):

@@ -17,6 +17,7 @@ import zarr
 from spin_cache.cli import main
 from spin_cache.errors import IntegrityError, SpinCacheError
 from spin_cache.store.activation_store import ActivationStore
+from spin_cache.store.layout import EXAMPLES_FILE
 
 PACKAGE = Path(__file__).resolve().parent.parent / "spin_cache"
 ARRAY = "hidden/mean/layer_03"
@@ -79,7 +80,7 @@ def test_missing_chunk_is_named(store, capsys):
 
 
 def test_truncated_examples_table_is_named(store, capsys):
-    path = store / "examples.parquet"
+    path = store / EXAMPLES_FILE
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     rc, lines = verify_lines(store, capsys)
     assert rc == 1

@@ -18,6 +18,7 @@ boto3 = pytest.importorskip("boto3")
 from spin_cache.cli import main  # noqa: E402
 from spin_cache.errors import InputError, IntegrityError  # noqa: E402
 from spin_cache.store.activation_store import ActivationStore  # noqa: E402
+from spin_cache.store.layout import EXAMPLES_FILE  # noqa: E402
 from spin_cache.store.remote import list_stores, parse_storage_options, push  # noqa: E402
 
 BUCKET = "spin"
@@ -164,6 +165,31 @@ def test_push_refuses_a_store_damaged_in_transit(s3, small_store, tmp_path):
     assert "bad/zarr.json" not in objects(s3, "bad/")
     assert not ActivationStore.exists(f"s3://{BUCKET}/bad", s3["opts"])
     assert list_stores(f"s3://{BUCKET}/bad", s3["opts"]) == []
+
+
+def test_push_a_format_1_store_and_read_a_pushed_store_with_plain_zarr(s3, tmp_path):
+    """A store made before format 2 (side files at the top level) is pushed as it is and reads back; plain zarr
+    lists a pushed format-2 store on S3 without a warning."""
+    import shutil
+    import warnings
+
+    import zarr
+    from zarr.storage import FsspecStore
+
+    from .test_store_format import FORMAT1
+
+    old = shutil.copytree(FORMAT1, tmp_path / "old")
+    pushed = push(str(old), f"s3://{BUCKET}/format1", dest_options=s3["opts"])
+    assert pushed.format_version == 1 and pushed.verify() == []
+    local = {p.relative_to(old).as_posix() for p in old.rglob("*") if p.is_file()}
+    assert {k.removeprefix("format1/") for k in objects(s3, "format1/")} == local
+    assert s3["store"].format_version == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        group = zarr.open_group(FsspecStore.from_url(URL, storage_options=s3["opts"], read_only=True), mode="r")
+        names = [name for name, _ in group.members(max_depth=None)]
+        group.tree()
+    assert "spin_cache" in names and "hidden/mean/layer_00" in names
 
 
 def test_push_to_a_local_directory(small_store, tmp_path):
@@ -318,7 +344,7 @@ def test_extract_straight_to_s3(s3, tiny_sst2, capsys):
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["status"] == "complete"
     keys = objects(s3, "stores/direct")
-    assert "stores/direct/zarr.json" in keys and "stores/direct/examples.parquet" in keys
+    assert "stores/direct/zarr.json" in keys and f"stores/direct/{EXAMPLES_FILE}" in keys
     assert not any(k.endswith(".lock") for k in objects(s3, "stores/"))  # the writer's lock is released
     assert main(["verify", url, "--quiet", *so(s3)]) == 0
     assert main([*args]) == 0  # a cache hit

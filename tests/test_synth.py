@@ -13,6 +13,7 @@ import zarr
 from spin_cache.errors import InputError, StoreMismatchError
 from spin_cache.store.access import array_name
 from spin_cache.store.activation_store import ActivationStore
+from spin_cache.store.layout import COMMITS_DIR
 from spin_cache.synth import make_synthetic_store, planted_neurons
 
 SMALL = {"n_rows": 2000, "n_layers": 3, "width": 64, "informative": {2: 4, 3: 3}, "block_rows": 512}
@@ -145,7 +146,7 @@ def test_rerun_reuses_resumes_refuses_and_overwrites(tmp_path):
     # Make it look interrupted: block 1 uncommitted and its data gone, status incomplete.
     group = zarr.open_group(str(out), mode="a")
     group.attrs["spin_cache"] = dict(group.attrs["spin_cache"]) | {"status": "incomplete"}
-    (out / "commits" / "block_000001.json").unlink()
+    (out / COMMITS_DIR / "block_000001.json").unlink()
     for key in first.layout.array_keys():
         (out / array_name(*key) / "c" / "1" / "0").unlink()
     assert not ActivationStore.open(str(out)).is_complete

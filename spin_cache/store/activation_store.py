@@ -17,7 +17,7 @@ from ..errors import InputError, IntegrityError, SpinCacheError
 from ..outputs import check_store_destination
 from ..representations import KINDS
 from .access import ChunkGuard, CountingStore, _fs, array_name, array_stored_bytes, zarr_store
-from .layout import COMMITS_DIR, EXAMPLES_FILE, STORE_FILES, Layout
+from .layout import FORMAT_VERSION, Layout, SideFiles, check_format_version
 from .manifest import MANIFEST_HASH_KEY, manifest_hash, store_fingerprint
 from .shards import RowShardEncoder, create_array
 
@@ -28,7 +28,8 @@ class ActivationStore:
     """A store of pooled activations, opened from a local path or URL.
 
     Readable without spin-cache too: `zarr.open_group(path)["ffn/mean/layer_03"][:]` and
-    `polars.read_parquet(path + "/examples.parquet")`.
+    `polars.read_parquet(path + "/spin_cache/examples.parquet")` (`/examples.parquet` in a format-1 store).
+    `side` says where this store's side files are (its format's layout).
     """
 
     def __init__(self, url: str, group: zarr.Group, storage_options: dict | None = None) -> None:
@@ -40,9 +41,11 @@ class ActivationStore:
         if not self.manifest:
             raise InputError(f"{url}: not a spin-cache store (no 'spin_cache' manifest in zarr.json)")
         try:
+            self.format_version = check_format_version(self.manifest.get("format_version"))
             self.layout = Layout.from_dict(self.manifest.get("layout") or {})
-        except IntegrityError as exc:
-            raise IntegrityError(f"{url}: {exc}") from exc
+        except (InputError, IntegrityError) as exc:
+            raise type(exc)(f"{url}: {exc}") from exc
+        self.side = SideFiles.of(self.format_version)
         self.counter: CountingStore | None = None
         stored_hash = self.manifest.get(MANIFEST_HASH_KEY)  # absent in stores written before it was added
         # Checked on every open; a store still being written is exempt (its status and run info change, and the
@@ -102,8 +105,10 @@ class ActivationStore:
 
         `url` must be missing, an empty directory or (with `overwrite`) a spin-cache store; anything else is
         refused (`InputError` naming `option` and the path). Overwriting removes only what a store holds
-        (zarr.json, the kinds' folders, examples.parquet, commits/), zarr.json last, so an interrupted overwrite
-        still leaves a store that `--overwrite` may replace."""
+        (zarr.json, the kinds' folders and the side files where its format keeps them: `spin_cache/`, or
+        examples.parquet and commits/ in a format-1 store), zarr.json last, so an interrupted overwrite still
+        leaves a store that `--overwrite` may replace. The new store has the manifest's format (`new_manifest`
+        gives the current one)."""
         fs, root = _fs(url, storage_options)
         if check_store_destination(fs, root, str(url), option=option):
             if not overwrite:
@@ -129,7 +134,7 @@ class ActivationStore:
                 attributes={"kind": kind, "pooling": pooling, "layer": layer},
             )
         store = cls(url, group, storage_options)
-        store.write_examples(examples)
+        store.write_examples(examples)  # creates the side node first
         return store
 
     # -- description ---------------------------------------------------------------------------------------
@@ -179,20 +184,20 @@ class ActivationStore:
     @cached_property
     def _examples(self) -> pl.DataFrame:
         fs, root = _fs(self.url, self.storage_options)
-        path = f"{root}/{EXAMPLES_FILE}"
+        path = f"{root}/{self.side.examples}"
         try:
             with fs.open(path, "rb") as f:
                 return pl.read_parquet(f)
         except FileNotFoundError as exc:
             raise IntegrityError(
-                f"{self.url}: {EXAMPLES_FILE} is missing; the store is damaged: extract again with --overwrite"
+                f"{self.url}: {self.side.examples} is missing; the store is damaged: extract again with --overwrite"
             ) from exc
         except Exception as exc:
             storage = _storage_error(exc, self.url)
             if storage is not None:
                 raise storage from exc
             raise IntegrityError(
-                f"{self.url}/{EXAMPLES_FILE}: unreadable ({_one_line(exc)}); the store is damaged: extract again "
+                f"{self.url}/{self.side.examples}: unreadable ({_one_line(exc)}); the store is damaged: extract again "
                 "with --overwrite"
             ) from exc
 
@@ -295,10 +300,37 @@ class ActivationStore:
     # -- writing (extraction only) ---------------------------------------------------------------------------
 
     def write_examples(self, examples: pl.DataFrame) -> None:
+        """Write the examples table (again, when an extraction resumes a store whose creation was cut short, so the
+        side node is made here too if it is missing)."""
         fs, root = _fs(self.url, self.storage_options)
-        with fs.open(f"{root}/{EXAMPLES_FILE}", "wb") as f:
+        self._ensure_side_node()
+        fs.makedirs(f"{root}/{self.side.examples}".rsplit("/", 1)[0], exist_ok=True)
+        with fs.open(f"{root}/{self.side.examples}", "wb") as f:
             examples.write_parquet(f)
         self.__dict__.pop("_examples", None)
+
+    def _ensure_side_node(self) -> None:
+        """Create the empty array whose folder holds the side files (format 2 on), unless it is there: zarr lists
+        a group's folders, never an array's, so it never sees (and warns about) the files kept there."""
+        node = self.side.node
+        if node is None:
+            return
+        fs, root = _fs(self.url, self.storage_options)
+        if fs.exists(f"{root}/{node}/zarr.json"):
+            return
+        self._group.create_array(
+            node,
+            shape=(0,),
+            dtype="uint8",
+            attributes={
+                "spin_cache_side_files": {
+                    "examples.parquet": "the examples table: one row per stored row (split, label, ...)",
+                    "commits/": "one JSON marker per committed row block",
+                },
+                "note": "holds no values: this folder keeps spin-cache's side files where zarr does not list them",
+            },
+            overwrite=False,  # True would delete the folder, commit markers and all
+        )
 
     def encode(self, values: np.ndarray) -> np.ndarray:
         """float32 -> the store's dtype (bfloat16 by round-to-nearest-even on the raw bits)."""
@@ -358,9 +390,9 @@ class ActivationStore:
 
         with ThreadPoolExecutor(max(1, threads)) as pool:
             list(pool.map(write, arrays))
-        fs.makedirs(f"{root}/{COMMITS_DIR}", exist_ok=True)
+        fs.makedirs(f"{root}/{self.side.commits}", exist_ok=True)
         marker = {"block": block, "rows": [start, stop], **info}
-        with fs.open(f"{root}/{COMMITS_DIR}/block_{block:06d}.json", "w") as f:
+        with fs.open(f"{root}/{self.side.commits}/block_{block:06d}.json", "w") as f:
             f.write(json.dumps(marker))
 
     def committed_blocks(self) -> dict[int, dict]:
@@ -368,7 +400,7 @@ class ActivationStore:
         fs, root = _fs(self.url, self.storage_options)
         out: dict[int, dict] = {}
         try:
-            paths = fs.ls(f"{root}/{COMMITS_DIR}", detail=False)
+            paths = fs.ls(f"{root}/{self.side.commits}", detail=False)
         except FileNotFoundError:
             return out
         for path in paths:
@@ -407,7 +439,8 @@ class ActivationStore:
         sizes: dict[str, int] = {}
         for kind in self.kinds:
             sizes[kind] = int(fs.du(f"{root}/{kind}", total=True))
-        sizes["examples"] = int(fs.size(f"{root}/{EXAMPLES_FILE}")) if fs.exists(f"{root}/{EXAMPLES_FILE}") else 0
+        examples = f"{root}/{self.side.examples}"
+        sizes["examples"] = int(fs.size(examples)) if fs.exists(examples) else 0
         return sizes
 
     def reuse_problems(self) -> list[str]:
@@ -416,8 +449,8 @@ class ActivationStore:
         if self.manifest_problem:
             return [self.manifest_problem.removeprefix(f"{self.url}: ")]
         fs, root = _fs(self.url, self.storage_options)
-        if not fs.exists(f"{root}/{EXAMPLES_FILE}"):
-            problems = [f"{EXAMPLES_FILE} is missing"]
+        if not fs.exists(f"{root}/{self.side.examples}"):
+            problems = [f"{self.side.examples} is missing"]
         else:
             try:
                 problems = self._verify_examples()
@@ -427,7 +460,7 @@ class ActivationStore:
         missing = sorted(set(range(self.layout.n_blocks)) - set(self.committed_blocks()))
         if missing:
             shown = ", ".join(f"block_{b:06d}.json" for b in missing[:3]) + (", ..." if len(missing) > 3 else "")
-            problems.append(f"{COMMITS_DIR}/: {len(missing)} commit marker(s) missing ({shown})")
+            problems.append(f"{self.side.commits}/: {len(missing)} commit marker(s) missing ({shown})")
         return [p.removeprefix(f"{self.url}: ") for p in problems]
 
     def check_reusable(self) -> None:
@@ -465,6 +498,7 @@ class ActivationStore:
         problems: list[str] = []
         problems += self._verify_manifest()
         problems += self._verify_examples()
+        problems += self._verify_side_node()
         committed = set(self.committed_blocks()) if not self.is_complete else set(range(self.layout.n_blocks))
         keys = self.layout.array_keys()
         fs, root = _fs(self.url, self.storage_options)
@@ -511,6 +545,15 @@ class ActivationStore:
             return ["zarr.json: the manifest was edited after extraction (manifest_sha256 does not match)"]
         return []
 
+    def _verify_side_node(self) -> list[str]:
+        """The empty array whose folder keeps the side files (format 2 on) must be there: without its zarr.json,
+        plain zarr sees a folder it does not know and warns about it."""
+        node = self.side.node
+        fs, root = _fs(self.url, self.storage_options)
+        if node is None or fs.exists(f"{root}/{node}/zarr.json"):
+            return []
+        return [f"{node}/zarr.json: missing (plain zarr warns about the folder {node}/); the store is damaged"]
+
     def _verify_examples(self) -> list[str]:
         try:
             ex = self._examples  # an edited manifest is reported by _verify_manifest
@@ -518,11 +561,11 @@ class ActivationStore:
             return [str(exc)]
         problems = []
         if ex.height != self.layout.n_rows:
-            problems.append(f"{EXAMPLES_FILE}: {ex.height} rows, the manifest says {self.layout.n_rows}")
+            problems.append(f"{self.side.examples}: {ex.height} rows, the manifest says {self.layout.n_rows}")
         want = self.manifest["dataset"].get("rows_per_split", {})
         got = dict(ex.group_by("split").len().iter_rows()) if ex.height else {}
         if want and got != want:
-            problems.append(f"{EXAMPLES_FILE}: rows per split {got} differ from the manifest's {want}")
+            problems.append(f"{self.side.examples}: rows per split {got} differ from the manifest's {want}")
         return problems
 
     def _check_kind(self, kind: str) -> None:
@@ -544,8 +587,17 @@ def _storage_error(exc: BaseException, url: str) -> SpinCacheError | None:
 
 
 def _remove_store(fs: fsspec.AbstractFileSystem, root: str) -> None:
-    """Remove what a spin-cache store holds at `root` (checked to be one), zarr.json last; other files stay."""
-    for name in (*KINDS, *STORE_FILES):
+    """Remove what a spin-cache store holds at `root` (checked to be one), zarr.json last; other files stay. The
+    side files are removed where the store's format keeps them (where both formats do, if its format_version is
+    unreadable); a store of a newer format, whose parts this spin-cache does not know, is refused."""
+    try:
+        manifest = json.loads(fs.cat_file(f"{root}/zarr.json"))["attributes"]["spin_cache"]
+        side = SideFiles.of(check_format_version(manifest.get("format_version"))).top_level
+    except (KeyError, TypeError, ValueError, IntegrityError, AttributeError):
+        side = (*SideFiles.of(1).top_level, *SideFiles.of(FORMAT_VERSION).top_level)
+    except InputError as exc:
+        raise InputError(f"{root}: {exc}; remove it by hand to replace it") from exc
+    for name in (*KINDS, *side):
         path = f"{root}/{name}"
         if fs.exists(path):
             fs.rm(path, recursive=True)

@@ -8,16 +8,62 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import IntegrityError
+from ..errors import InputError, IntegrityError
 from ..representations import KINDS, POOLINGS
 
-FORMAT_VERSION = 1
+#: The store format spin-cache writes. Format 2 keeps the side files (the examples table, the commit markers) in the
+#: folder of an empty array node, `spin_cache/`, where zarr never lists them; format 1 kept them at the top level,
+#: where zarr 3.1 warns, for each, that it "is not recognized as a component of a Zarr hierarchy" whenever a
+#: group's members are listed (`members()`, `tree()`, consolidation). Both formats are read.
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
+#: The encoding of the stored values in each format. The fingerprint hashes this, not the format, so a change of
+#: layout that leaves the values alone (format 2) keeps fingerprints: a format-1 store is still a cache hit for the
+#: same inputs, and the probes and sweeps recorded against it still match.
+VALUES_ENCODING = {1: 1, 2: 1}
 STORE_DTYPES = ("float16", "bfloat16", "float32")
 FLOAT16_MAX = 65504.0
-EXAMPLES_FILE = "examples.parquet"
-COMMITS_DIR = "commits"
-#: What a store holds besides its arrays' kinds; `--overwrite` removes these and the kinds' folders, nothing else.
-STORE_FILES = (EXAMPLES_FILE, COMMITS_DIR)
+#: The array node whose folder holds the side files (format 2 on); it holds no values (shape (0,)).
+SIDE_NODE = "spin_cache"
+
+
+@dataclass(frozen=True)
+class SideFiles:
+    """Where a store of one format keeps its side files, as paths relative to the store's root."""
+
+    examples: str  # the examples table (Parquet)
+    commits: str  # the folder of commit markers, one JSON file per committed row block
+    node: str | None  # the array node whose folder holds both (None: format 1, at the top level)
+
+    @classmethod
+    def of(cls, format_version: int) -> SideFiles:
+        if format_version == 1:
+            return cls(examples="examples.parquet", commits="commits", node=None)
+        return cls(examples=f"{SIDE_NODE}/examples.parquet", commits=f"{SIDE_NODE}/commits", node=SIDE_NODE)
+
+    @property
+    def top_level(self) -> tuple[str, ...]:
+        """The top-level names they take: with the kinds' folders and zarr.json, all that `--overwrite` removes."""
+        return (self.node,) if self.node else (self.examples, self.commits)
+
+
+#: Format 2's side files (what a new store has); `SideFiles.of(version)` for a store of another format.
+SIDE_FILES = SideFiles.of(FORMAT_VERSION)
+EXAMPLES_FILE = SIDE_FILES.examples
+COMMITS_DIR = SIDE_FILES.commits
+
+
+def check_format_version(version: Any) -> int:
+    """A manifest's `format_version`, if this spin-cache reads that format: `InputError` for a format written by a
+    newer spin-cache, `IntegrityError` for anything else."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise IntegrityError(f"manifest format_version {version!r} is not a store format; the store is damaged")
+    if version not in READABLE_FORMATS:
+        raise InputError(
+            f"store format {version} was written by a newer spin-cache (this one reads formats "
+            f"{', '.join(map(str, READABLE_FORMATS))}); upgrade spin-cache to use it"
+        )
+    return version
 
 
 def canonical_hash(obj: Any) -> str:

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from .. import __version__
-from .layout import FORMAT_VERSION, Layout, canonical_hash
+from .layout import FORMAT_VERSION, VALUES_ENCODING, Layout, canonical_hash
 
 
 def store_fingerprint(manifest: dict) -> str:
@@ -24,9 +24,12 @@ def manifest_hash(manifest: dict) -> str:
 
 
 def fingerprint_inputs(manifest: dict) -> dict:
+    """What the fingerprint hashes. Its `format_version` is the encoding of the values (`VALUES_ENCODING`), not the
+    store's format: format 2 only moved the side files, so it hashes as format 1 and fingerprints stay."""
     model = manifest["model"]
+    version = manifest["format_version"]
     return {
-        "format_version": manifest["format_version"],
+        "format_version": VALUES_ENCODING.get(version, version) if type(version) is int else version,
         "model": {k: model[k] for k in ("config_sha256", "weights_sha256", "tokenizer_sha256")},
         "dataset": manifest["dataset"]["fingerprint"],
         "extraction": manifest["extraction"],

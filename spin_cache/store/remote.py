@@ -22,7 +22,6 @@ from ..errors import InputError, IntegrityError, SpinCacheError, StoreMismatchEr
 from ..outputs import check_store_destination
 from .access import _fs, array_name, zarr_store
 from .activation_store import ActivationStore
-from .layout import EXAMPLES_FILE
 from .manifest import store_fingerprint
 
 ROOT_META = "zarr.json"
@@ -364,8 +363,8 @@ def _verify_arrival(
     for rel, digest in small_hashes.items():
         if _sha256(back[f"{droot}/{rel}"]) != digest:
             raise IntegrityError(f"{dest_url}/{rel}: differs from the source after the copy; push again")
-    if EXAMPLES_FILE not in small_hashes:
-        raise IntegrityError(f"{src.url}: {EXAMPLES_FILE} is missing; the store is damaged")
+    if src.side.examples not in small_hashes:
+        raise IntegrityError(f"{src.url}: {src.side.examples} is missing; the store is damaged")
     zstore = zarr_store(dest_url, read_only=True, storage_options=dest_options)
     layout = src.layout
     keys = layout.array_keys()
