@@ -103,9 +103,19 @@ def _lipschitz(data: Design, n_outputs: int) -> float:
 
 
 def _block_loss(z: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Summed logloss of one block from its logits, laid out (n_outputs, rows) as `_logits` returns them."""
     if n_classes == 2:
-        return torch.nn.functional.binary_cross_entropy_with_logits(z[:, 0], y.to(z.dtype), reduction="sum")
-    return torch.nn.functional.cross_entropy(z, y, reduction="sum")
+        return torch.nn.functional.binary_cross_entropy_with_logits(z[0], y.to(z.dtype), reduction="sum")
+    return torch.logsumexp(z, dim=0).sum() - z.gather(0, y.unsqueeze(0)).sum()
+
+
+def _logits(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Logits transposed, (n_outputs, rows): a softmax over the first axis of a (K, n) array runs along contiguous
+    rows (20x faster on the CPU than over the 5 columns of an (n, 5) array), and the matrix products take X as
+    stored (a matrix-vector product for binary problems)."""
+    if w.shape[0] == 1:
+        return (torch.mv(x, w[0]) + b[0]).unsqueeze(0)
+    return torch.addmm(b.unsqueeze(1), w, x.T)
 
 
 def _grad(data: Design, w: torch.Tensor, b: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,19 +123,21 @@ def _grad(data: Design, w: torch.Tensor, b: torch.Tensor, n_classes: int) -> tup
     gw = torch.zeros_like(w)
     gb = torch.zeros_like(b)
     for x, y in data.blocks():
-        z = x @ w.T + b
+        z = _logits(x, w, b)
         if n_classes == 2:
-            r = (torch.sigmoid(z[:, 0]) - y.to(z.dtype)).unsqueeze(1)
-        else:
-            r = torch.softmax(z, dim=1)
-            r[torch.arange(len(y)), y] -= 1.0
-        gw += r.T @ x
-        gb += r.sum(dim=0)
+            r = torch.sigmoid(z[0]) - y.to(z.dtype)
+            gw[0] += r @ x
+            gb[0] += r.sum()
+            continue
+        r = torch.softmax(z, dim=0)
+        r.scatter_add_(0, y.unsqueeze(0), torch.full((1, len(y)), -1.0, dtype=r.dtype))
+        gw.addmm_(r, x)
+        gb += r.sum(dim=1)
     return gw / data.n_rows, gb / data.n_rows
 
 
 def _objective(data: Design, w: torch.Tensor, b: torch.Tensor, k: int, lam: float, pen: str) -> float:
-    loss = sum(float(_block_loss(x @ w.T + b, y, k)) for x, y in data.blocks()) / data.n_rows
+    loss = sum(float(_block_loss(_logits(x, w, b), y, k)) for x, y in data.blocks()) / data.n_rows
     reg = w.abs().sum() if pen == "l1" else 0.5 * (w * w).sum()
     return float(loss + lam * reg)
 
@@ -229,10 +241,13 @@ def fit_c_path(
     metric: str = "accuracy",
     max_iter: int = 300,
     tol: float = 1e-4,
+    on_fit: Callable[[float, LinearFit, np.ndarray], None] | None = None,
 ) -> PathResult:
     """Fit every C in increasing order (warm starts: strong to weak regularisation), keep the best on dev.
 
     Features must already be standardised. Ties on dev go to the smaller C (the sparser, simpler model).
+    `on_fit` (optional; the sweep's selection, issue 23): called after each C with (C, its fit, its predicted labels
+    on `dev`), in the order fitted; it changes nothing in the path.
     """
     lip = _lipschitz(train, 1 if n_classes == 2 else n_classes)
     warm = None
@@ -241,7 +256,10 @@ def fit_c_path(
     for c in sorted(c_grid):
         fit = fit_logistic(train, n_classes, c, penalty=penalty, max_iter=max_iter, tol=tol, warm=warm, lipschitz=lip)
         warm = fit
-        dev_score = score_predictions(*predict_design(dev, fit.coef, fit.intercept), metric)
+        dev_labels, dev_pred = predict_design(dev, fit.coef, fit.intercept)
+        dev_score = score_predictions(dev_labels, dev_pred, metric)
+        if on_fit is not None:  # issue 23: the sweep keeps every C's dev predictions
+            on_fit(c, fit, dev_pred)
         history.append(
             {
                 "C": c,
