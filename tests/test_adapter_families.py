@@ -283,6 +283,15 @@ def test_hidden_states_and_ffn_hook_point(tiny, side):
             _close(pooled[p], result[key][p])
 
 
+def test_no_hook_is_left_on_the_model(tiny):
+    """Hooks live only for one pass of the hooked forward: finding the adapter and running it leave none behind
+    (OPT's flattened FFN input is viewed back by the hooked forward itself)."""
+    fam, model, loaded = tiny
+    run_layers(loaded, *_padded(LENGTHS, 9, "right", fam.pad_id), POOLINGS)
+    hooked = [name for name, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks]
+    assert not hooked, hooked
+
+
 def test_every_family_is_listed():
     types = supported_model_types()
     for model_type in ("deberta-v2", "modernbert", "mpnet", "gpt_neox", "opt", "phi", "phi3", "gemma", "gemma2",

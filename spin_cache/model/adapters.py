@@ -220,41 +220,10 @@ def _find_opt(model: torch.nn.Module, model_type: str | None) -> Adapter | None:
                     f"{_get(base, 'config.word_embed_proj_dim')} dimensions (word_embed_proj_dim, as in opt-350m); "
                     "use an OPT model without that projection"
                 )
-            downs = _each(layers, "fc2")
-            for block, down in zip(layers, downs, strict=True):
-                _keep_tokens_axis(block, down)
-            return _make("opt", True, base, layers, downs, True, model_type)
+            # OPT flattens (batch, tokens) before its FFN: fc2 reads (batch * tokens, ffn), which the hooked
+            # forward (spin_cache.model.hooks) views back as (batch, tokens, ffn)
+            return _make("opt", True, base, layers, _each(layers, "fc2"), True, model_type)
     return None
-
-
-def _keep_tokens_axis(block: torch.nn.Module, down: torch.nn.Module) -> None:
-    """OPT blocks flatten (batch, tokens) before their FFN, so the down projection's input is (batch * tokens,
-    ffn). Two hooks, installed once per block, give it the (batch, tokens, ffn) view every reader expects and
-    flatten its output back: the block computes the same values (a Linear on a view), and the FFN hook of
-    :func:`spin_cache.model.hooks.forward_with_hooks`, registered after these, sees the tokens axis."""
-    if getattr(down, "_spin_cache_tokens_axis", False):
-        return
-    shape: list[torch.Size] = []
-
-    def remember(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        states = args[0] if args else kwargs.get("hidden_states")
-        shape[:] = [states.shape[:-1]] if isinstance(states, torch.Tensor) and states.dim() == 3 else []
-
-    def unflatten(module: torch.nn.Module, args: tuple) -> tuple | None:
-        if shape and args[0].dim() == 2 and args[0].shape[0] == shape[0].numel():
-            return (args[0].view(*shape[0], args[0].shape[-1]), *args[1:])
-        return None
-
-    def flatten(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        if shape and output.dim() == 3:
-            return output.reshape(-1, output.shape[-1])
-        return None
-
-    block.register_forward_pre_hook(remember, with_kwargs=True)
-    down.register_forward_pre_hook(unflatten)
-    down.register_forward_hook(flatten)
-    # nn.Module.__setattr__ is annotated for tensors and modules only; a plain value is stored as an attribute
-    down._spin_cache_tokens_axis = True  # type: ignore[assignment]
 
 
 def _find_gemma(model: torch.nn.Module, model_type: str | None) -> Adapter | None:

@@ -37,6 +37,14 @@ def _first_tensor(value: Any) -> torch.Tensor:
     raise TypeError(f"cannot find the hidden states in a {type(value).__name__}")
 
 
+def _with_tokens_axis(states: torch.Tensor, batch: int, tokens: int) -> torch.Tensor:
+    """`states` as (batch, tokens, width): some blocks (OPT) flatten (batch, tokens) before their FFN, so its down
+    projection reads (batch * tokens, width); that is viewed back, every other shape is returned as it is."""
+    if states.dim() == 2 and states.shape[0] == batch * tokens:
+        return states.view(batch, tokens, states.shape[-1])
+    return states
+
+
 def _accepts(module: torch.nn.Module, name: str) -> bool:
     """Whether `module.forward` takes a keyword argument `name`."""
     forward = module.forward
@@ -202,7 +210,7 @@ def forward_with_hooks(
         Called as ``on_layer(kind, layer, states)`` with the full (B, T, D) activation, in inference mode, once
         per (kind, layer): hidden layer 0 is the first block's input (the embedding output), hidden layer l < L
         block l's output, hidden layer L the model's output (after any final norm); ffn layer l is the input of
-        block l's FFN down projection.
+        block l's FFN down projection (viewed as (B, T, D) where the block flattens it to (B * T, D), as OPT's do).
     kinds
         The kinds to read (see :data:`spin_cache.representations.KINDS`).
     upto
@@ -252,9 +260,11 @@ def forward_with_hooks(
 
         return hook
 
+    batch, tokens = input_ids.shape
+
     def make_ffn_hook(layer: int) -> Callable:
         def hook(module: torch.nn.Module, args: tuple) -> None:
-            record("ffn", layer, args[0])
+            record("ffn", layer, _with_tokens_axis(args[0], batch, tokens))
 
         return hook
 
