@@ -525,3 +525,25 @@ def test_the_writer_gets_a_core_for_a_span_fixed_by_the_block_and_its_batches():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_machine_policy_counts_usable_cores_and_shares_them():
+    """Every machine-specific setting of an extraction comes from one MachinePolicy: applying the detected policy
+    changes nothing but malloc; a worker's share of the cores and the writer's threads follow from it."""
+    from spin_cache.extract.machine import GPU_WRITE_THREADS, MachinePolicy, usable_cores
+
+    threads = torch.get_num_threads()
+    policy = MachinePolicy.detect()
+    assert policy.cores == usable_cores() >= 1 and policy.torch_threads == threads
+    assert MachinePolicy(cores=8, torch_threads=8).for_workers(3).torch_threads == 2
+    assert MachinePolicy(cores=1, torch_threads=1).for_workers(4).torch_threads == 1
+    assert policy.write_threads("cpu") == 1
+    assert MachinePolicy(cores=64, torch_threads=64).write_threads("cuda") == GPU_WRITE_THREADS
+    assert MachinePolicy(cores=1, torch_threads=1).write_threads("cuda") == 1
+    try:
+        assert MachinePolicy(cores=policy.cores, torch_threads=1, pin_malloc=False).apply() is False
+        assert torch.get_num_threads() == 1
+        policy.apply()
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(threads)

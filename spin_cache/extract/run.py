@@ -23,7 +23,7 @@ from ..store.activation_store import ActivationStore
 from ..store.layout import Layout, default_block_rows, dtype_bytes
 from ..store.lock import StoreLock
 from ..store.manifest import new_manifest
-from .allocator import pin_malloc_thresholds
+from .machine import MachinePolicy
 from .plan import (
     DEFAULT_CHUNK_COLS,
     DEFAULT_STORES_DIR,
@@ -236,23 +236,19 @@ def extract_blocks(
 
     layout = store.layout
     n_rows = sum(layout.block_range(b)[1] - layout.block_range(b)[0] for b in blocks)
-    pin_malloc_thresholds()  # reuse freed activations instead of faulting in fresh pages every batch
-    # On the CPU the model already uses every core: one compression thread, at the lowest priority, fills the
-    # gaps instead of competing with it. On a GPU the host's cores are free but for the one feeding the device:
-    # the writer compresses up to 8 arrays at once (~1 MB of output per example for a 1B model); more threads
-    # would take the GIL from the feeding thread between their calls into Blosc.
+    policy = MachinePolicy.detect()
+    policy.apply()  # reuse freed activations instead of faulting in fresh pages every batch
     # Once the last block is pooled the model is done: whatever is left to write (often a block and a half on
     # the CPU, where the writer only gets the gaps) may use every core.
     blosc_threads = numcodecs.blosc.get_nthreads()
     numcodecs.blosc.set_nthreads(1)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    write_threads = 1 if loaded.device.type == "cpu" else max(1, min(cores - 1, 8))
-    throttle = Throttle(write_threads)
+    cores = policy.cores
+    throttle = Throttle(policy.write_threads(loaded.device.type))
     writer = BlockWriter(store, throttle, threads=cores)
     core_for_writer = None
     if loaded.device.type == "cpu":
         flops_per_token = 2.0 * sum(p.numel() for b in loaded.adapter.blocks for p in b.parameters())
-        core_for_writer = CoreForWriter(flops_per_token, layout.block_rows * layout.row_bytes)
+        core_for_writer = CoreForWriter(flops_per_token, layout.block_rows * layout.row_bytes, policy)
     bar = tqdm(total=n_rows, desc="extract", unit="ex", disable=not progress, smoothing=0.1)
     tokens = 0
     t_start = time.perf_counter()

@@ -6,7 +6,7 @@ import contextlib
 import os
 import threading
 
-import torch
+from .machine import MachinePolicy
 
 
 def lower_this_threads_priority() -> None:
@@ -60,10 +60,21 @@ class CoreForWriter:
     How long is decided from what is known before the block runs (the block's bytes, the batches' tokens, the
     model's size), never from timings: results of a batch can differ in the last bit with the thread count
     (MKL splits some matrix products by thread), and a store must not depend on when its writer ran. The first
-    block has nothing to write before it and keeps every thread."""
+    block has nothing to write before it and keeps every thread.
 
-    def __init__(self, flops_per_token: float, block_bytes: int) -> None:
-        self.threads = self.current = torch.get_num_threads()
+    Parameters
+    ----------
+    flops_per_token
+        The model's arithmetic per token (twice its blocks' parameters).
+    block_bytes
+        The bytes of one block as stored.
+    policy
+        The machine's policy (default: detected now); its torch threads are the model's, and it sets them.
+    """
+
+    def __init__(self, flops_per_token: float, block_bytes: int, policy: MachinePolicy | None = None) -> None:
+        self.policy = policy if policy is not None else MachinePolicy.detect()
+        self.threads = self.current = self.policy.torch_threads
         self.flops_per_token = flops_per_token
         # the arithmetic the model's remaining threads do while one writer thread writes a block (none on one)
         self.block_flops = block_bytes * MODEL_FLOPS_PER_WRITTEN_BYTE * (self.threads - 1)
@@ -85,5 +96,5 @@ class CoreForWriter:
 
     def _set(self, threads: int) -> None:
         if threads != self.current:
-            torch.set_num_threads(threads)
+            self.policy.use_threads(threads)
             self.current = threads

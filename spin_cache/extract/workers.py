@@ -10,6 +10,7 @@ import torch
 
 from ..errors import SpinCacheError
 from ..store.activation_store import ActivationStore
+from .machine import MachinePolicy
 from .plan import existing_store
 from .settings import ExtractSettings
 
@@ -20,8 +21,8 @@ def shard_device(device: str, shard: tuple[int, int]) -> str:
     if device in ("auto", "cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 1:
         return f"cuda:{shard[0] % torch.cuda.device_count()}"
     if device == "cpu" or not torch.cuda.is_available():
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        torch.set_num_threads(max(1, cores // shard[1]))
+        policy = MachinePolicy.detect().for_workers(shard[1])
+        policy.use_threads(policy.torch_threads)
     return device
 
 
