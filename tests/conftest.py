@@ -69,8 +69,40 @@ def predictor(head_dir: Path):  # -> spin_cache.serve.predict.Predictor
 # Modules that start servers on loopback (a Dask scheduler and workers, moto's S3) or a browser.
 SERVER_MODULES = {"test_dask", "test_remote"}
 # Modules and tests that take more than a few seconds each on two cores (model runs, subprocesses, a browser).
-SLOW_MODULES = {"test_dask", "test_remote", "test_report", "test_pipeline", "test_peers_smoke", "test_kernels"}
+SLOW_MODULES = {"test_dask", "test_remote", "test_report", "test_peers_smoke"}
+# A name with a parameter id ("test_x[param]") marks that case only. Every stage keeps quick tests: the library
+# side of the command-line checks below, probe and sweep on synthetic stores, extraction on the session's store and
+# a tiny GPT-2, the kernels, explain and predict on the session's head.
 SLOW_TESTS = {
+    # end-to-end runs of the loop on the real MiniLM store (probe with the full C grid, sweep, predict)
+    "test_probe_outputs_schema",
+    "test_probe_refuses_another_store_and_resumes",
+    "test_sweep_outputs_and_table",
+    "test_sweep_reads_each_column_once",
+    "test_cli_sweep_json_and_predict_agree_with_cached_features",
+    "test_predict_refuses_another_model",
+    "test_same_inputs_give_identical_outputs",
+    "test_multiclass_end_to_end",
+    # the command line in a child process (each pays the imports again); the library half is tested quickly
+    "test_damaged_store_chunk_is_one_integrity_line_from_probe_and_sweep",
+    "test_cli_sweep_on_a_damaged_ordered_copy_exits_4_with_one_line",
+    "test_damaged_probe_run_side_files_are_integrity_errors[run.json]",
+    "test_damaged_probe_run_side_files_are_integrity_errors[probes.parquet]",
+    "test_damaged_probe_run_side_files_are_integrity_errors[neuron_scores.parquet]",
+    "test_damaged_probe_run_side_files_are_integrity_errors[missing neuron_scores.parquet]",
+    "test_damaged_probe_run_side_files_are_integrity_errors[ordered zarr.json]",
+    "test_a_memory_budget_below_one_row_block_is_refused_up_front",
+    "test_cli_refuses_label_unseen_in_train",
+    "test_cli_extract_refuses_model_without_tokenizer_files",
+    "test_cli_extract_refuses_tokenizer_of_unknowns",
+    "test_bad_option_in_a_real_process_has_no_traceback",
+    # two of the four explanation cases (each kind and each centering keep one quick case)
+    "test_mean_pooling_adds_up[True-hidden]",
+    "test_mean_pooling_adds_up[False-ffn]",
+    # real-model extraction, and the whole pipeline from a TOML file
+    "test_inf_at_padded_positions_is_pooled_again_exactly",
+    "test_an_extraction_without_the_kernel_stores_the_same_values",
+    "test_run_makes_every_stage_then_skips_them",
     "test_kill9_mid_extraction_then_resume_equals_uninterrupted",
     "test_two_worker_processes_equal_a_single_worker",
     "test_a_second_writer_is_refused_and_readers_see_incomplete",
@@ -93,7 +125,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
         name = item.originalname if hasattr(item, "originalname") else item.name
-        if module in SLOW_MODULES or name in SLOW_TESTS:
+        if module in SLOW_MODULES or name in SLOW_TESTS or item.name in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
         if module in SERVER_MODULES or "s3" in name:
             item.add_marker(pytest.mark.server)

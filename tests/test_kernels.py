@@ -158,6 +158,9 @@ def test_an_extraction_without_the_kernel_stores_the_same_values(tmp_path, tiny_
 def test_where_the_kernel_cannot_be_built_torch_pools_and_the_user_is_told(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing built here yet
     monkeypatch.setenv("PATH", str(tmp_path))  # no compiler, no ninja
+    # another name: torch numbers the builds of one name by their directories, so a failed try under the real
+    # name would make the next load in this process build the kernel again under a new number
+    monkeypatch.setattr(kernels, "_build_name", lambda: "spin_cache_pool_unbuildable")
     kernels.fused_pooling.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="could not be built.*pooling with torch instead"):
