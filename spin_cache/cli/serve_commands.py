@@ -14,6 +14,7 @@ from .options import (
 
 
 def add_predict(sub: argparse._SubParsersAction) -> None:
+    """Add the `predict` verb (a head's predictions on new texts) to the subcommands `sub`."""
     p = command(
         sub,
         "predict",
@@ -63,6 +64,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """Run `spin-cache predict`: write one prediction per text where --out and --format say; returns 0."""
     from ..serve.predict import run_predict
 
     run_predict(
@@ -84,6 +86,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def add_explain(sub: argparse._SubParsersAction) -> None:
+    """Add the `explain` verb (the tokens and layers one prediction rests on) to the subcommands `sub`."""
     p = command(
         sub,
         "explain",
@@ -106,6 +109,7 @@ def add_explain(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    """Run `spin-cache explain`: print the explanation (terminal or JSON), with --html also a page; returns 0."""
     from ..serve.explain import explain
 
     result = explain(args.head, args.text, model=args.model, device=args.device, label=args.label)

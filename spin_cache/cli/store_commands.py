@@ -32,6 +32,7 @@ DEFAULTS = ExtractSettings()
 
 
 def add_extract(sub: argparse._SubParsersAction) -> None:
+    """Add the `extract` verb (model activations into a store) to the subcommands `sub`."""
     p = command(
         sub,
         "extract",
@@ -122,6 +123,7 @@ def add_extract(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    """Run `spin-cache extract`; returns the exit code: 0 for a complete store, 4 while it is incomplete."""
     from ..extract.run import run_extraction
 
     names = [f.name for f in fields(ExtractSettings) if f.name not in ("progress", "storage_options")]
@@ -163,6 +165,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def add_info(sub: argparse._SubParsersAction) -> None:
+    """Add the `info` verb (a store's manifest, status and sizes) to the subcommands `sub`."""
     p = command(
         sub,
         "info",
@@ -176,6 +179,7 @@ def add_info(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    """Run `spin-cache info`: print the store's manifest and sizes, as text or JSON; returns 0."""
     from ..store.remote import open_store
 
     info = open_store(args.store, store_options(args)).info()
@@ -204,6 +208,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def add_verify(sub: argparse._SubParsersAction) -> None:
+    """Add the `verify` verb (re-read and check every chunk) to the subcommands `sub`."""
     p = command(
         sub,
         "verify",
@@ -220,6 +225,7 @@ def add_verify(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    """Run `spin-cache verify`: one `damaged:` line per problem; returns 0 when there is none, else 1."""
     from ..store.remote import open_store
 
     store = open_store(args.store, store_options(args))
@@ -238,6 +244,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def add_push(sub: argparse._SubParsersAction) -> None:
+    """Add the `push` verb (copy a finished store and verify the copy) to the subcommands `sub`."""
     p = command(
         sub,
         "push",
@@ -258,6 +265,7 @@ def add_push(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    """Run `spin-cache push`: copy the store to its destination and verify it there; returns 0."""
     from ..store.remote import is_remote, push
 
     store = push(
@@ -275,6 +283,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def add_ls(sub: argparse._SubParsersAction) -> None:
+    """Add the `ls` verb (the stores under a directory or prefix) to the subcommands `sub`."""
     p = command(
         sub,
         "ls",
@@ -291,6 +300,7 @@ def add_ls(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    """Run `spin-cache ls`: print the stores found, as text or JSON; returns 0."""
     from ..store.remote import format_listing, list_stores
 
     entries = list_stores(args.url, store_options(args, args.url))
@@ -299,6 +309,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def add_synth(sub: argparse._SubParsersAction) -> None:
+    """Add the `synth` verb (a synthetic store with planted neurons) to the subcommands `sub`."""
     p = command(
         sub,
         "synth",
@@ -329,6 +340,7 @@ def add_synth(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    """Run `spin-cache synth`: write the synthetic store and, with --json, its planted neurons; returns 0."""
     from ..synth import make_synthetic_store, planted_neurons
 
     store = make_synthetic_store(

@@ -97,6 +97,7 @@ def load_from_hub(data: str, revision: str | None = None) -> Any:
 
 
 def load_from_disk(path: str | os.PathLike) -> Any:
+    """The dataset saved with ``save_to_disk`` at `path`; InputError naming the path when it cannot be read."""
     datasets = _import_datasets()
     try:
         return datasets.load_from_disk(os.fspath(path))

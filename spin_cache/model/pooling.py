@@ -167,9 +167,9 @@ class MaskPooler:
         return self._pick(states, self.last)
 
     def _mean(self, states: torch.Tensor) -> torch.Tensor:
-        # A batched matmul with mask / count is ~20x faster than masking a copy; padded positions holding NaN or
-        # inf would leak through it (0 * inf), so such rare batches take the exact, slower route (with
-        # check_finite=False the caller checks instead: extraction checks each batch's packed values once).
+        # A batched matmul with mask / count reads the states once, without masking a copy; padded positions
+        # holding NaN or inf would leak through it (0 * inf), so such rare batches take the exact, slower route
+        # (with check_finite=False the caller checks instead: extraction checks each batch's packed values once).
         # Sums of half-precision values are taken in float32.
         full = states if states.dtype in (torch.float32, torch.float64) else states.to(torch.float32)
         if full.dtype not in self.weights:
