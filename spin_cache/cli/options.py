@@ -80,6 +80,7 @@ def memory_budget(text: str) -> int:
 
 
 def add_storage_options(p: argparse.ArgumentParser) -> None:
+    """Add --storage-option KEY=VALUE (fsspec options for a remote store, repeatable) to the parser `p`."""
     p.add_argument(
         "--storage-option",
         dest="storage_options",
@@ -100,6 +101,7 @@ def store_options(args: argparse.Namespace, url: str | None = None) -> dict | No
 
 
 def add_scheduler(p: argparse.ArgumentParser) -> None:
+    """Add the loop's parallelism options to the parser `p`: --scheduler, --workers and --dashboard."""
     p.add_argument(
         "--scheduler",
         default=None,
@@ -119,6 +121,7 @@ def add_scheduler(p: argparse.ArgumentParser) -> None:
 
 
 def shard(value: str) -> tuple[int, int]:
+    """argparse type: ``I/N`` (worker I of N, 0 <= I < N) as the pair (I, N)."""
     try:
         i, n = (int(v) for v in value.split("/"))
     except ValueError as exc:
@@ -129,6 +132,7 @@ def shard(value: str) -> tuple[int, int]:
 
 
 def informative(value: str) -> dict[int, int]:
+    """argparse type: ``LAYER:COUNT`` pairs like ``3:4,5:4`` as {layer: planted neurons}."""
     try:
         pairs = [item.split(":") for item in value.split(",") if item.strip()]
         planted = {int(layer): int(n) for layer, n in pairs}
@@ -169,6 +173,7 @@ def format_table(table: dict, metric: str = "accuracy") -> str:
 
 
 def command_line(args: argparse.Namespace) -> str:
+    """The command line that was run, quoted for a shell (``spin-cache`` and its arguments)."""
     return shlex.join(["spin-cache", *getattr(args, "argv", [])])
 
 
