@@ -29,7 +29,7 @@ from .representations import KINDS, POOLINGS
 from .store.access import _fs
 from .store.activation_store import ActivationStore
 from .store.layout import STORE_DTYPES, Layout, canonical_hash, default_block_rows, dtype_bytes
-from .store.manifest import describe_differences, fingerprint_inputs, new_manifest
+from .store.manifest import Manifest, describe_differences
 
 SPLITS = ("train", "dev", "test")
 GENERATOR = "spin-cache-synthetic"
@@ -136,11 +136,13 @@ def make_synthetic_store(
         "dtype": dtype,
         "compute_dtype": "float32",
     }
-    manifest = new_manifest(model=model_info, dataset=dataset_info, extraction=settings, layout=layout)
-    manifest["synthetic"] = {
+    synthetic = {
         "params": params,
         "planted": {k: {str(layer): [int(i) for i in pos] for layer, pos in v.items()} for k, v in planted.items()},
     }
+    manifest = Manifest.new(
+        model=model_info, dataset=dataset_info, extraction=settings, layout=layout, synthetic=synthetic
+    )
 
     url = str(out)
     store = _existing(url, manifest, overwrite, storage_options)
@@ -167,7 +169,7 @@ def make_synthetic_store(
 
 def planted_neurons(store: ActivationStore) -> dict[str, dict[int, list[int]]]:
     """The planted (informative) neurons of a synthetic store: {kind: {layer: [neuron indices]}}."""
-    synth = store.manifest.get("synthetic")
+    synth = store.manifest_record.synthetic
     if not synth:
         raise InputError(f"{store.url}: not a synthetic store (no 'synthetic' entry in its manifest)")
     return {k: {int(layer): list(pos) for layer, pos in v.items()} for k, v in synth["planted"].items()}
@@ -345,7 +347,7 @@ def _examples_table(labels: np.ndarray, splits: np.ndarray, label_names: list[st
     )
 
 
-def _existing(url: str, manifest: dict, overwrite: bool, storage_options: dict | None) -> ActivationStore | None:
+def _existing(url: str, manifest: Manifest, overwrite: bool, storage_options: dict | None) -> ActivationStore | None:
     """The store already at `url` if it was made from the same parameters; None if there is none (or overwrite)."""
     fs, root = _fs(url, storage_options)
     if not check_store_destination(fs, root, url, option="--out"):  # refuses a file or a foreign directory
@@ -353,8 +355,8 @@ def _existing(url: str, manifest: dict, overwrite: bool, storage_options: dict |
     if overwrite:
         return None
     store = ActivationStore.open(url, mode="a", storage_options=storage_options)
-    if store.fingerprint != manifest["fingerprint"]:
-        diffs = describe_differences(fingerprint_inputs(store.manifest), fingerprint_inputs(manifest))
+    if store.fingerprint != manifest.fingerprint:
+        diffs = describe_differences(store.manifest_record.fingerprint_inputs(), manifest.fingerprint_inputs())
         raise StoreMismatchError(
             f"{url} holds a store made from other inputs ({'; '.join(diffs[:4])}); "
             "pass another out, or overwrite=True to replace it"

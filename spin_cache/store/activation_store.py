@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 from collections.abc import Sequence
 from functools import cached_property
@@ -17,8 +18,8 @@ from ..errors import InputError, IntegrityError, SpinCacheError
 from ..outputs import check_store_destination
 from ..representations import KINDS
 from .access import ChunkGuard, CountingStore, _fs, array_name, array_stored_bytes, zarr_store
-from .layout import FORMAT_VERSION, Layout, SideFiles, check_format_version
-from .manifest import MANIFEST_HASH_KEY, manifest_hash, store_fingerprint
+from .layout import FORMAT_VERSION, SideFiles, check_format_version
+from .manifest import Manifest
 from .shards import RowShardEncoder, create_array
 
 _ZARR_MODES: dict[str, Literal["r", "a"]] = {"r": "r", "a": "a"}
@@ -29,7 +30,8 @@ class ActivationStore:
 
     Readable without spin-cache too: `zarr.open_group(path)["ffn/mean/layer_03"][:]` and
     `polars.read_parquet(path + "/spin_cache/examples.parquet")` (`/examples.parquet` in a format-1 store).
-    `side` says where this store's side files are (its format's layout).
+    `side` says where this store's side files are (its format's layout); `manifest_record` is the manifest, typed,
+    and `manifest` the same as the dict zarr.json holds (a copy: changing it changes nothing).
     """
 
     def __init__(self, url: str, group: zarr.Group, storage_options: dict | None = None) -> None:
@@ -37,21 +39,21 @@ class ActivationStore:
         self.storage_options = storage_options or {}
         self._group = group
         manifest = group.attrs.get("spin_cache", {})
-        self.manifest: dict = dict(manifest) if isinstance(manifest, dict) else {}
-        if not self.manifest:
+        if not manifest:
             raise InputError(f"{url}: not a spin-cache store (no 'spin_cache' manifest in zarr.json)")
         try:
-            self.format_version = check_format_version(self.manifest.get("format_version"))
-            self.layout = Layout.from_dict(self.manifest.get("layout") or {})
+            self.manifest_record = Manifest.from_json(manifest)
         except (InputError, IntegrityError) as exc:
             raise type(exc)(f"{url}: {exc}") from exc
+        self.format_version = self.manifest_record.format_version
+        self.layout = self.manifest_record.layout
         self.side = SideFiles.of(self.format_version)
         self.counter: CountingStore | None = None
-        stored_hash = self.manifest.get(MANIFEST_HASH_KEY)  # absent in stores written before it was added
+        stored_hash = self.manifest_record.manifest_sha256  # absent in stores written before it was added
         # Checked on every open; a store still being written is exempt (its status and run info change, and the
         # hash is written with them by `mark_complete`; nothing reads an incomplete store's arrays).
         self.manifest_problem: str | None = None
-        if self.is_complete and stored_hash is not None and stored_hash != manifest_hash(self.manifest):
+        if self.is_complete and stored_hash is not None and stored_hash != self.manifest_record.expected_hash():
             self.manifest_problem = (
                 f"{url}: zarr.json's manifest was edited after extraction (manifest_sha256 does not match); the "
                 "store cannot be trusted: restore zarr.json or extract again with --overwrite"
@@ -94,7 +96,7 @@ class ActivationStore:
     def create(
         cls,
         url: str,
-        manifest: dict,
+        manifest: Manifest | dict,
         examples: pl.DataFrame,
         *,
         overwrite: bool = False,
@@ -107,20 +109,20 @@ class ActivationStore:
         refused (`InputError` naming `option` and the path). Overwriting removes only what a store holds
         (zarr.json, the kinds' folders and the side files where its format keeps them: `spin_cache/`, or
         examples.parquet and commits/ in a format-1 store), zarr.json last, so an interrupted overwrite still
-        leaves a store that `--overwrite` may replace. The new store has the manifest's format (`new_manifest`
-        gives the current one)."""
+        leaves a store that `--overwrite` may replace. The new store has the manifest's format (`Manifest.new`
+        gives the current one); the manifest is checked before anything is removed."""
+        record = (manifest if isinstance(manifest, Manifest) else Manifest.from_json(manifest)).sealed()
+        layout = record.layout
         fs, root = _fs(url, storage_options)
         if check_store_destination(fs, root, str(url), option=option):
             if not overwrite:
                 raise InputError(f"{option} {url}: already holds a spin-cache store; pass --overwrite to replace it")
             _remove_store(fs, root)
-        layout = Layout.from_dict(manifest["layout"])
-        manifest = dict(manifest) | {MANIFEST_HASH_KEY: manifest_hash(manifest)}
         # mode "a", not "w": "w" deletes everything under the path, and the path was checked to hold no store.
         group = zarr.open_group(
             zarr_store(str(url), read_only=False, storage_options=storage_options),
             mode="a",
-            attributes={"spin_cache": manifest},
+            attributes={"spin_cache": record.to_json()},
         )
         for kind, pooling, layer in layout.array_keys():
             width = layout.widths[kind]
@@ -140,12 +142,17 @@ class ActivationStore:
     # -- description ---------------------------------------------------------------------------------------
 
     @property
+    def manifest(self) -> dict[str, Any]:
+        """The manifest as zarr.json holds it: a deep copy of `manifest_record.to_json()`, for readers of the dict."""
+        return copy.deepcopy(self.manifest_record.to_json())
+
+    @property
     def fingerprint(self) -> str:
-        return self.manifest["fingerprint"]
+        return self.manifest_record.fingerprint
 
     @property
     def status(self) -> str:
-        return self.manifest.get("status", "incomplete")
+        return self.manifest_record.status
 
     @property
     def is_complete(self) -> bool:
@@ -169,7 +176,7 @@ class ActivationStore:
 
     @property
     def label_names(self) -> list[str]:
-        return list(self.manifest["dataset"]["label_names"])
+        return self.manifest_record.label_names
 
     def check_manifest(self) -> None:
         """Raise `IntegrityError` if zarr.json's manifest was edited after extraction (see `manifest_problem`)."""
@@ -416,9 +423,9 @@ class ActivationStore:
         return len(self.committed_blocks()) if not self.is_complete else self.layout.n_blocks
 
     def mark_complete(self, run_info: dict) -> None:
-        self.manifest = dict(self.manifest) | {"status": "complete", "run": run_info}
-        self.manifest[MANIFEST_HASH_KEY] = manifest_hash(self.manifest)
-        self._group.attrs["spin_cache"] = self.manifest
+        record = self.manifest_record.completed(run_info)
+        self._group.attrs["spin_cache"] = record.to_json()
+        self.manifest_record = record
 
     # -- inspection ----------------------------------------------------------------------------------------
 
@@ -534,14 +541,15 @@ class ActivationStore:
         return bad or [f"{name}: chunk c/{block}/0 (shard index) is damaged"]
 
     def _verify_manifest(self) -> list[str]:
+        record = self.manifest_record
         try:
-            expected = store_fingerprint(self.manifest)
+            expected = record.expected_fingerprint()
         except KeyError as exc:
             return [f"zarr.json: manifest lacks {exc}; the store is damaged"]
         if expected != self.fingerprint:
             return ["zarr.json: the manifest does not match its fingerprint (edited after extraction?)"]
-        stored = self.manifest.get(MANIFEST_HASH_KEY)  # absent in stores written before it was added
-        if stored is not None and stored != manifest_hash(self.manifest):
+        stored = record.manifest_sha256  # absent in stores written before it was added
+        if stored is not None and stored != record.expected_hash():
             return ["zarr.json: the manifest was edited after extraction (manifest_sha256 does not match)"]
         return []
 
@@ -562,7 +570,7 @@ class ActivationStore:
         problems = []
         if ex.height != self.layout.n_rows:
             problems.append(f"{self.side.examples}: {ex.height} rows, the manifest says {self.layout.n_rows}")
-        want = self.manifest["dataset"].get("rows_per_split", {})
+        want = self.manifest_record.dataset.get("rows_per_split", {})
         got = dict(ex.group_by("split").len().iter_rows()) if ex.height else {}
         if want and got != want:
             problems.append(f"{self.side.examples}: rows per split {got} differ from the manifest's {want}")

@@ -148,21 +148,24 @@ class Layout:
         try:
             kinds, poolings = list(d["kinds"]), list(d["poolings"])
             layers = {k: [int(x) for x in v] for k, v in d["layers"].items()}
-        except (KeyError, TypeError, ValueError) as exc:
+            widths = {k: int(v) for k, v in d["widths"].items()}
+            n_rows, dtype = int(d["n_rows"]), d["dtype"]
+            block_rows, chunk_cols = int(d["block_rows"]), int(d["chunk_cols"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise IntegrityError(f"manifest layout is malformed ({exc}); the store is damaged") from exc
         bad = [k for k in kinds if k not in KINDS] + [p for p in poolings if p not in POOLINGS]
         bad += [k for k in layers if k not in KINDS]
         if bad or any(x < 0 for v in layers.values() for x in v):
             raise IntegrityError(f"manifest layout names {bad or 'negative layers'}; refusing to open the store")
         return cls(
-            kinds=tuple(d["kinds"]),
-            poolings=tuple(d["poolings"]),
-            layers={k: [int(x) for x in v] for k, v in d["layers"].items()},
-            widths={k: int(v) for k, v in d["widths"].items()},
-            n_rows=int(d["n_rows"]),
-            dtype=d["dtype"],
-            block_rows=int(d["block_rows"]),
-            chunk_cols=int(d["chunk_cols"]),
+            kinds=tuple(kinds),
+            poolings=tuple(poolings),
+            layers=layers,
+            widths=widths,
+            n_rows=n_rows,
+            dtype=dtype,
+            block_rows=block_rows,
+            chunk_cols=chunk_cols,
         )
 
 

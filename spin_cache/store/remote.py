@@ -22,7 +22,6 @@ from ..errors import InputError, IntegrityError, SpinCacheError, StoreMismatchEr
 from ..outputs import check_store_destination
 from .access import _fs, array_name, zarr_store
 from .activation_store import ActivationStore
-from .manifest import store_fingerprint
 
 ROOT_META = "zarr.json"
 BATCH_BYTES = 64 * 2**20  # files copied per round trip, at most this many bytes together
@@ -269,7 +268,7 @@ def push(
             f"{store_url}: the store is incomplete ({src.count_committed()}/{src.layout.n_blocks} blocks); finish it "
             "with the same `spin-cache extract` command before pushing"
         )
-    if store_fingerprint(src.manifest) != src.fingerprint:
+    if src.manifest_record.expected_fingerprint() != src.fingerprint:
         raise IntegrityError(f"{store_url}: the manifest does not match its fingerprint; run `spin-cache verify`")
     _check_reachable(dest_url, dst_opts)
     sfs, sroot = _fs(store_url, src_opts)
@@ -315,7 +314,7 @@ def push(
         dfs.pipe_file(f"{droot}/{ROOT_META}", root_meta)
         try:
             pushed = ActivationStore.open(dest_url, storage_options=dst_opts)
-            ok = pushed.fingerprint == src.fingerprint and store_fingerprint(pushed.manifest) == src.fingerprint
+            ok = pushed.fingerprint == src.fingerprint == pushed.manifest_record.expected_fingerprint()
         except SpinCacheError:
             ok = False
         if not ok:
