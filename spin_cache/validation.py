@@ -23,14 +23,14 @@ class Constraint:
     Parameters
     ----------
     kind
-        ``"int"``, ``"float"``, ``"ints"``/``"floats"`` (a non-empty list of numbers) or ``"names"`` (a non-empty
-        list of names, optionally from `choices`).
+        ``"int"``, ``"float"``, ``"ints"``/``"floats"`` (a non-empty list of numbers), ``"names"`` (a non-empty
+        list of names, optionally from `choices`) or ``"name"`` (one name from `choices`).
     low, high
         Bounds for numbers (None: unbounded). NaN and infinities are always refused.
     low_open, high_open
         Whether each bound is excluded.
     choices
-        For ``"names"``: the allowed names (None: any non-empty name).
+        For ``"names"`` and ``"name"``: the allowed names (None: any non-empty name).
     """
 
     kind: str
@@ -45,6 +45,8 @@ class Constraint:
         noun = {"int": "an integer", "float": "a number", "ints": "integers", "floats": "numbers"}.get(self.kind)
         if self.kind == "names":
             return "a comma-separated list of " + ("/".join(self.choices) if self.choices else "names")
+        if self.kind == "name":
+            return ("one of " + ", ".join(self.choices)) if self.choices else "a name"
         if self.low is not None and self.high is not None:
             left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
             return f"{noun} in {left}{self.low:g}, {self.high:g}{right}"
@@ -65,6 +67,10 @@ class Constraint:
         """The value, converted (strings are parsed), or ValueError with the rule in words."""
         if self.kind in ("int", "float"):
             return self._one(value)
+        if self.kind == "name":
+            if not isinstance(value, str) or not value.strip() or (self.choices and value not in self.choices):
+                raise ValueError(f"expected {self.describe()}, got {value!r}")
+            return value
         items = value.split(",") if isinstance(value, str) else list(value) if value is not None else []
         items = [v.strip() if isinstance(v, str) else v for v in items]
         if not items or any(v == "" for v in items):
