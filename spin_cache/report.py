@@ -9,8 +9,9 @@ replaced by a note saying what is missing; a missing or invalid sweep directory 
 
 Figures:
     probes.png      probe metric per layer, one panel per kind, one colour per pooling (dev solid, test dashed)
-    neurons.png     metric against neurons kept (log x): SPIN's best configuration per rule value, the best dev
-                    metric reachable with at most n neurons, the random control, Base and the best single layer
+    neurons.png     metric against neurons kept (log x): SPIN's best configuration per rule value (dev), the best
+                    dev metric reachable with at most n neurons, and the chosen head, the random control, Base and
+                    the best single layer (dev and test: test is read once, for these only)
     selection.png   neurons the chosen head keeps per layer (count and share of the layer), and the cumulative
                     saliency share against neurons ranked, per layer, for the chosen kind and pooling
     early_exit.png  metric using the first K layers against the share of the model's blocks that must run
@@ -237,7 +238,6 @@ def _fig_neurons(run: _Run) -> Any:
     per_value.sort(key=lambda r: r["n_neurons"])
     n = [r["n_neurons"] for r in per_value]
     ax.plot(n, [r["dev_metric"] for r in per_value], "o-", color="#1f77b4", label="SPIN best per value (dev)")
-    ax.plot(n, [r["test_metric"] for r in per_value], "o--", color="#1f77b4", alpha=0.55, label="(test)")
     for r in per_value:
         ax.annotate(f"{r['value']:g}", (r["n_neurons"], r["dev_metric"]), textcoords="offset points",
                     xytext=(0, 6), ha="center", fontsize=7, color="#1f77b4")  # fmt: skip
@@ -331,12 +331,13 @@ def _fig_early_exit(run: _Run) -> Any:
         colour = f"C{i % 10}"
         ax.plot(x, part["dev_metric"].to_numpy(), "o-", color=colour, lw=2 if chosen else 1,
                 alpha=1 if chosen else 0.6, label=f"{spin.get('rule', 'value')} {value:g} dev")  # fmt: skip
-        if chosen:
-            ax.plot(x, part["test_metric"].to_numpy(), "s--", color=colour, label=f"{value:g} test")
     if spin.get("layers"):
         sx = max(spin["layers"]) / total
         ax.scatter([sx], [spin["dev"]], marker="*", s=200, color="#1f77b4", edgecolor="black", zorder=5,
                    label="SPIN chosen (dev)")  # fmt: skip
+        if _finite(spin.get("test")):
+            ax.scatter([sx], [spin["test"]], marker="*", s=200, facecolor="white", edgecolor="#1f77b4", zorder=5,
+                       linewidth=1.5, label="SPIN chosen (test)")  # fmt: skip
     base = run.table.get("base") or {}
     if _finite(base.get("dev")):
         ax.scatter([1.0], [base["dev"]], marker="D", s=60, color="0.2", edgecolor="black", zorder=5,
@@ -353,14 +354,16 @@ def _fig_early_exit(run: _Run) -> Any:
 _CAPTIONS = {
     "probes": "Probe metric per layer (L1 logistic regression on one layer's pooled neurons, C chosen on dev). "
     "Solid: dev, dashed: test.",
-    "neurons": "Metric against the number of neurons the head reads. Blue: for each rule value, SPIN's "
-    "configuration with the best dev metric (filled: dev, hollow markers/dashed: test). Grey: every configuration "
-    "and the best dev metric reachable with at most n neurons.",
+    "neurons": "Metric against the number of neurons the head reads. Blue line: for each rule value, SPIN's "
+    "configuration with the best dev metric. Grey: every configuration and the best dev metric reachable with at "
+    "most n neurons. Markers: the chosen head, the random control, Base and the best single layer (filled: dev, "
+    "hollow: test; test is read once, for these only).",
     "selection": "Left: neurons the chosen head keeps per layer (count and share of the layer's width). Right: "
     "cumulative share of the probe's saliency held by the most salient neurons of each layer; the selection rule "
     "keeps the shortest prefix reaching eta.",
     "early_exit": "Early exit: using the first K layers only, the model runs up to the deepest of them. x is the "
-    "share of the model's blocks that must run; each line is one rule value (dashed: test of the chosen value).",
+    "share of the model's blocks that must run; each line is one rule value (dev); the star is the chosen head "
+    "(filled: dev, hollow: its test score, the only one read).",
 }
 _TITLES = {
     "probes": "(a) Probes per layer",
@@ -427,11 +430,55 @@ def _table_html(run: _Run) -> str:
             f"{k} {_fmt(row[k])}" for k in ("kind", "pooling", "layer", "rule", "value", "layers", "C") if k in row
         )
         share = f"{100 * row['share']:.2f}%" if _finite(row.get("share")) else "–"
+        dev = _fmt(row.get("dev"))
+        expected = (run.table.get("chosen_by") or {}).get("expected") if key == "spin" else None
+        if _finite(expected):
+            dev += f" (expected {_fmt(expected)})"
         body.append(
-            f"<tr><th>{label}</th><td>{_fmt(row.get('dev'))}</td><td>{_fmt(row.get('test'))}</td>"
+            f"<tr><th>{label}</th><td>{dev}</td><td>{_fmt(row.get('test'))}</td>"
             f"<td>{_fmt(row.get('n_neurons'))}</td><td>{share}</td><td>{html.escape(details)}</td></tr>"
         )
-    return f"<table>{head}{''.join(body)}</table>"
+    return f"<table>{head}{''.join(body)}</table>" + _chosen_by_html(run)
+
+
+def _chosen_by_html(run: _Run) -> str:
+    """How SPIN was chosen: strategy, dev score, the score to expect on new data and how many heads were compared
+    (a sweep's "chosen_by"; nothing for sweeps written before it existed)."""
+    chosen = run.table.get("chosen_by")
+    if not isinstance(chosen, dict):
+        return ""
+    strategy = str(chosen.get("strategy"))
+    method = str(chosen.get("expected_method"))
+    words = _METHOD_WORDS.get(method, method)
+    se = chosen.get("expected_se")
+    plus = f" ± {_pct(se)}" if _finite(se) else ""
+    rule = _STRATEGY_WORDS.get(strategy, "")
+    return (
+        f"<p id='chosen-by'><b>SPIN chosen by {html.escape(strategy)}</b> ({html.escape(rule)}) "
+        f"among {_fmt(chosen.get('n_compared'))} heads ({_fmt(chosen.get('n_configurations'))} configurations at "
+        f"every C; {_fmt(chosen.get('n_distinct'))} with distinct dev predictions): "
+        f"<b>dev {_pct(chosen.get('chosen_dev'))} | expected {_pct(chosen.get('expected'))}{plus}</b> on new data "
+        f"({html.escape(words)}). The dev score of a head picked among many overstates what new data will give; "
+        f"here by {_pct(chosen.get('optimism'))} points. Test was read once, for the chosen head.</p>"
+    )
+
+
+def _pct(v: Any) -> str:
+    return f"{100 * v:.2f}" if _finite(v) else "–"
+
+
+_STRATEGY_WORDS = {
+    "argmax": "the best dev score; ties to fewer neurons, then fewer layers, then smaller C",
+    "one_se": "the simplest head within one standard error of the best dev score",
+    "one_se_paired": "the simplest head within one paired standard error of the best dev score",
+    "smoothed": "the best dev score averaged with the neighbouring rule values'",
+}
+_METHOD_WORDS = {
+    "bbc": "bootstrap bias-corrected estimate, Tsamardinos et al. 2018: the choice re-run on resamples of the dev "
+    "rows, each scored on the rows its resample left out",
+    "optimism": "Efron's optimism bootstrap",
+    "tt": "Tibshirani & Tibshirani 2009 bias correction",
+}
 
 
 _CSS = """

@@ -305,3 +305,192 @@ def test_sweep_neighbourhoods_link_rule_values_only():
     assert np.flatnonzero(linked[3]).tolist() == [3, 4]  # K 2: not linked to K 1
     assert np.flatnonzero(linked[5]).tolist() == [5]  # another C
     assert np.flatnonzero(linked[6]).tolist() == [6]  # another kind
+
+
+# ---- the sweep chooses through selection (issue 23): a small synthetic store, no model ------------------------------
+
+SWEEP_GRID = {"values": (0.1, 0.3, 0.5, 0.8, 0.95), "c_grid": (0.001, 0.01, 0.1, 1.0)}
+
+
+@pytest.fixture(scope="module")
+def synth_run(tmp_path_factory):
+    """A synthetic store (planted signal in two layers, dev and test of different sizes) and its probe run."""
+    from spin_cache.loop.probe import ProbeSettings, run_probes
+    from spin_cache.synth import make_synthetic_store
+
+    root = tmp_path_factory.mktemp("selection-sweep")
+    store = make_synthetic_store(root / "store", n_rows=500, n_layers=3, width=40, kinds=("ffn",),
+                                 poolings=("mean", "max"), informative={2: 3, 3: 2}, split_shares=(0.6, 0.25, 0.15),
+                                 signal=0.4, block_rows=128, seed=3)  # fmt: skip
+    run = run_probes(store.url, root / "probes", ProbeSettings(c_grid=(0.05, 0.2, 1.0)), scheduler="sync",
+                     progress=False)  # fmt: skip
+    return store, run, root
+
+
+def _sweep(synth_run, name: str, **settings):
+    from spin_cache.loop.sweep import SweepSettings, run_sweep
+
+    store, run, root = synth_run
+    return run_sweep(store.url, run.path, root / name, SweepSettings(**SWEEP_GRID, **settings), scheduler="sync",
+                     progress=False)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def swept_argmax(synth_run):
+    return _sweep(synth_run, "argmax")
+
+
+def _previous_choice(store, run, sweep) -> dict:
+    """The sweep's choice before issue 23: each configuration's best C on dev, then the best dev score over
+    configurations in the sweep's order (groups as the store lists kinds and poolings, rule values as given, K
+    ascending), ties to fewer neurons, then fewer layers, then the first."""
+    import polars as pl
+
+    probed = set(run.probes.select("kind", "pooling").unique().iter_rows())
+    groups = [(k, p) for k in store.kinds for p in store.poolings if (k, p) in probed]
+    order = {g: i for i, g in enumerate(groups)}
+    values = {v: i for i, v in enumerate(SWEEP_GRID["values"])}
+    rows = sweep.with_columns(
+        pl.struct("kind", "pooling").map_elements(lambda s: order[(s["kind"], s["pooling"])], return_dtype=pl.Int64)
+        .alias("_g"),
+        pl.col("value").replace_strict(values, return_dtype=pl.Int64).alias("_v"),
+    ).sort("_g", "_v", "k")  # fmt: skip
+    best = None
+    for row in rows.iter_rows(named=True):
+        if best is None or (row["dev_metric"], -row["n_neurons"], -row["k"]) > (
+            best["dev_metric"], -best["n_neurons"], -best["k"]
+        ):  # fmt: skip
+            best = row
+    assert best is not None
+    return best
+
+
+def _dev_score_of_head(store, head) -> float:
+    x = np.concatenate([store.read(head.info["kind"], head.info["pooling"], layer, columns=idx, split="dev")
+                        for layer, idx in sorted(head.selection.items())], axis=1)  # fmt: skip
+    y = store.examples.filter(store.examples["split"] == "dev")["label"].to_numpy()
+    return score_predictions(y, head.classifier.predict(x))
+
+
+def test_sweep_argmax_reproduces_the_previous_choice(synth_run, swept_argmax):
+    from spin_cache.fit.head import Head
+
+    store, run, _ = synth_run
+    spin = swept_argmax.table["spin"]
+    old = _previous_choice(store, run, swept_argmax.sweep)
+    assert (spin["kind"], spin["pooling"], spin["value"], spin["layers"], spin["C"], spin["dev"]) == (
+        old["kind"], old["pooling"], old["value"], old["layers"], old["C"], old["dev_metric"]
+    )  # fmt: skip
+    assert spin["dev"] == swept_argmax.sweep["dev_metric"].max()
+    head = Head.load(swept_argmax.table["head"])
+    assert spin["C"] == head.classifier.C_ and head.n_neurons == spin["n_neurons"] == old["n_neurons"]
+    assert _dev_score_of_head(store, head) == spin["dev"]
+
+
+def test_one_se_picks_a_simpler_or_equal_head_and_exports_what_it_chose(synth_run, swept_argmax):
+    from spin_cache.fit.head import Head
+
+    store, _, _ = synth_run
+    chosen = _sweep(synth_run, "one_se", select="one_se")
+    a, s = swept_argmax.table, chosen.table
+    assert (s["spin"]["n_neurons"], len(s["spin"]["layers"]), s["spin"]["C"]) <= (
+        a["spin"]["n_neurons"], len(a["spin"]["layers"]), a["spin"]["C"]
+    )  # fmt: skip
+    by = s["chosen_by"]
+    assert by["strategy"] == "one_se" and by["best_dev"] == a["spin"]["dev"]
+    assert by["chosen_dev"] == s["spin"]["dev"] >= by["best_dev"] - binomial_se(by["best_dev"], by["n_dev_rows"])
+    # The exported head (refitted when it was not its group's best) is the head that was scored on dev.
+    head = Head.load(s["head"])
+    assert head.info["chosen_by"]["strategy"] == "one_se" and s["spin"]["C"] == head.classifier.C_
+    assert _dev_score_of_head(store, head) == s["spin"]["dev"]
+    row = chosen.sweep.filter(chosen.sweep["test_metric"].is_not_null()).row(0, named=True)
+    assert (row["value"], row["layers"], row["C"], row["dev_metric"], row["test_metric"]) == (
+        s["spin"]["value"], s["spin"]["layers"], s["spin"]["C"], s["spin"]["dev"], s["spin"]["test"]
+    )  # fmt: skip
+
+
+def test_the_estimate_and_heads_compared_in_summary_head_and_report(synth_run, swept_argmax, tmp_path):
+    from spin_cache.fit.head import Head
+    from spin_cache.report import write_report
+
+    summary = json.loads((swept_argmax.path / "summary.json").read_text())
+    by = summary["table"]["chosen_by"]
+    n_configs = swept_argmax.sweep.height
+    assert by["n_configurations"] == n_configs and by["n_compared"] == n_configs * len(SWEEP_GRID["c_grid"])
+    assert by["strategy"] == "argmax" == summary["settings"]["select"] and by["expected_method"] == "bbc"
+    assert by["chosen_dev"] == summary["table"]["spin"]["dev"]
+    assert 0.0 < by["expected"] <= by["chosen_dev"] and by["optimism"] == pytest.approx(
+        by["chosen_dev"] - by["expected"]
+    )
+    for key, kind in (("n_compared", int), ("n_distinct", int), ("expected", float), ("expected_se", float)):
+        assert isinstance(by[key], kind)
+    head = Head.load(summary["table"]["head"])
+    assert head.info["chosen_by"] == by
+    page = write_report(swept_argmax.path, tmp_path / "report").read_text(encoding="utf-8")
+    assert "id='chosen-by'" in page and "SPIN chosen by argmax" in page
+    assert f"expected {100 * by['expected']:.2f}" in page and f"among {by['n_compared']} heads" in page
+
+
+def test_the_printed_table_shows_dev_expected_and_heads_compared(synth_run, capsys, tmp_path):
+    from spin_cache.cli import main
+
+    store, run, _ = synth_run
+    code = main(["sweep", store.url, "--probes", str(run.path), "--out", str(tmp_path / "s"), "--eta", "0.3,0.9",
+                 "--C", "0.01,0.1", "--select", "one_se_paired", "--scheduler", "sync"])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    by = json.loads((tmp_path / "s" / "summary.json").read_text())["table"]["chosen_by"]
+    assert "SPIN (one_se_paired on dev)" in out
+    assert f"dev {100 * by['chosen_dev']:.2f} | expected {100 * by['expected']:.2f}" in out
+    assert f"({by['n_compared']} heads compared" in out
+
+
+def test_test_is_read_once(synth_run, monkeypatch, tmp_path):
+    """Only the chosen head, Base (none here: no hidden states) and the random control see the test rows: every
+    prediction goes through solver.decision, so count the calls over exactly the test rows."""
+    import spin_cache.fit.estimator as estimator
+    import spin_cache.fit.solver as solver
+
+    store, _, _ = synth_run
+    n_test = int((store.examples["split"] == "test").sum())
+    assert n_test not in {int((store.examples["split"] == s).sum()) for s in ("train", "dev")}
+    calls: list[int] = []
+    real = solver.decision
+
+    def counted(x, coef, intercept):
+        calls.append(len(x))
+        return real(x, coef, intercept)
+
+    monkeypatch.setattr(solver, "decision", counted)
+    monkeypatch.setattr(estimator, "decision", counted)
+    result = _sweep(synth_run, "read-once")
+    assert calls.count(n_test) == 2  # the chosen head and the random control
+    assert result.sweep["test_metric"].is_not_null().sum() == 1
+    assert (
+        result.sweep.filter(result.sweep["test_metric"].is_not_null())["dev_metric"].item()
+        == (result.table["spin"]["dev"])
+    )
+
+
+def test_bad_select_is_refused_in_settings_cli_and_config(synth_run, capsys, tmp_path, monkeypatch):
+    from spin_cache.cli import main
+    from spin_cache.loop.sweep import SweepSettings
+    from spin_cache.pipeline import load_config
+
+    with pytest.raises(InputError, match="--select") as err:
+        SweepSettings(select="best").check()
+    assert "one of argmax, one_se, one_se_paired, smoothed" in str(err.value)
+    store, run, _ = synth_run
+    monkeypatch.chdir(tmp_path)
+    for argv in (["sweep", store.url, "--probes", str(run.path), "--out", "o", "--select", "best"],
+                 ["run", "x.toml", "--select", "dev"]):  # fmt: skip
+        assert main(argv) == 2
+        err_text = capsys.readouterr().err
+        assert len(err_text.strip().splitlines()) == 1 and "argument --select" in err_text
+    assert not list(tmp_path.iterdir())
+    config = tmp_path / "bad.toml"
+    config.write_text('[sweep]\nselect = "lucky"\n')
+    with pytest.raises(InputError, match=r"bad\.toml: \[sweep\] --select \(select\): expected one of"):
+        load_config(config)
+    config.write_text('[sweep]\nselect = "one_se"\n')
+    assert load_config(config).sweep["select"] == "one_se"

@@ -86,6 +86,12 @@ def test_sweep_outputs_and_table(swept):
     assert {"kind", "pooling", "rule", "value", "layers"} <= set(table["spin"])
     assert table["spin"]["dev"] == result.sweep["dev_metric"].max()
     assert table["random_control"]["n_neurons"] == table["spin"]["n_neurons"]
+    # chosen by arg-max among every configuration at every C, with the estimate for new data; test read once
+    assert table["chosen_by"]["strategy"] == "argmax" and table["chosen_by"]["chosen_dev"] == table["spin"]["dev"]
+    assert table["chosen_by"]["n_compared"] == result.sweep.height * len(SMALL_SWEEP.c_grid)
+    assert result.sweep.filter(result.sweep["test_metric"].is_not_null())["test_metric"].to_list() == [
+        table["spin"]["test"]
+    ]
     assert table["base"]["n_neurons"] == 384 and table["base"]["layer"] == 6
     assert Path(table["head"]).is_dir()
 

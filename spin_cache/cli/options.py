@@ -149,11 +149,14 @@ def percent(value: float | None) -> str:
 
 
 def format_table(table: dict, metric: str = "accuracy") -> str:
-    """The Base / best single layer / SPIN / random control table, for people."""
+    """The Base / best single layer / SPIN / random control table, for people; under it, how SPIN was chosen: its
+    dev score, the score to expect on new data and how many heads were compared (a sweep's "chosen_by")."""
+    chosen = table.get("chosen_by") or {}
+    strategy = chosen.get("strategy", "argmax")
     rows = [
         ("Base (last layer, all neurons)", table.get("base")),
         ("Best single-layer probe", table.get("best_single_layer")),
-        ("SPIN (best on dev)", table.get("spin")),
+        ("SPIN (best on dev)" if strategy == "argmax" else f"SPIN ({strategy} on dev)", table.get("spin")),
         ("Random control (SPIN's counts)", table.get("random_control")),
     ]
     lines = [f"{'':32s} {'dev ' + metric:>16s} {'test ' + metric:>16s} {'neurons':>9s} {'share':>8s}"]
@@ -169,6 +172,14 @@ def format_table(table: dict, metric: str = "accuracy") -> str:
         f"SPIN: {s['kind']}/{s['pooling']}, {s['rule']} {s['value']:g}, layers {s['layers'][0]}-"
         f"{s['layers'][-1]}, C {s['C']:g}; head exported to {table.get('head')}"
     )
+    if chosen:
+        se = chosen.get("expected_se")
+        plus = f" ± {100 * se:.2f}" if isinstance(se, float) and se == se else ""
+        lines.append(
+            f"SPIN chosen by {strategy}: dev {percent(chosen.get('chosen_dev'))} | expected "
+            f"{percent(chosen.get('expected'))}{plus} on new data ({chosen.get('n_compared')} heads compared; "
+            f"{chosen.get('expected_method')} estimate, the choice re-run on resampled dev rows)"
+        )
     return "\n".join(lines)
 
 

@@ -70,6 +70,13 @@ class Head:
         return int(sum(len(v) for v in self.selection.values()))
 
     @property
+    def chosen_by(self) -> dict | None:
+        """How the sweep chose this head (head.json's "chosen_by": strategy, chosen_dev, expected, expected_method,
+        n_compared, ...; see spin_cache.loop.sweep.ChosenBy); None for a head exported before it was recorded."""
+        value = self.info.get("chosen_by")
+        return value if isinstance(value, dict) else None
+
+    @property
     def name(self) -> str:
         """How messages name this head: its folder, or "the head" for one built in memory."""
         return str(self.source) if self.source is not None else "the head"

@@ -1,20 +1,23 @@
 """Select and integrate: for every (kind, pooling, rule value, K) fit a head on the selected neurons of the first
-K layers, choose the configuration on dev, report it against Base, the best single-layer probe and a random
-control, and export the chosen head.
+K layers at every C of the head grid, choose one head from their dev predictions (`SweepSettings.select`, see
+spin_cache.loop.selection), report it against Base, the best single-layer probe and a random control, with an
+estimate of what it will score on new data, and export it.
 
 One Dask task per (kind, pooling) group reads the union of the columns any of its configurations needs, once
 (plus, for hidden states, the last layer in full for Base), and fits every configuration from memory. When those
 columns do not fit the memory budget, every fit (Base and the random control included) streams row blocks instead.
+
+Test is read once: groups score their heads on dev only; after the choice, the chosen head alone (with Base and the
+random control, the references it is compared with) is scored on test.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import polars as pl
@@ -27,7 +30,7 @@ from ..extract.allocator import release_free_heap
 from ..fit.estimator import SpinClassifier
 from ..fit.head import Head
 from ..fit.metrics import METRICS, score_predictions
-from ..fit.solver import HEAD_C_GRID, Design, Standardizer, fit_c_path, predict_design
+from ..fit.solver import HEAD_C_GRID, Design, LinearFit, Standardizer, fit_c_path, predict_design
 from ..outputs import MARKERS, finite_or_null, prepare_output_dir
 from ..store.access import array_name, array_stored_bytes
 from ..store.activation_store import ActivationStore
@@ -53,6 +56,16 @@ from .probe import (
     ordered_damage,
 )
 from .select import RULES, random_like, select
+from .selection import (
+    DEFAULT_ESTIMATE_METHOD,
+    DEFAULT_STRATEGY,
+    STRATEGIES,
+    ConfigScores,
+    Estimate,
+    choose,
+    expected_score,
+    sweep_neighbourhoods,
+)
 
 # The paper's eta values plus 0.9 and 0.95: with MiniLM/SST-2 every kind and pooling scored best on dev at 0.8, the
 # grid's largest value; with 0.9 and 0.95 dev accuracy peaks inside the grid for three of six and flattens for the
@@ -66,10 +79,21 @@ RULE_VALUES: dict[str, tuple[str, Constraint]] = {
     "top-k": ("--top-k", POSITIVE_INTS),
     "top-percent": ("--top-percent", PERCENTS),
 }
+#: `SweepSettings.select`: how the exported head is chosen from the dev predictions (spin_cache.loop.selection).
+SELECT = Constraint("name", choices=tuple(STRATEGIES))
+#: The estimate shown next to the chosen head's dev score: the bootstrap bias-corrected estimate (bbc).
+ESTIMATE_METHOD = DEFAULT_ESTIMATE_METHOD
 
 
 @dataclass(frozen=True)
 class SweepSettings:
+    """What the sweep fits and how it chooses.
+
+    select: the strategy that chooses the exported head among every (configuration, C) from their dev predictions
+    (spin_cache.loop.selection.STRATEGIES). "argmax" by default: no other strategy beat it on every set measured
+    (BENCHMARKS.md, "Selection strategies"); each choice is reported with the bootstrap bias-corrected estimate of
+    its score on new data."""
+
     rule: str = "eta"
     values: tuple[float, ...] = DEFAULT_ETAS
     c_grid: tuple[float, ...] = HEAD_C_GRID
@@ -78,6 +102,7 @@ class SweepSettings:
     max_iter: int = 300
     tol: float = 1e-4
     seed: int = 0
+    select: str = DEFAULT_STRATEGY
 
     def check(self) -> None:
         """InputError naming the first setting out of its range (the same rules as the command line's)."""
@@ -96,26 +121,312 @@ class SweepSettings:
         check("max_iter", self.max_iter, POSITIVE_INT)
         check("tol", self.tol, POSITIVE_FLOAT)
         check("--seed", self.seed, NON_NEGATIVE_INT)
+        check("--select (select)", self.select, SELECT)
+
+
+# ---- typed results ------------------------------------------------------------------------------------------------
 
 
 @dataclass
-class Config:
+class SweepRow:
+    """One (kind, pooling, rule value, K) configuration: one row of sweep.parquet.
+
+    `C` and `dev_metric` are the configuration's best C on dev and its dev score there (ties to the smaller C).
+    `test_metric` is None (null on disk) for every configuration but the chosen one: test is read once. The chosen
+    configuration's row describes the exported head (its C, dev and test)."""
+
     kind: str
     pooling: str
+    rule: str
     value: float
     k: int  # number of layers integrated, from the kind's first layer
+    layers: list[int]
+    n_neurons: int
+    share: float  # n_neurons over every neuron of the kind's layers
+    C: float
+    dev_metric: float
+    test_metric: float | None
+    group_bytes_read: int  # bytes the whole group read (every row of a group shares it)
+    mode: str  # "in-memory" or "streamed"
+    seconds: float
 
 
-def _fit(x: dict[str, np.ndarray], y: dict[str, np.ndarray], n_classes: int, s: SweepSettings) -> SpinClassifier:
-    clf = SpinClassifier(
-        C=tuple(s.c_grid), penalty=s.penalty, max_iter=s.max_iter, tol=s.tol, metric=s.metric, random_state=s.seed
-    )
-    return clf.fit(x["train"], y["train"], x["dev"], y["dev"], n_classes=n_classes)
+#: sweep.parquet's column types (a column of nulls keeps its type: test_metric is null but for the chosen row).
+SWEEP_SCHEMA = pl.Schema(
+    {
+        "kind": pl.String(),
+        "pooling": pl.String(),
+        "rule": pl.String(),
+        "value": pl.Float64(),
+        "k": pl.Int64(),
+        "layers": pl.List(pl.Int64),
+        "n_neurons": pl.Int64(),
+        "share": pl.Float64(),
+        "C": pl.Float64(),
+        "dev_metric": pl.Float64(),
+        "test_metric": pl.Float64(),
+        "group_bytes_read": pl.Int64(),
+        "mode": pl.String(),
+        "seconds": pl.Float64(),
+    }
+)
 
 
-def _metrics(clf: SpinClassifier, x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> tuple[float, float]:
-    test = clf.score(x["test"], y["test"]) if len(y["test"]) else float("nan")
-    return clf.score(x["dev"], y["dev"]), test
+@dataclass
+class DevPredictions:
+    """Every head one group fitted (each configuration at each C of the grid, C ascending within a configuration)
+    as predicted labels on the dev rows: the input of the selection (ConfigScores). Labels are kept in the smallest
+    integer type that holds the classes (3,120 heads x 1,000 dev rows of int8: 3 MB)."""
+
+    labels: np.ndarray  # (n_heads, n_dev)
+    row: np.ndarray  # (n_heads,) the head's configuration: an index into GroupResult.rows
+    C: np.ndarray  # (n_heads,)
+
+
+@dataclass
+class HeadParts:
+    """A fitted classifier as JSON and arrays (SpinClassifier.to_json / to_arrays): what a task sends back."""
+
+    meta: dict
+    arrays: dict[str, np.ndarray]
+
+    @classmethod
+    def of(cls, clf: SpinClassifier) -> HeadParts:
+        return cls(clf.to_json(), clf.to_arrays())
+
+    def classifier(self) -> SpinClassifier:
+        return SpinClassifier.from_parts(self.meta, self.arrays)
+
+
+@dataclass
+class BestConfig:
+    """A group's best configuration on dev (ties to fewer neurons, then fewer layers, then the first in the
+    group's order) at its best C, with its classifier: the arg-max's choice needs no refit."""
+
+    row: SweepRow
+    head: HeadParts
+    selection: dict[int, np.ndarray]  # layer -> neuron ids in rank order
+
+
+@dataclass
+class BaseResult:
+    """Base for one pooling: the last hidden layer, every neuron (scored on dev and test)."""
+
+    kind: str
+    pooling: str
+    layer: int
+    dev: float
+    test: float
+    n_neurons: int
+    share: float
+    C: float
+
+
+@dataclass
+class GroupResult:
+    """Everything one (kind, pooling) group sends back: its rows, its heads' dev predictions, its best
+    configuration, Base (hidden states only) and what it read."""
+
+    rows: list[SweepRow]
+    heads: DevPredictions
+    best: BestConfig | None
+    base: BaseResult | None
+    bytes_read: int
+    bytes_of_columns: float
+    seconds: float
+
+
+@dataclass
+class ControlResult:
+    """The random control: SPIN's per-layer neuron counts drawn at random, fitted and scored the same way."""
+
+    dev: float
+    test: float
+    n_neurons: int
+    share: float
+    C: float
+    bytes_read: int
+
+
+@dataclass
+class TableRow:
+    """One line of the result table (Base, best single layer, SPIN, random control). Fields a line does not have
+    are None and left out of the JSON."""
+
+    dev: float
+    test: float
+    n_neurons: int
+    share: float
+    C: float
+    kind: str | None = None
+    pooling: str | None = None
+    layer: int | None = None
+    rule: str | None = None
+    value: float | None = None
+    layers: list[int] | None = None
+    bytes_read: int | None = None
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None or k in ("dev", "test")}
+
+
+@dataclass
+class ChosenBy:
+    """How the exported head was chosen, and what to expect from it on new data (summary.json's and head.json's
+    "chosen_by").
+
+    strategy: SweepSettings.select. chosen_dev: the chosen head's dev score (what the table shows); best_dev: the best
+    dev score of any head. expected: `expected_method`'s estimate of the chosen head's score on new data, with the
+    search accounted for ("bbc": the selection re-run on bootstrap resamples of the dev rows, each choice scored on
+    the rows its resample left out; Tsamardinos et al. 2018); expected_se: its binomial standard error on the dev
+    rows; optimism: chosen_dev - expected. n_compared: heads compared (every configuration at every C);
+    n_distinct: of them, with distinct dev predictions; n_configurations: (kind, pooling, value, K) configurations;
+    n_candidates: the strategy's candidate set; chosen_share: how often the resamples chose the same head."""
+
+    strategy: str
+    chosen_dev: float
+    best_dev: float
+    expected: float
+    expected_se: float
+    expected_method: str
+    optimism: float
+    n_compared: int
+    n_distinct: int
+    n_configurations: int
+    n_candidates: int
+    n_dev_rows: int
+    n_resamples: int
+    seed: int
+    chosen_share: float | None
+
+    @classmethod
+    def of(cls, choice_dev: float, best_dev: float, n_candidates: int, n_configs: int, est: Estimate) -> ChosenBy:
+        return cls(
+            strategy=est.strategy,
+            chosen_dev=choice_dev,
+            best_dev=best_dev,
+            expected=est.estimate,
+            expected_se=est.se,
+            expected_method=est.method,
+            optimism=choice_dev - est.estimate,
+            n_compared=est.n_configurations,
+            n_distinct=est.n_distinct,
+            n_configurations=n_configs,
+            n_candidates=n_candidates,
+            n_dev_rows=est.n_rows,
+            n_resamples=est.n_resamples,
+            seed=est.seed,
+            chosen_share=est.details.get("chosen_share"),
+        )
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SweepTable:
+    """The result table (summary.json's "table"): Base, the best single-layer probe, SPIN (the chosen head) and the
+    random control, how SPIN was chosen, where its head went and what the sweep read."""
+
+    base: TableRow | None
+    best_single_layer: TableRow
+    spin: TableRow
+    random_control: TableRow
+    chosen_by: ChosenBy
+    head: str | None = None
+    bytes_read: int = 0
+    bytes_of_columns: int = 0
+
+    def metrics(self) -> dict:
+        """The four lines as head.json's "metrics" records them."""
+        control = self.random_control.to_json()
+        control.pop("bytes_read", None)
+        return {
+            "base": None if self.base is None else self.base.to_json(),
+            "best_single_layer": self.best_single_layer.to_json(),
+            "spin": self.spin.to_json(),
+            "random_control": control,
+        }
+
+    def to_json(self) -> dict:
+        out = self.metrics()
+        out["random_control"] = self.random_control.to_json()
+        return out | {
+            "chosen_by": self.chosen_by.to_json(),
+            "head": self.head,
+            "bytes_read": self.bytes_read,
+            "bytes_of_columns": self.bytes_of_columns,
+        }
+
+
+# ---- fitting ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Fitted:
+    """One configuration's C path: the classifier kept (the best C on dev, or the C asked for), its dev score,
+    and every C's dev predictions (C ascending)."""
+
+    classifier: SpinClassifier
+    dev: float
+    n_features: int
+    dev_predictions: list[tuple[float, np.ndarray]] = field(default_factory=list)
+
+
+def _classifier(s: SweepSettings, n_classes: int, width: int, scaler: Standardizer, c: float, fit: LinearFit,
+                history: list[dict]) -> SpinClassifier:  # fmt: skip
+    """A fitted SpinClassifier from one fit of the path, as SpinClassifier.fit would have made it."""
+    clf = SpinClassifier(C=tuple(s.c_grid), penalty=s.penalty, max_iter=s.max_iter, tol=s.tol, metric=s.metric,
+                         random_state=s.seed)  # fmt: skip
+    clf.n_classes_, clf.classes_, clf.n_features_in_ = n_classes, np.arange(n_classes), width
+    clf.scaler_, clf.C_, clf.coef_, clf.intercept_ = scaler, c, fit.coef, fit.intercept
+    clf.history_ = history
+    clf.n_iter_ = np.array([h["iterations"] for h in history if h["C"] == c][:1], dtype=np.int32)
+    return clf
+
+
+def _path(train: Design, dev: Design, scaler: Standardizer, n_classes: int, s: SweepSettings,
+          keep_c: float | None) -> _Fitted:  # fmt: skip
+    """Fit the C path; keep the best C on dev (SpinClassifier.fit's choice) or, given `keep_c`, that C's fit."""
+    per_c: list[tuple[float, np.ndarray]] = []
+    kept: dict[str, LinearFit] = {}
+
+    def on_fit(c: float, fit: LinearFit, pred: np.ndarray) -> None:
+        per_c.append((c, np.asarray(pred, dtype=_label_dtype(n_classes))))
+        if keep_c is not None and c == keep_c:
+            kept["fit"] = fit
+
+    res = fit_c_path(train, dev, n_classes, s.c_grid, penalty=s.penalty, metric=s.metric, max_iter=s.max_iter,
+                     tol=s.tol, on_fit=on_fit)  # fmt: skip
+    if keep_c is None:
+        c, fit, dev_score = res.c, res.fit, res.dev
+    else:
+        if "fit" not in kept:
+            raise InputError(f"C {keep_c!r} is not on the head grid {tuple(s.c_grid)}")
+        c, fit = keep_c, kept["fit"]
+        dev_score = next(h["dev"] for h in res.history if h["C"] == c)
+    clf = _classifier(s, n_classes, train.n_features, scaler, c, fit, res.history)
+    return _Fitted(clf, dev_score, train.n_features, per_c)
+
+
+def _fit_in_memory(x: dict[str, np.ndarray], y: dict[str, np.ndarray], n_classes: int, s: SweepSettings,
+                   keep_c: float | None = None) -> _Fitted:  # fmt: skip
+    """The C path on features in memory, exactly as SpinClassifier.fit runs it, keeping every C's dev predictions."""
+    scaler = Standardizer.fit(x["train"])
+    train = Design.of(scaler.transform(x["train"]), y["train"])
+    dev = Design.of(scaler.transform(x["dev"]), y["dev"])
+    return _path(train, dev, scaler, n_classes, s, keep_c)
+
+
+def _label_dtype(n_classes: int) -> type[np.signedinteger]:
+    """The smallest integer type that holds class indices 0..n_classes-1."""
+    return np.int8 if n_classes <= 127 else np.int16 if n_classes <= 32767 else np.int32
+
+
+def score_test(clf: SpinClassifier, x_test: np.ndarray, y_test: np.ndarray) -> float:
+    """A head's test score, from features in memory (NaN without test rows). The sweep calls it (or, streamed,
+    `_StreamedColumns.test_score`) for the chosen head, Base and the random control only."""
+    return clf.score(x_test, y_test) if len(y_test) else float("nan")
 
 
 def _splits(store: ActivationStore) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -130,6 +441,58 @@ def _over_budget(store: ActivationStore, n_columns: int, memory_budget: int | No
     return memory_budget is not None and IN_MEMORY_COPIES * 4 * store.layout.n_rows * n_columns > memory_budget
 
 
+class _StreamedColumns:
+    """One selection's features out of core: row blocks read on demand, again on every solver pass."""
+
+    def __init__(
+        self,
+        store: ActivationStore,
+        ordered: OrderedCopy | None,
+        kind: str,
+        pooling: str,
+        selection: Mapping[int, np.ndarray],
+        masks: dict[str, np.ndarray],
+        labels: np.ndarray,
+    ) -> None:
+        self.store, self.ordered, self.kind, self.pooling = store, ordered, kind, pooling
+        self.masks, self.labels = masks, labels
+        self.ascending = {layer: np.sort(idx) for layer, idx in selection.items()}
+        self.back = {layer: np.searchsorted(self.ascending[layer], idx) for layer, idx in selection.items()}
+        self.width = sum(len(v) for v in selection.values())
+        self.n = {s: int(m.sum()) for s, m in masks.items()}
+
+    def chunks(self, split: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        block_rows = self.store.layout.block_rows
+        rows = np.flatnonzero(self.masks[split])
+        for block in np.unique(rows // block_rows):
+            part = rows[(rows // block_rows) == block]
+            x = np.concatenate([_read_columns(self.store, self.ordered, self.kind, self.pooling, layer,
+                                              self.ascending[layer], rows=part)[0][:, self.back[layer]]
+                                for layer in sorted(self.ascending)], axis=1)  # fmt: skip
+            yield x, self.labels[part]
+
+    def design(self, split: str, scaler: Standardizer) -> Design:
+        def blocks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for x, yb in self.chunks(split):
+                yield torch.as_tensor(scaler.transform(x)), torch.as_tensor(yb)
+
+        return Design(blocks, self.n[split], self.width)
+
+    def fit(self, n_classes: int, settings: SweepSettings, keep_c: float | None = None) -> _Fitted:
+        scaler = Standardizer.fit_chunks((x for x, _ in self.chunks("train")), self.width)
+        fitted = _path(self.design("train", scaler), self.design("dev", scaler), scaler, n_classes, settings, keep_c)
+        release_free_heap()  # the passes' freed blocks, back to the kernel: peak memory stays flat in the rows
+        return fitted
+
+    def test_score(self, clf: SpinClassifier, metric: str) -> float:
+        """A head's test score over row blocks (NaN without test rows): for the chosen head, Base and the control."""
+        if self.n["test"] == 0:
+            return float("nan")
+        score = score_predictions(*predict_design(self.design("test", clf.scaler_), clf.coef_, clf.intercept_), metric)
+        release_free_heap()
+        return score
+
+
 def sweep_group(
     store_url: str,
     kind: str,
@@ -139,12 +502,13 @@ def sweep_group(
     storage_options: dict | None = None,
     ordered_url: str | None = None,
     memory_budget: int | None = None,
-) -> dict:
-    """One Dask task: every (value, K) configuration of one (kind, pooling), from one read of its columns.
+) -> GroupResult:
+    """One Dask task: every (value, K) configuration of one (kind, pooling) at every C, from one read of its columns.
 
     Columns come from the probe run's saliency-ordered copy when it holds them (a contiguous prefix read),
     else from the store. When the columns do not fit `memory_budget` bytes, every configuration is fitted on row
-    blocks read on demand instead (out of core; each solver pass reads its columns again)."""
+    blocks read on demand instead (out of core; each solver pass reads its columns again). Heads are scored on dev
+    only (every C's dev predictions are sent back for the selection); Base, a reference, also on test."""
     t0 = time.perf_counter()
     store = ActivationStore.open(store_url, storage_options=storage_options, count_bytes=True)
     layers = store.layers(kind)
@@ -171,65 +535,64 @@ def sweep_group(
         if not streamed:
             data[layer] = values
 
-    def features(sel: dict[int, np.ndarray], upto: Sequence[int]) -> dict[str, np.ndarray]:
-        parts = [data[layer][:, np.searchsorted(cols[layer], sel[layer])] for layer in upto]
-        full = np.concatenate(parts, axis=1)
+    def features(sel: Mapping[int, np.ndarray]) -> dict[str, np.ndarray]:
+        full = np.concatenate([data[layer][:, np.searchsorted(cols[layer], sel[layer])] for layer in sel], axis=1)
         return {s: full[m] for s, m in masks.items()}
 
-    def fit_config(sel: dict[int, np.ndarray], upto: Sequence[int]) -> tuple[SpinClassifier, float, float, int]:
+    def fit_config(sel: Mapping[int, np.ndarray], test: bool = False) -> tuple[_Fitted, float | None]:
         if not streamed:
-            x = features(sel, upto)
-            clf = _fit(x, y, n_classes, settings)
-            return (clf, *_metrics(clf, x, y), x["train"].shape[1])
-        return _fit_streamed(store, ordered, kind, pooling, {layer: sel[layer] for layer in upto}, masks, labels,
-                             n_classes, settings)  # fmt: skip
+            x = features(sel)
+            fitted = _fit_in_memory(x, y, n_classes, settings)
+            return fitted, score_test(fitted.classifier, x["test"], y["test"]) if test else None
+        source = _StreamedColumns(store, ordered, kind, pooling, sel, masks, labels)
+        fitted = source.fit(n_classes, settings)
+        return fitted, source.test_score(fitted.classifier, settings.metric) if test else None
 
     total = store.width(kind) * len(layers)
-    rows: list[dict[str, Any]] = []
-    best: tuple[dict[str, Any], SpinClassifier, dict[int, np.ndarray]] | None = None
+    mode = "streamed" if streamed else "in-memory"
+    rows: list[SweepRow] = []
+    predictions: list[np.ndarray] = []
+    head_row: list[int] = []
+    head_c: list[float] = []
+    best: BestConfig | None = None
     for value, sel in selections.items():
         for k in range(1, len(layers) + 1):
             t1 = time.perf_counter()
-            clf, dev, test, n = fit_config(sel, layers[:k])
-            row = {
-                "kind": kind,
-                "pooling": pooling,
-                "rule": settings.rule,
-                "value": float(value),
-                "k": k,
-                "layers": [int(v) for v in layers[:k]],
-                "n_neurons": n,
-                "share": n / total,
-                "C": clf.C_,
-                "dev_metric": dev,
-                "test_metric": test,
-                "group_bytes_read": 0,  # set below, once every fit has read
-                "mode": "streamed" if streamed else "in-memory",
-                "seconds": time.perf_counter() - t1,
-            }
+            chosen = {layer: sel[layer] for layer in layers[:k]}
+            fitted, _ = fit_config(chosen)
+            for c, pred in fitted.dev_predictions:
+                predictions.append(pred)
+                head_row.append(len(rows))
+                head_c.append(c)
+            n = fitted.n_features
+            row = SweepRow(kind=kind, pooling=pooling, rule=settings.rule, value=float(value), k=k,
+                           layers=[int(v) for v in layers[:k]], n_neurons=n, share=n / total,
+                           C=fitted.classifier.C_, dev_metric=fitted.dev, test_metric=None,
+                           group_bytes_read=0,  # set below, once every fit has read
+                           mode=mode, seconds=time.perf_counter() - t1)  # fmt: skip
             rows.append(row)
             # Ties on dev go to fewer neurons, then to fewer layers (cheaper at prediction time).
-            if best is None or (dev, -n, -k) > (best[0]["dev_metric"], -best[0]["n_neurons"], -best[0]["k"]):
-                best = (row, clf, {layer: sel[layer] for layer in layers[:k]})
-    out: dict = {"rows": rows, "best": _pack(best)}
+            if best is None or (row.dev_metric, -n, -k) > (best.row.dev_metric, -best.row.n_neurons, -best.row.k):
+                best = BestConfig(row, HeadParts.of(fitted.classifier), chosen)
+    base = None
     if base_layer is not None:
-        clf, dev, test, _ = fit_config({base_layer: np.arange(store.width(kind))}, [base_layer])
-        out["base"] = {
-            "kind": kind,
-            "pooling": pooling,
-            "layer": base_layer,
-            "dev": dev,
-            "test": test,
-            "n_neurons": store.width(kind),
-            "share": store.width(kind) / total,
-            "C": clf.C_,
-        }
+        width = store.width(kind)
+        fitted, test = fit_config({base_layer: np.arange(width)}, test=True)
+        base = BaseResult(kind=kind, pooling=pooling, layer=base_layer, dev=fitted.dev,
+                          test=float("nan") if test is None else test, n_neurons=width, share=width / total,
+                          C=fitted.classifier.C_)  # fmt: skip
     # Streamed fits read their columns again on every solver pass: count those reads too, not only the first.
     bytes_read = (store.counter.bytes_read if store.counter else 0) + (ordered.bytes_read if ordered else 0)
     for row in rows:
-        row["group_bytes_read"] = bytes_read
-    out |= {"bytes_read": bytes_read, "bytes_of_columns": col_bytes, "seconds": time.perf_counter() - t0}
-    return out
+        row.group_bytes_read = bytes_read
+    n_dev = int(masks["dev"].sum())
+    heads = DevPredictions(
+        labels=np.stack(predictions) if predictions else np.zeros((0, n_dev), dtype=_label_dtype(n_classes)),
+        row=np.asarray(head_row, dtype=np.int64),
+        C=np.asarray(head_c, dtype=np.float64),
+    )
+    return GroupResult(rows=rows, heads=heads, best=best, base=base, bytes_read=bytes_read,
+                       bytes_of_columns=col_bytes, seconds=time.perf_counter() - t0)  # fmt: skip
 
 
 class OrderedCopy:
@@ -310,108 +673,91 @@ def _read_columns(
     return values, store.array_nbytes_stored(kind, pooling, layer) / store.width(kind) * len(cols)
 
 
-def _fit_streamed(
-    store: ActivationStore,
-    ordered: OrderedCopy | None,
-    kind: str,
-    pooling: str,
-    selection: dict[int, np.ndarray],
-    masks: dict[str, np.ndarray],
-    labels: np.ndarray,
-    n_classes: int,
+def score_chosen(
+    store_url: str,
+    row: SweepRow,
+    selection: Mapping[int, np.ndarray],
+    c: float,
+    held: HeadParts | None,
     settings: SweepSettings,
-) -> tuple[SpinClassifier, float, float, int]:
-    """Fit one configuration out of core: features are read row block by row block on every pass."""
-    block_rows = store.layout.block_rows
-    ascending = {layer: np.sort(idx) for layer, idx in selection.items()}
-    back = {layer: np.searchsorted(ascending[layer], idx) for layer, idx in selection.items()}
-    width = sum(len(v) for v in selection.values())
-
-    def chunks(split: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        rows = np.flatnonzero(masks[split])
-        for block in np.unique(rows // block_rows):
-            part = rows[(rows // block_rows) == block]
-            x = np.concatenate([_read_columns(store, ordered, kind, pooling, layer, ascending[layer], rows=part)[0]
-                                [:, back[layer]] for layer in sorted(selection)], axis=1)  # fmt: skip
-            yield x, labels[part]
-
-    n = {s: int(m.sum()) for s, m in masks.items()}
-    scaler = Standardizer.fit_chunks((x for x, _ in chunks("train")), width)
-
-    def design(split: str) -> Design:
-        def blocks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            for x, yb in chunks(split):
-                yield torch.as_tensor(scaler.transform(x)), torch.as_tensor(yb)
-
-        return Design(blocks, n[split], width)
-
-    res = fit_c_path(design("train"), design("dev"), n_classes, settings.c_grid, penalty=settings.penalty,
-                     metric=settings.metric, max_iter=settings.max_iter, tol=settings.tol)  # fmt: skip
-    clf = SpinClassifier(C=tuple(settings.c_grid), penalty=settings.penalty, max_iter=settings.max_iter,
-                         tol=settings.tol, metric=settings.metric, random_state=settings.seed)  # fmt: skip
-    clf.n_classes_, clf.classes_, clf.n_features_in_ = n_classes, np.arange(n_classes), width
-    clf.scaler_, clf.C_, clf.coef_, clf.intercept_ = scaler, res.c, res.fit.coef, res.fit.intercept
-    clf.history_ = res.history
-
-    def metric(split: str) -> float:
-        if n[split] == 0:
-            return float("nan")
-        return score_predictions(*predict_design(design(split), res.fit.coef, res.fit.intercept), settings.metric)
-
-    test = metric("test")
-    release_free_heap()  # the passes' freed blocks, back to the kernel: peak memory stays flat in the rows
-    return clf, res.dev, test, width
-
-
-def _pack(best: tuple | None) -> dict | None:
-    if best is None:
-        return None
-    row, clf, sel = best
-    return {"row": row, "classifier": (clf.to_json(), clf.to_arrays()), "selection": sel}
+    storage_options: dict | None = None,
+    ordered_url: str | None = None,
+) -> tuple[HeadParts, float]:
+    """The chosen head and its one test score. `held`: its classifier when its group sent it back (the group's best,
+    which is the arg-max's choice); otherwise the configuration is fitted again at `c`, from memory or streamed as
+    in its group, which reproduces the group's fit (the solver is deterministic)."""
+    store = ActivationStore.open(store_url, storage_options=storage_options)
+    ordered = open_ordered(ordered_url) if ordered_url else None
+    masks, labels = _splits(store)
+    n_classes = len(store.label_names)
+    if row.mode == "streamed":
+        source = _StreamedColumns(store, ordered, row.kind, row.pooling, selection, masks, labels)
+        clf = held.classifier() if held is not None else source.fit(n_classes, settings, keep_c=c).classifier
+        return HeadParts.of(clf), source.test_score(clf, settings.metric)
+    parts = []
+    for layer, idx in selection.items():
+        ascending = np.sort(idx)
+        values, _ = _read_columns(store, ordered, row.kind, row.pooling, layer, ascending)
+        parts.append(values[:, np.searchsorted(ascending, idx)])
+    full = np.concatenate(parts, axis=1)
+    x = {s: full[m] for s, m in masks.items()}
+    y = {s: labels[m] for s, m in masks.items()}
+    clf = held.classifier() if held is not None else _fit_in_memory(x, y, n_classes, settings, keep_c=c).classifier
+    return HeadParts.of(clf), score_test(clf, x["test"], y["test"])
 
 
 def random_control(
     store_url: str,
-    spin: dict,
+    kind: str,
+    pooling: str,
+    counts: Mapping[int, int],
+    share: float,
     seed: int,
     settings: SweepSettings,
     storage_options: dict | None = None,
     memory_budget: int | None = None,
-) -> dict:
-    """The same per-layer neuron counts as SPIN's choice, drawn at random (seeded), fitted the same way: from
-    memory, or on row blocks read on demand when its columns do not fit `memory_budget` bytes."""
+) -> ControlResult:
+    """`counts` neurons per layer (SPIN's choice) drawn at random (seeded), fitted the same way: from memory, or on
+    row blocks read on demand when its columns do not fit `memory_budget` bytes; scored on dev and test."""
     store = ActivationStore.open(store_url, storage_options=storage_options, count_bytes=True)
-    kind, pooling = spin["row"]["kind"], spin["row"]["pooling"]
-    counts = {int(layer): len(idx) for layer, idx in spin["selection"].items()}
-    chosen = random_like(counts, {layer: store.width(kind) for layer in counts}, seed)
+    chosen = random_like(dict(counts), {layer: store.width(kind) for layer in counts}, seed)
     masks, labels = _splits(store)
     n_classes = len(store.label_names)
     if _over_budget(store, sum(counts.values()), memory_budget):
         # Random neurons are rarely in the ordered copy's prefix: read them from the store.
-        clf, dev, test, n = _fit_streamed(store, None, kind, pooling, chosen, masks, labels, n_classes, settings)
+        source = _StreamedColumns(store, None, kind, pooling, chosen, masks, labels)
+        fitted = source.fit(n_classes, settings)
+        test = source.test_score(fitted.classifier, settings.metric)
     else:
         parts = [store.read(kind, pooling, layer, columns=idx) for layer, idx in chosen.items()]
         full = np.concatenate(parts, axis=1)
         x = {s: full[m] for s, m in masks.items()}
         y = {s: labels[m] for s, m in masks.items()}
-        clf = _fit(x, y, n_classes, settings)
-        dev, test = _metrics(clf, x, y)
-        n = full.shape[1]
-    return {
-        "dev": dev,
-        "test": test,
-        "n_neurons": n,
-        "share": spin["row"]["share"],
-        "C": clf.C_,
-        "bytes_read": store.counter.bytes_read if store.counter else 0,
-    }
+        fitted = _fit_in_memory(x, y, n_classes, settings)
+        test = score_test(fitted.classifier, x["test"], y["test"])
+    return ControlResult(
+        dev=fitted.dev,
+        test=test,
+        n_neurons=fitted.n_features,
+        share=share,
+        C=fitted.classifier.C_,
+        bytes_read=store.counter.bytes_read if store.counter else 0,
+    )
 
 
 @dataclass
 class SweepResult:
+    """What run_sweep made: the directory, the result table (typed; `table` is its JSON, as in summary.json) and
+    sweep.parquet's rows."""
+
     path: Path
-    table: dict
+    summary: SweepTable
     sweep: pl.DataFrame
+
+    @property
+    def table(self) -> dict:
+        """summary.json's "table" (NaN where summary.json has null)."""
+        return self.summary.to_json()
 
 
 def run_sweep(
@@ -429,7 +775,8 @@ def run_sweep(
     storage_options: dict | None = None,
     dashboard: str | None = None,
 ) -> SweepResult:
-    """Evaluate every configuration, write sweep.parquet and summary.json, and export the best head.
+    """Evaluate every configuration at every C, choose one head (`settings.select`) from their dev predictions, score
+    it once on test, write sweep.parquet and summary.json, and export it.
 
     `out` must be missing, empty or an earlier sweep (spin-cache writes nothing into a folder it did not make); its
     sweep.json is written before anything else. A `memory_budget` below one row block per running task is
@@ -479,30 +826,83 @@ def run_sweep(
         )
         for k, p in groups
     ]
-    results: list[dict[str, Any]] = [{} for _ in tasks]
+    found: dict[int, GroupResult] = {}
     for i, res in run_tasks(
         sweep_group, tasks, scheduler=scheduler, workers=workers, desc="sweep", progress=progress, dashboard=dashboard
     ):
-        results[i] = res
-    rows = [row for res in results for row in res["rows"]]
-    bests = [res["best"] for res in results if res["best"] is not None]
-    spin = max(bests, key=lambda b: (b["row"]["dev_metric"], -b["row"]["n_neurons"], -b["row"]["k"]))
-    bases = [res["base"] for res in results if "base" in res]
+        found[i] = res
+    results = [found[i] for i in range(len(tasks))]
+    # The choice: every head of every group, from its dev predictions alone.
+    masks, labels = _splits(store)
+    dev_labels = labels[masks["dev"]]
+    scores, where = _config_scores(results, dev_labels, len(store.label_names), settings.metric)
+    choice = choose(scores, settings.select)
+    estimate = expected_score(scores, settings.select, method=ESTIMATE_METHOD, seed=settings.seed)
+    g, r = where[choice.index]
+    c = float(scores.C[choice.index])
+    group = results[g]
+    row = group.rows[r]
+    best = group.best
+    if best is not None and (best.row.value, best.row.k, best.row.C) == (row.value, row.k, c):
+        held: HeadParts | None = best.head
+        selection = best.selection
+    else:
+        held = None
+        selection = {layer: select(run.saliency(row.kind, row.pooling, layer), row.rule, row.value)
+                     for layer in row.layers}  # fmt: skip
+    head, test = score_chosen(str(store_url), row, selection, c, held, settings, storage_options, ordered_url)
+    dev = score_predictions(dev_labels, scores.predictions[choice.index], settings.metric)
+    row.C, row.dev_metric, row.test_metric = c, dev, test  # the chosen row describes the exported head
+    chosen_by = ChosenBy.of(dev, choice.best_dev_score, choice.n_candidates, sum(len(res.rows) for res in results),
+                            estimate)  # fmt: skip
     # The control runs alone, after every group: it has the whole budget.
     budget = memory_budget or default_memory_budget()
-    control = random_control(str(store_url), spin, settings.seed, settings, storage_options, budget)
-    table = _table(store, run, spin, bases, control)
-    sweep = pl.DataFrame(rows).sort(["kind", "pooling", "value", "k"])
+    counts = {int(layer): len(idx) for layer, idx in selection.items()}
+    control = random_control(str(store_url), row.kind, row.pooling, counts, row.share, settings.seed, settings,
+                             storage_options, budget)  # fmt: skip
+    bases = [res.base for res in results if res.base is not None]
+    table = _table(store, run, row, test, selection, bases, control, chosen_by)
+    rows = [asdict(one) for res in results for one in res.rows]
+    sweep = pl.DataFrame(rows, schema=SWEEP_SCHEMA).sort(["kind", "pooling", "value", "k"])
     sweep.write_parquet(out / "sweep.parquet")
     head_dir = out / "head"
-    _export_head(store, run, spin, settings, table, head_dir)
-    table["head"] = str(head_dir)
-    table["bytes_read"] = int(sum(r["bytes_read"] for r in results))
-    table["bytes_of_columns"] = int(sum(r["bytes_of_columns"] for r in results))
-    table["random_control"]["bytes_read"] = int(control["bytes_read"])
-    _write_json(out / "summary.json", meta | {"table": table})
+    _export_head(store, row, selection, head, table, head_dir)
+    table.head = str(head_dir)
+    table.bytes_read = int(sum(res.bytes_read for res in results))
+    table.bytes_of_columns = int(sum(res.bytes_of_columns for res in results))
+    _write_json(out / "summary.json", meta | {"table": table.to_json()})
     _write_json(out / SWEEP_MARKER, meta | {"status": "complete"})
     return SweepResult(out, table, sweep)
+
+
+def _config_scores(
+    results: Sequence[GroupResult], dev_labels: np.ndarray, n_classes: int, metric: str
+) -> tuple[ConfigScores, list[tuple[int, int]]]:
+    """Every head of every group as one ConfigScores (groups in task order; within a group, configurations in
+    their fitting order, C ascending), and where each head comes from: (group, row of the group)."""
+    where: list[tuple[int, int]] = []
+    keys: dict[str, list] = {"kind": [], "pooling": [], "value": [], "k": [], "n_neurons": [], "C": []}
+    for g, res in enumerate(results):
+        for r, c in zip(res.heads.row.tolist(), res.heads.C.tolist(), strict=True):
+            row = res.rows[r]
+            where.append((g, r))
+            for name, v in zip(keys, (row.kind, row.pooling, row.value, row.k, row.n_neurons, c), strict=True):
+                keys[name].append(v)
+    if not where:
+        raise InputError("nothing to choose from: the sweep fitted no head")
+    group, grid = sweep_neighbourhoods(keys["kind"], keys["pooling"], keys["value"], keys["k"], keys["C"])
+    scores = ConfigScores(
+        np.concatenate([res.heads.labels for res in results]),
+        dev_labels,
+        np.asarray(keys["n_neurons"]),
+        np.asarray(keys["k"]),
+        np.asarray(keys["C"], dtype=np.float64),
+        metric,
+        n_classes,
+        group,
+        grid,
+    )
+    return scores, where
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -513,61 +913,74 @@ def _write_json(path: Path, obj: dict) -> None:
     tmp.replace(path)
 
 
-def _table(store: ActivationStore, run: ProbeRun, spin: dict, bases: list[dict], control: dict) -> dict:
-    row = spin["row"]
-    base = max(bases, key=lambda b: b["dev"]) if bases else None
+def _table(
+    store: ActivationStore,
+    run: ProbeRun,
+    row: SweepRow,
+    test: float,
+    selection: Mapping[int, np.ndarray],
+    bases: list[BaseResult],
+    control: ControlResult,
+    chosen_by: ChosenBy,
+) -> SweepTable:
+    base = max(bases, key=lambda b: b.dev) if bases else None
     probes = run.probes.sort(["dev_metric", "layer"], descending=[True, False])
     single = probes.row(0, named=True)
     single_total = store.width(single["kind"]) * len(store.layers(single["kind"]))
-    return {
-        "base": None
+    return SweepTable(
+        base=None
         if base is None
-        else {
-            "dev": base["dev"],
-            "test": base["test"],
-            "n_neurons": base["n_neurons"],
-            "share": base["share"],
-            "pooling": base["pooling"],
-            "layer": base["layer"],
-            "C": base["C"],
-        },
-        "best_single_layer": {
-            "dev": single["dev_metric"],
-            "test": single["test_metric"],
-            "n_neurons": single["n_neurons"],
-            "share": single["n_neurons"] / single_total,
-            "kind": single["kind"],
-            "pooling": single["pooling"],
-            "layer": single["layer"],
-            "C": single["C"],
-        },
-        "spin": {
-            "dev": row["dev_metric"],
-            "test": row["test_metric"],
-            "n_neurons": row["n_neurons"],
-            "share": row["share"],
-            "kind": row["kind"],
-            "pooling": row["pooling"],
-            "rule": row["rule"],
-            "value": row["value"],
-            "layers": row["layers"],
-            "C": row["C"],
-        },
-        "random_control": {
-            "dev": control["dev"],
-            "test": control["test"],
-            "n_neurons": control["n_neurons"],
-            "share": control["share"],
-            "C": control["C"],
-        },
-    }
+        else TableRow(
+            dev=base.dev,
+            test=base.test,
+            n_neurons=base.n_neurons,
+            share=base.share,
+            C=base.C,
+            pooling=base.pooling,
+            layer=base.layer,
+        ),
+        best_single_layer=TableRow(
+            dev=single["dev_metric"],
+            test=single["test_metric"],
+            n_neurons=single["n_neurons"],
+            share=single["n_neurons"] / single_total,
+            C=single["C"],
+            kind=single["kind"],
+            pooling=single["pooling"],
+            layer=single["layer"],
+        ),
+        spin=TableRow(
+            dev=row.dev_metric,
+            test=test,
+            n_neurons=sum(len(idx) for idx in selection.values()),
+            share=row.share,
+            C=row.C,
+            kind=row.kind,
+            pooling=row.pooling,
+            rule=row.rule,
+            value=row.value,
+            layers=list(row.layers),
+        ),
+        random_control=TableRow(
+            dev=control.dev,
+            test=control.test,
+            n_neurons=control.n_neurons,
+            share=control.share,
+            C=control.C,
+            bytes_read=int(control.bytes_read),
+        ),
+        chosen_by=chosen_by,
+    )
 
 
 def _export_head(
-    store: ActivationStore, run: ProbeRun, spin: dict, settings: SweepSettings, table: dict, path: Path
+    store: ActivationStore,
+    row: SweepRow,
+    selection: Mapping[int, np.ndarray],
+    head: HeadParts,
+    table: SweepTable,
+    path: Path,
 ) -> None:
-    meta, arrays = spin["classifier"]
-    clf = SpinClassifier.from_parts(meta, arrays)
     model = store.manifest["model"]
     info = {
         "store_fingerprint": store.fingerprint,
@@ -577,14 +990,16 @@ def _export_head(
         },
         "max_length": store.manifest["extraction"]["max_length"],
         "store_dtype": store.layout.dtype,
-        "kind": spin["row"]["kind"],
-        "pooling": spin["row"]["pooling"],
-        "rule": spin["row"]["rule"],
-        "value": spin["row"]["value"],
+        "kind": row.kind,
+        "pooling": row.pooling,
+        "rule": row.rule,
+        "value": row.value,
         "label_names": store.label_names,
-        "metrics": {k: v for k, v in table.items() if k != "head"},
+        "metrics": table.metrics(),
+        "chosen_by": table.chosen_by.to_json(),
     }
-    Head(classifier=clf, selection={int(k): np.asarray(v) for k, v in spin["selection"].items()}, info=info).save(path)
+    Head(classifier=head.classifier(), selection={int(k): np.asarray(v) for k, v in selection.items()},
+         info=info).save(path)  # fmt: skip
 
 
 def _jsonable(obj: object) -> object:
