@@ -563,7 +563,8 @@ def predict_to(
     `out` as soon as they are made (flushed per chunk).
 
     `fmt`: "jsonl" (one object per text), "csv" (a header, then one row per text) or "json" (one object
-    ``{"head", "predictions": [...], "n_texts", "n_truncated"}``, streamed). Every prediction carries
+    ``{"head", "chosen_by", "predictions": [...], "n_texts", "n_truncated"}``, streamed; "chosen_by" is how the sweep
+    chose the head, when its head.json says). Every prediction carries
     ``n_tokens`` and ``truncated``. `progress` shows a tqdm bar on stderr (texts; `total` if known). An empty
     text is refused naming its position (1-based); nothing is written before the first chunk is classified.
     """
@@ -582,7 +583,9 @@ def predict_to(
             kw: dict[str, Any] = {"n_tokens": got.n_tokens, "truncated": got.truncated}
             if fmt == "json":
                 head = head_name if head_name is not None else predictor.head.name
-                lead = '{"head": ' + json.dumps(head) + ', "predictions": [' if n == 0 else ", "
+                chosen = predictor.head.chosen_by
+                how = f', "chosen_by": {json.dumps(chosen)}' if chosen else ""
+                lead = '{"head": ' + json.dumps(head) + how + ', "predictions": [' if n == 0 else ", "
                 body = ", ".join(json.dumps(r) for r in _records(chunk, got.probabilities, names, **kw))
                 out.write(lead + body)
             else:
