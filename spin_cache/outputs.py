@@ -39,7 +39,7 @@ def _foreign(option: str, where: str, kind: str, names: list[str]) -> InputError
     )
 
 
-def prepare_output_dir(path: str | os.PathLike, kind: str, *, option: str = "--out") -> Path:
+def prepare_output_dir(path: str | os.PathLike[str], kind: str, *, option: str = "--out") -> Path:
     """Check that a local directory may receive a spin-cache output of `kind` (see the module doc) and create it.
 
     Parameters
@@ -74,7 +74,7 @@ def prepare_output_dir(path: str | os.PathLike, kind: str, *, option: str = "--o
     return out
 
 
-def check_output_file(path: str | os.PathLike, *, option: str = "--out") -> Path:
+def check_output_file(path: str | os.PathLike[str], *, option: str = "--out") -> Path:
     """Check, before any work, that a single output file can be written: its folder exists, it is not a folder.
 
     An existing file is replaced (the user named it); a missing folder is an error rather than created, so a typo

@@ -17,9 +17,9 @@ from pathlib import Path
 from .. import __version__
 from ..errors import EXIT_CODES_HELP, SpinCacheError
 from . import loop_commands, serve_commands, store_commands
-from .options import Parser, command_line, log_level
+from .options import Parser, Subcommands, command_line, log_level
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+COMMANDS: list[Callable[[Subcommands], None]] = [
     store_commands.add_extract,
     store_commands.add_info,
     store_commands.add_verify,

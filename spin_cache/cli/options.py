@@ -6,7 +6,7 @@ import argparse
 import logging
 import shlex
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, TypeAlias
 
 from ..errors import EXIT_CODES_HELP, SpinCacheError
 from ..representations import KINDS, POOLINGS
@@ -27,9 +27,13 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def common_flags() -> argparse.ArgumentParser:
+#: The verbs' parsers (`spin-cache COMMAND`): each command module's ``add_*`` functions add their verbs to them.
+Subcommands: TypeAlias = "argparse._SubParsersAction[Parser]"
+
+
+def common_flags() -> Parser:
     """The flags every command takes: how much it says (-q, -v, --log-level) and whether it prints JSON."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     group = common.add_argument_group("output")
     group.add_argument("-q", "--quiet", action="store_true", help="no progress bars, only warnings and errors")
     group.add_argument("-v", "--verbose", action="store_true", help="also debug messages")
@@ -40,9 +44,7 @@ def common_flags() -> argparse.ArgumentParser:
 COMMON = common_flags()
 
 
-def command(
-    sub: argparse._SubParsersAction, name: str, *, help: str, description: str, epilog: str = ""
-) -> argparse.ArgumentParser:
+def command(sub: Subcommands, name: str, *, help: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
     """Add one verb: its help, its description, its examples, the exit codes, and the common flags."""
     return sub.add_parser(
         name,
@@ -57,7 +59,8 @@ def command(
 def log_level(args: argparse.Namespace) -> int:
     """The logging level the flags ask for: --log-level wins, then -v, then -q; info by default."""
     if getattr(args, "log_level", None):
-        return getattr(logging, args.log_level.upper())
+        level: int = getattr(logging, args.log_level.upper())
+        return level
     if getattr(args, "verbose", False):
         return logging.DEBUG
     return logging.WARNING if getattr(args, "quiet", False) else logging.INFO
@@ -93,7 +96,7 @@ def add_storage_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def store_options(args: argparse.Namespace, url: str | None = None) -> dict | None:
+def store_options(args: argparse.Namespace, url: str | None = None) -> dict[str, Any] | None:
     """The storage options for `url` (default: the command's store): the flags plus $AWS_ENDPOINT_URL for s3."""
     from ..store.remote import parse_storage_options, resolve_storage_options
 
@@ -148,7 +151,7 @@ def percent(value: float | None) -> str:
     return "-" if value is None or value != value else f"{100 * value:.2f}"
 
 
-def format_table(table: dict, metric: str = "accuracy") -> str:
+def format_table(table: dict[str, Any], metric: str = "accuracy") -> str:
     """The Base / best single layer / SPIN / random control table, for people; under it, how SPIN was chosen: its
     dev score, the score to expect on new data and how many heads were compared (a sweep's "chosen_by")."""
     chosen = table.get("chosen_by") or {}

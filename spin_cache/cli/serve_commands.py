@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 
 from .options import (
+    Subcommands,
     command,
     positive_int,
 )
 
 
-def add_predict(sub: argparse._SubParsersAction) -> None:
+def add_predict(sub: Subcommands) -> None:
     """Add the `predict` verb (a head's predictions on new texts) to the subcommands `sub`."""
     p = command(
         sub,
@@ -85,7 +86,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_explain(sub: argparse._SubParsersAction) -> None:
+def add_explain(sub: Subcommands) -> None:
     """Add the `explain` verb (the tokens and layers one prediction rests on) to the subcommands `sub`."""
     p = command(
         sub,

@@ -16,6 +16,7 @@ from ..validation import (
     arg_type,
 )
 from .options import (
+    Subcommands,
     add_storage_options,
     command,
     informative,
@@ -31,7 +32,7 @@ from .options import (
 DEFAULTS = ExtractSettings()
 
 
-def add_extract(sub: argparse._SubParsersAction) -> None:
+def add_extract(sub: Subcommands) -> None:
     """Add the `extract` verb (model activations into a store) to the subcommands `sub`."""
     p = command(
         sub,
@@ -164,7 +165,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0 if store.is_complete else 4
 
 
-def add_info(sub: argparse._SubParsersAction) -> None:
+def add_info(sub: Subcommands) -> None:
     """Add the `info` verb (a store's manifest, status and sizes) to the subcommands `sub`."""
     p = command(
         sub,
@@ -207,7 +208,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_verify(sub: argparse._SubParsersAction) -> None:
+def add_verify(sub: Subcommands) -> None:
     """Add the `verify` verb (re-read and check every chunk) to the subcommands `sub`."""
     p = command(
         sub,
@@ -243,7 +244,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_push(sub: argparse._SubParsersAction) -> None:
+def add_push(sub: Subcommands) -> None:
     """Add the `push` verb (copy a finished store and verify the copy) to the subcommands `sub`."""
     p = command(
         sub,
@@ -282,7 +283,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_ls(sub: argparse._SubParsersAction) -> None:
+def add_ls(sub: Subcommands) -> None:
     """Add the `ls` verb (the stores under a directory or prefix) to the subcommands `sub`."""
     p = command(
         sub,
@@ -308,7 +309,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_synth(sub: argparse._SubParsersAction) -> None:
+def add_synth(sub: Subcommands) -> None:
     """Add the `synth` verb (a synthetic store with planted neurons) to the subcommands `sub`."""
     p = command(
         sub,

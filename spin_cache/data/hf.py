@@ -54,7 +54,7 @@ def is_hf_object(obj: Any) -> bool:
     return mod is not None and isinstance(obj, mod.Dataset | mod.DatasetDict)
 
 
-def is_saved_dataset(path: str | os.PathLike) -> bool:
+def is_saved_dataset(path: str | os.PathLike[str]) -> bool:
     """Whether `path` is a folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``."""
     p = Path(path)
     return p.is_dir() and (
@@ -96,7 +96,7 @@ def load_from_hub(data: str, revision: str | None = None) -> Any:
         ) from None
 
 
-def load_from_disk(path: str | os.PathLike) -> Any:
+def load_from_disk(path: str | os.PathLike[str]) -> Any:
     """The dataset saved with ``save_to_disk`` at `path`; InputError naming the path when it cannot be read."""
     datasets = _import_datasets()
     try:
@@ -207,7 +207,7 @@ def load_hf(
     obj: Any,
     *,
     name: str,
-    origin: dict,
+    origin: dict[str, Any],
     text_column: str | None = None,
     label_column: str | None = None,
     split_column: str = "split",
@@ -335,7 +335,7 @@ def _in_class_label_order(dataset: LabelledDataset, names: list[str]) -> Labelle
     )
 
 
-def _with_source(dataset: LabelledDataset, source: dict) -> LabelledDataset:
+def _with_source(dataset: LabelledDataset, source: dict[str, Any]) -> LabelledDataset:
     return LabelledDataset(
         name=dataset.name,
         ids=dataset.ids,

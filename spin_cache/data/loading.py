@@ -83,7 +83,7 @@ class LabelledDataset:
     label_names: tuple[str, ...]
     # where the rows came from, beyond the content (not in the fingerprint): for Hugging Face datasets the
     # source, split mapping, ignored splits and a carved dev split (spin_cache.data.hf), for the manifest
-    source: dict = field(default_factory=dict, compare=False, repr=False)
+    source: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         ids = tuple(self.ids)
@@ -142,7 +142,7 @@ class LabelledDataset:
 
         Every string is length-prefixed, so no two different datasets share a byte stream.
         """
-        cached = self.__dict__.get("_fingerprint")
+        cached: str | None = self.__dict__.get("_fingerprint")
         if cached is not None:
             return cached
         h = hashlib.sha256()
@@ -447,7 +447,7 @@ def _read_jsonl(path: str, cols: _Columns) -> _Raw:
     )
 
 
-def _read_file(path_like: str | os.PathLike, cols: _Columns) -> _Raw:
+def _read_file(path_like: str | os.PathLike[str], cols: _Columns) -> _Raw:
     path = os.fspath(path_like)
     p = Path(path)
     if not p.exists():
@@ -642,9 +642,9 @@ def _check_nonempty_splits(path_for: dict[str, str], rows: list[_Row], required:
 def load_dataset(
     data: Any = "sst2",
     *,
-    train: str | os.PathLike | None = None,
-    dev: str | os.PathLike | None = None,
-    test: str | os.PathLike | None = None,
+    train: str | os.PathLike[str] | None = None,
+    dev: str | os.PathLike[str] | None = None,
+    test: str | os.PathLike[str] | None = None,
     text_column: str | None = None,
     label_column: str | None = None,
     split_column: str = "split",

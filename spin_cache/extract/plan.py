@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -51,12 +52,12 @@ class ExtractPlan:
     compute_dtype: str  # resolved: never "auto"
     poolings: tuple[str, ...]
     max_length: int
-    extraction: dict  # the manifest's extraction settings (those that change stored values)
-    model_info: dict
-    dataset_info: dict
+    extraction: dict[str, Any]  # the manifest's extraction settings (those that change stored values)
+    model_info: dict[str, Any]
+    dataset_info: dict[str, Any]
 
     @property
-    def wanted(self) -> dict:
+    def wanted(self) -> dict[str, Any]:
         """The part of a manifest that the fingerprint is computed from."""
         return {
             "format_version": FORMAT_VERSION,
@@ -228,7 +229,7 @@ def examples_table(dataset: LabelledDataset, n_tokens: np.ndarray, truncated: np
     )
 
 
-def store_fingerprint(partial_manifest: dict) -> str:
+def store_fingerprint(partial_manifest: dict[str, Any]) -> str:
     """The fingerprint of the store a (partial) manifest describes: a hash of the inputs that change its values."""
     return canonical_hash(fingerprint_inputs(partial_manifest))
 
@@ -242,7 +243,9 @@ def repair_examples(store: ActivationStore, examples: pl.DataFrame) -> None:
         store.write_examples(examples)
 
 
-def existing_store(url: str, wanted: dict, overwrite: bool, storage_options: dict | None) -> ActivationStore | None:
+def existing_store(
+    url: str, wanted: dict[str, Any], overwrite: bool, storage_options: dict[str, Any] | None
+) -> ActivationStore | None:
     """The store at `url` if there is one made from `wanted`; None where a new one may be created (nothing there,
     an empty directory, or a store with `overwrite`). Anything else at `url` is refused, never deleted."""
     fs, root = _fs(url, storage_options)

@@ -15,7 +15,7 @@ from ..model.loading import LoadedModel
 from ..store.activation_store import ActivationStore
 from ..store.layout import FLOAT16_MAX, Layout
 from .schedule import CoreForWriter
-from .transfer import TORCH_DTYPES, HostCopier, Landed, PooledBatch, host_view
+from .transfer import TORCH_DTYPES, HostCopier, Landed, Pooled, PooledBatch, host_view
 
 
 @dataclass
@@ -162,7 +162,7 @@ def _check_landed(loaded: LoadedModel, encodings: list[list[int]], target: _Bloc
 
 
 def _redo(
-    loaded: LoadedModel, encodings: list[list[int]], target: _BlockBuffer, rows: list[int], pooled: dict | None
+    loaded: LoadedModel, encodings: list[list[int]], target: _BlockBuffer, rows: list[int], pooled: Pooled | None
 ) -> int:
     """Replace a batch's values by the exact route's; returns the count of values beyond float16's range."""
     beyond = 0
@@ -173,7 +173,7 @@ def _redo(
 
 
 def _exact(
-    loaded: LoadedModel, encodings: list[list[int]], target: _BlockBuffer, rows: list[int], pooled: dict | None
+    loaded: LoadedModel, encodings: list[list[int]], target: _BlockBuffer, rows: list[int], pooled: Pooled | None
 ) -> Iterator[tuple[list[int], torch.Tensor, int]]:
     """The slow route, for a batch whose fast values are not all finite: the float32 values (`pooled`, when the
     batch has them) tell values beyond float16's range (counted) from NaN or inf, which padded positions may have

@@ -75,7 +75,7 @@ class ExtractionReport:
 def extract(
     model: str = DEFAULT_MODEL,
     data: str | LabelledDataset = "sst2",
-    out: str | os.PathLike | None = None,
+    out: str | os.PathLike[str] | None = None,
     **options: object,
 ) -> ActivationStore:
     """Extract pooled activations of `model` over `data` into a store at `out` and return it.

@@ -96,7 +96,7 @@ class ExtractSettings:
     overwrite: bool = False
     workers: int = 1
     shard: tuple[int, int] | None = None
-    storage_options: dict | None = None
+    storage_options: dict[str, Any] | None = None
     progress: bool = True
     dev_split: float | None = None
     data_seed: int = 0

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+#: One batch's pooled readings: ``pooled[(kind, layer)][pooling]`` is a (rows, D) tensor.
+Pooled = dict[tuple[str, int], dict[str, torch.Tensor]]
+
 
 @dataclass
 class PooledBatch:
@@ -14,7 +17,7 @@ class PooledBatch:
     belongs to the block's row ``rows[i]``."""
 
     rows: list[int]
-    pooled: dict
+    pooled: Pooled
 
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -40,7 +43,7 @@ class Landed:
 
     rows: list[int]
     min_max: tuple[float, float]
-    pooled: dict
+    pooled: Pooled
 
 
 class HostCopier:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from typing import Any
 
 import torch
 
@@ -26,7 +27,9 @@ def shard_device(device: str, shard: tuple[int, int]) -> str:
     return device
 
 
-def wait_for_store(url: str, wanted: dict, storage_options: dict | None, timeout: float = 600) -> ActivationStore:
+def wait_for_store(
+    url: str, wanted: dict[str, Any], storage_options: dict[str, Any] | None, timeout: float = 600
+) -> ActivationStore:
     """The store made from `wanted` at `url`, once shard 0 has created it; SpinCacheError after `timeout` s."""
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -22,8 +22,8 @@ class BlockWriter:
         self.store = store
         self.throttle = throttle
         self.threads = threads
-        self.queue: queue.Queue = queue.Queue(maxsize=max_pending)
-        self.spares: queue.SimpleQueue = queue.SimpleQueue()
+        self.queue: queue.Queue[tuple[int, PooledBlock] | None] = queue.Queue(maxsize=max_pending)
+        self.spares: queue.SimpleQueue[torch.Tensor] = queue.SimpleQueue()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="spin-cache-writer", daemon=True)
         self.thread.start()

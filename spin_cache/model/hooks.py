@@ -33,7 +33,8 @@ def _first_tensor(value: Any) -> torch.Tensor:
     if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
         return value[0]
     if hasattr(value, "last_hidden_state"):
-        return value.last_hidden_state
+        states: torch.Tensor = value.last_hidden_state
+        return states
     raise TypeError(f"cannot find the hidden states in a {type(value).__name__}")
 
 
@@ -52,7 +53,7 @@ def _accepts(module: torch.nn.Module, name: str) -> bool:
 
 
 @functools.lru_cache(maxsize=256)
-def _function_accepts(function: Callable, name: str) -> bool:
+def _function_accepts(function: Callable[..., Any], name: str) -> bool:
     """Whether `function` takes a parameter `name`; cached, since extraction asks once per batch."""
     try:
         params = inspect.signature(function).parameters
@@ -245,14 +246,14 @@ def forward_with_hooks(
         seen.add((kind, layer))
         on_layer(kind, layer, states)
 
-    def embed_pre_hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+    def embed_pre_hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if want_hidden and 0 in wanted:
             record("hidden", 0, args[0] if args else kwargs["hidden_states"])
         if upto == 0:
             raise _StopForward
 
-    def make_block_hook(layer: int, read: bool) -> Callable:
-        def hook(module: torch.nn.Module, args: tuple, output: Any) -> None:
+    def make_block_hook(layer: int, read: bool) -> Callable[[torch.nn.Module, tuple[Any, ...], Any], None]:
+        def hook(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
             if read:
                 record("hidden", layer, _first_tensor(output))
             if layer == upto and upto < num_layers:
@@ -262,8 +263,8 @@ def forward_with_hooks(
 
     batch, tokens = input_ids.shape
 
-    def make_ffn_hook(layer: int) -> Callable:
-        def hook(module: torch.nn.Module, args: tuple) -> None:
+    def make_ffn_hook(layer: int) -> Callable[[torch.nn.Module, tuple[Any, ...]], None]:
+        def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
             record("ffn", layer, _with_tokens_axis(args[0], batch, tokens))
 
         return hook

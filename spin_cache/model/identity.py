@@ -134,7 +134,7 @@ def tokenizer_files(path: Path) -> list[Path]:
     return found
 
 
-def model_identity(path: Path) -> dict:
+def model_identity(path: Path) -> dict[str, Any]:
     """Identify a model directory by content.
 
     Returns ``{"model_type", "config_sha256", "weights_sha256", "tokenizer_sha256"}``: the config hash is over

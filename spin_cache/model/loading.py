@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
@@ -26,7 +27,7 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase  # with a pad token (decoders: pad = eos when missing)
     adapter: Adapter
     path: Path
-    identity: dict
+    identity: dict[str, Any]
     device: torch.device
 
 
@@ -39,7 +40,7 @@ class ModelFiles:
     """
 
     path: Path
-    identity: dict  # see model_identity
+    identity: dict[str, Any]  # see model_identity
     tokenizer: PreTrainedTokenizerBase  # checked and padded, see load_tokenizer
     config: PretrainedConfig
 
@@ -60,7 +61,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def read_model_files(name_or_path: str | os.PathLike = DEFAULT_MODEL, revision: str | None = None) -> ModelFiles:
+def read_model_files(name_or_path: str | os.PathLike[str] = DEFAULT_MODEL, revision: str | None = None) -> ModelFiles:
     """Resolve a model (a hub id at `revision`), hash its files and load its tokenizer (checked, see
     :func:`load_tokenizer`) and config. A model from the hub cache also records its repo id and commit."""
     path = resolve_model_path(str(name_or_path), revision)
@@ -76,13 +77,14 @@ def load_config(path: Path) -> PretrainedConfig:
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(path, local_files_only=True)
+        config: PretrainedConfig = AutoConfig.from_pretrained(path, local_files_only=True)
+        return config
     except Exception as exc:
         raise InputError(f"cannot read the model config in {path}: {type(exc).__name__}: {exc}") from None
 
 
 def load_model(
-    model: str | os.PathLike | ModelFiles = DEFAULT_MODEL,
+    model: str | os.PathLike[str] | ModelFiles = DEFAULT_MODEL,
     *,
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,

@@ -29,6 +29,7 @@ import html
 import json
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,7 +74,7 @@ class Explanation:
         """constant + the sum of token contributions (equals `logit` up to float rounding)."""
         return float(self.constant + self.token_contributions.sum())
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """The explanation as plain JSON-ready values (tokens with their contributions, per-layer sums)."""
         return {
             "text": self.text,
@@ -172,7 +173,7 @@ class Explanation:
 # ---- the model side -------------------------------------------------------------------------------------------
 
 
-def _loaded_for(head: Head, model: LoadedModel | str | os.PathLike | None, device: str) -> LoadedModel:
+def _loaded_for(head: Head, model: LoadedModel | str | os.PathLike[str] | None, device: str) -> LoadedModel:
     """The head's model, loaded once; pass a LoadedModel to reuse one. Either way its content hashes must equal
     the head's (a head that records none is refused) and the head's layers and neurons must lie inside it; a
     relative model hint in the head resolves against the head's folder (see predict.resolve_head_model)."""
@@ -244,10 +245,10 @@ def _tokenize(loaded: LoadedModel, text: str, max_length: int) -> tuple[torch.Te
 
 
 def explain(
-    head: Head | str | os.PathLike,
+    head: Head | str | os.PathLike[str],
     text: str,
     *,
-    model: LoadedModel | str | os.PathLike | None = None,
+    model: LoadedModel | str | os.PathLike[str] | None = None,
     device: str = "cpu",
     label: str | int | None = None,
     centered: bool = False,
