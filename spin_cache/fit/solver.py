@@ -185,7 +185,7 @@ def fit_logistic(
     come from the last two iterates' logits for free: an iteration costs one product with X forwards (the new
     iterate's logits, which also give its objective) and one backwards (the gradient), as a fixed step did.
     Stopping is unchanged: the objective's relative change over 10 iterations at most 10 * tol (checked every
-    10 iterations, the first time against the starting point); the momentum restarts when the objective rises."""
+    10 iterations, from iteration 20 on); the momentum restarts when the objective rises."""
     n, d = data.n_rows, data.n_features
     n_out = 1 if n_classes == 2 else n_classes
     lam = 1.0 / (c * n)
@@ -214,7 +214,7 @@ def fit_logistic(
     zx, loss_x = forward(w, b)
     obj = loss_x + lam * penalty_of(w)
     w_prev, b_prev, zx_prev = w, b, zx
-    check_obj = obj
+    check_obj = float("inf")  # as with a fixed step: the first test compares iterations 10 and 20
     t = 1.0
     # The first tests of sufficient decrease set the step (a warm start begins at its fit's)
     step_l = min(warm.curvature, l_max) if warm is not None and warm.curvature > 0 else l_max / 8.0
