@@ -184,11 +184,22 @@ def _get(obj: object, dotted: str) -> object:
     return obj
 
 
+def _hooks(model: nn.Module) -> set[tuple[str, int]]:
+    return {(name, id(h)) for name, m in model.named_modules() for h in (*m._forward_hooks.values(),
+                                                                        *m._forward_pre_hooks.values())}  # fmt: skip
+
+
+# the hooks on each model right after its adapter was found, before any forward pass (by id of the model)
+HOOKS_AT_LOAD: dict[int, set[tuple[str, int]]] = {}
+
+
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def tiny(request) -> tuple[Family, nn.Module, LoadedModel]:
     fam = FAMILIES[request.param]
     model = fam.build()
-    return fam, model, _loaded(model)
+    loaded = _loaded(model)
+    HOOKS_AT_LOAD[id(model)] = _hooks(model)
+    return fam, model, loaded
 
 
 def test_adapter_finds_every_block(tiny):
@@ -283,19 +294,14 @@ def test_hidden_states_and_ffn_hook_point(tiny, side):
             _close(pooled[p], result[key][p])
 
 
-def _hooks(model: nn.Module) -> set[tuple[str, int]]:
-    return {(name, id(h)) for name, m in model.named_modules() for h in (*m._forward_hooks.values(),
-                                                                        *m._forward_pre_hooks.values())}  # fmt: skip
-
-
 def test_no_hook_is_left_on_the_model(tiny):
-    """Hooks live only for one pass of the hooked forward: finding the adapter and running it leave none behind
-    (OPT's flattened FFN input is viewed back by the hooked forward itself). A fresh model: transformers adds
-    hooks of its own when asked for hidden states, as other tests of the shared one do."""
-    fam = tiny[0]
-    model = fam.build()
+    """Hooks live only for one pass of the hooked forward: finding the adapter leaves none (OPT's flattened FFN
+    input is viewed back by the hooked forward itself) and a pass leaves none behind. (transformers adds hooks of
+    its own when other tests ask the model for its hidden states: those are there before and after.)"""
+    fam, model, loaded = tiny
+    assert not HOOKS_AT_LOAD[id(model)]
     before = _hooks(model)
-    run_layers(_loaded(model), *_padded(LENGTHS, 9, "right", fam.pad_id), POOLINGS)
+    run_layers(loaded, *_padded(LENGTHS, 9, "right", fam.pad_id), POOLINGS)
     assert _hooks(model) == before
 
 
