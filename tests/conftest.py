@@ -69,10 +69,10 @@ def predictor(head_dir: Path):  # -> spin_cache.serve.predict.Predictor
 # Modules that start servers on loopback (a Dask scheduler and workers, moto's S3) or a browser.
 SERVER_MODULES = {"test_dask", "test_remote"}
 # Modules and tests that take more than a few seconds each on two cores (model runs, subprocesses, a browser).
-SLOW_MODULES = {"test_dask", "test_remote", "test_report", "test_peers_smoke"}
+SLOW_MODULES = {"test_dask", "test_remote", "test_report", "test_peers_smoke", "test_loop_scale"}
 # A name with a parameter id ("test_x[param]") marks that case only. Every stage keeps quick tests: the library
 # side of the command-line checks below, probe and sweep on synthetic stores, extraction on the session's store and
-# a tiny GPT-2, the kernels, explain and predict on the session's head.
+# a tiny GPT-2, the kernels, explain and predict on the session's head, the solver on small problems.
 SLOW_TESTS = {
     # end-to-end runs of the loop on the real MiniLM store (probe with the full C grid, sweep, predict)
     "test_probe_outputs_schema",
@@ -83,6 +83,9 @@ SLOW_TESTS = {
     "test_predict_refuses_another_model",
     "test_same_inputs_give_identical_outputs",
     "test_multiclass_end_to_end",
+    # synthetic, but many fits: the streamed sweep refits every configuration on row blocks; the 5-class L1 path
+    "test_streamed_sweep_matches_in_memory",
+    "test_objective_no_worse_than_the_fixed_step_along_the_path[l1-5]",
     # the command line in a child process (each pays the imports again); the library half is tested quickly
     "test_damaged_store_chunk_is_one_integrity_line_from_probe_and_sweep",
     "test_cli_sweep_on_a_damaged_ordered_copy_exits_4_with_one_line",
@@ -129,3 +132,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
         if module in SERVER_MODULES or "s3" in name:
             item.add_marker(pytest.mark.server)
+
+
+# ---- the quick set stays quick: a test of it that runs longer than this is named at the end of the run -----------
+# (its own call only: the session's shared fixtures are paid once, by whichever test uses them first)
+
+QUICK_LIMIT_SECONDS = 5.0
+_quick_durations: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and "slow" not in report.keywords:
+        _quick_durations[report.nodeid] = report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config) -> None:
+    if "not slow" not in (config.option.markexpr or ""):
+        return
+    over = sorted(((s, n) for n, s in _quick_durations.items() if s > QUICK_LIMIT_SECONDS), reverse=True)
+    if over:
+        terminalreporter.section(f"quick-set tests over {QUICK_LIMIT_SECONDS:g} s (make them faster or mark them slow)")
+        for seconds, nodeid in over:
+            terminalreporter.line(f"{seconds:6.1f} s  {nodeid}")
