@@ -45,6 +45,7 @@ def loop_options(args: argparse.Namespace, storage_options: dict | None) -> dict
 
 
 def add_probe(sub: argparse._SubParsersAction) -> None:
+    """Add the `probe` verb (one L1 probe per layer, a saliency per neuron) to the subcommands `sub`."""
     p = command(
         sub,
         "probe",
@@ -86,6 +87,7 @@ def add_probe(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
+    """Run `spin-cache probe`: fit the probes (resuming an earlier run), print the best on dev; returns 0."""
     from ..loop.probe import ProbeSettings, run_probes
     from ..store.remote import open_store
 
@@ -113,6 +115,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def add_sweep(sub: argparse._SubParsersAction) -> None:
+    """Add the `sweep` verb (select neurons, integrate layers, choose and export a head) to the subcommands `sub`."""
     p = command(
         sub,
         "sweep",
@@ -193,6 +196,7 @@ def add_select(p: argparse.ArgumentParser, default: str | None) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run `spin-cache sweep` with the probe run's metric: print the result table (text or JSON); returns 0."""
     from ..loop.probe import ProbeRun
     from ..loop.sweep import DEFAULT_ETAS, SweepSettings, run_sweep
     from ..outputs import finite_or_null
@@ -232,6 +236,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def add_report(sub: argparse._SubParsersAction) -> None:
+    """Add the `report` verb (an offline HTML page with a sweep's plots) to the subcommands `sub`."""
     p = command(
         sub,
         "report",
@@ -251,6 +256,7 @@ def add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """Run `spin-cache report`: write the page and its figures, print its path; returns 0."""
     from ..report import write_report
 
     path = write_report(args.sweep, args.out, commands=[command_line(args)])
@@ -262,6 +268,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def add_run(sub: argparse._SubParsersAction) -> None:
+    """Add the `run` verb (extract, probe, sweep and report from one TOML file) to the subcommands `sub`."""
     p = command(
         sub,
         "run",
@@ -280,6 +287,8 @@ def add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Run `spin-cache run`: the pipeline from the config (--select overriding its [sweep] select), print Base vs
+    SPIN and the report's path; returns 0."""
     from ..outputs import finite_or_null
     from ..pipeline import PipelineConfig, load_config, run_pipeline
 

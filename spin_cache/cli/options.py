@@ -23,7 +23,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 class Parser(argparse.ArgumentParser):
     """argparse with one-line usage errors: the option, what is wrong, and where to read more (exit 2)."""
 
-    def error(self, message: str) -> NoReturn:  # docstring inherited
+    def error(self, message: str) -> NoReturn:
+        """Exit with status 2 after one line on stderr (no usage block): the message and a pointer to --help."""
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 

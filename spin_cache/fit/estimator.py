@@ -54,8 +54,8 @@ class SpinClassifier(ClassifierMixin, BaseEstimator):
     (warm-started path) and the best on dev is kept (`C_`; ties to the smaller C); with a single C it is a plain
     estimator and dev data is optional. Labels may be any values scikit-learn classifies (ints, strings):
     `classes_` holds the sorted labels seen in `y`, or ``0..n_classes-1`` when `n_classes` is given (integer-coded
-    labels, as a store holds them). The solver is deterministic; `random_state` seeds nothing stochastic today and
-    is kept for the scikit-learn contract (and for the random-control selections built on top of it).
+    labels, as a store holds them). The solver is deterministic: `random_state` seeds nothing here and is kept for
+    the scikit-learn contract (and for the random-control selections built on top of it).
 
     Parameters
     ----------
@@ -206,6 +206,7 @@ class SpinClassifier(ClassifierMixin, BaseEstimator):
         return probabilities(self._scores(X))
 
     def predict(self, X: Any) -> np.ndarray:
+        """The predicted label of each row, shape (n,): values of `classes_`."""
         codes = predict_labels(self._scores(X))
         return self.classes_[codes]
 
@@ -221,6 +222,8 @@ class SpinClassifier(ClassifierMixin, BaseEstimator):
 
     # persistence: JSON + safetensors, never pickle
     def to_arrays(self) -> dict[str, np.ndarray]:
+        """The fitted arrays a head file stores: the standardiser's ``mean`` and ``scale`` (n_features,), ``coef``
+        (n_outputs, n_features) and ``intercept`` (n_outputs,) as float32. Raises NotFittedError before `fit`."""
         check_is_fitted(self)
         return {
             "mean": self.scaler_.mean,
@@ -230,6 +233,9 @@ class SpinClassifier(ClassifierMixin, BaseEstimator):
         }
 
     def to_json(self) -> dict:
+        """The fitted classifier's JSON part: its parameters, the chosen ``C_``, ``n_classes``, ``n_features``, the
+        C path's ``history`` and, only for labels other than ``0..n_classes-1``, ``classes``. Raises NotFittedError
+        before `fit`."""
         check_is_fitted(self)
         params = self.get_params()
         if not np.isscalar(params["C"]):
@@ -242,11 +248,16 @@ class SpinClassifier(ClassifierMixin, BaseEstimator):
             "history": self.history_,
         }
         if not np.array_equal(self.classes_, np.arange(self.n_classes_)):
-            meta["classes"] = self.classes_.tolist()  # labels other than 0..n-1 (heads written so far have none)
+            meta["classes"] = self.classes_.tolist()  # 0..n-1 is rebuilt from n_classes, so only others are written
         return meta
 
     @classmethod
     def from_parts(cls, meta: dict, arrays: dict[str, np.ndarray]) -> SpinClassifier:
+        """A fitted classifier from what `to_json` and `to_arrays` returned, without refitting.
+
+        Raises KeyError for a missing key and ValueError when ``classes`` and ``n_classes`` disagree; the shapes of
+        the arrays are not checked here (`Head.load` does).
+        """
         params = dict(meta["params"])
         if isinstance(params.get("C"), list):
             params["C"] = tuple(params["C"])
@@ -265,12 +276,14 @@ class SpinClassifier(ClassifierMixin, BaseEstimator):
         return clf
 
     def save(self, path: str | Path) -> None:
+        """Write the classifier to the folder `path` as a head that selects nothing (see `Head.save`)."""
         from .head import Head  # a classifier on its own is saved as a head without a selection
 
         Head(classifier=self, selection={}, info={}).save(path)
 
     @classmethod
     def load(cls, path: str | Path) -> SpinClassifier:
+        """The classifier of the head folder `path`, checked as `Head.load` checks it (whatever it selects)."""
         from .head import Head
 
         return Head.load(path).classifier

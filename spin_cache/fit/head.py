@@ -59,20 +59,24 @@ class Head:
 
     @property
     def layers(self) -> list[int]:
+        """The layers the head reads, ascending."""
         return sorted(self.selection)
 
     @property
     def deepest_layer(self) -> int:
+        """The deepest layer the head reads (how far a forward pass must run); 0 when it selects nothing."""
         return max(self.selection) if self.selection else 0
 
     @property
     def n_neurons(self) -> int:
+        """How many neurons the head reads, over all its layers (its number of features)."""
         return int(sum(len(v) for v in self.selection.values()))
 
     @property
     def chosen_by(self) -> dict | None:
         """How the sweep chose this head (head.json's "chosen_by": strategy, chosen_dev, expected, expected_method,
-        n_compared, ...; see spin_cache.loop.sweep.ChosenBy); None for a head exported before it was recorded."""
+        n_compared, ...; see spin_cache.loop.sweep.ChosenBy); None for a head exported without one (by an older
+        spin-cache)."""
         value = self.info.get("chosen_by")
         return value if isinstance(value, dict) else None
 

@@ -24,8 +24,8 @@ DEFAULT_DASHBOARD = "127.0.0.1:8787"
 
 def resolve_scheduler(scheduler: str | None) -> str:
     """--scheduler, else $SPIN_CACHE_SCHEDULER, else the local default: a threaded dask.distributed cluster, one
-    task per core (torch releases the GIL in its matmuls; measured faster than worker processes here, whose start-up
-    costs seconds; see BENCHMARKS.md)."""
+    task per core (torch releases the GIL in its matmuls, so threads use every core without the seconds each worker
+    process takes to start; BENCHMARKS.md, "Probe scheduler")."""
     chosen = scheduler or os.environ.get(SCHEDULER_ENV) or "threads"
     if chosen not in LOCAL_SCHEDULERS and not chosen.startswith(("tcp://", "tls://", "inproc://")):
         raise InputError(
@@ -35,6 +35,7 @@ def resolve_scheduler(scheduler: str | None) -> str:
 
 
 def default_workers() -> int:
+    """How many cores this process may run on (its CPU affinity where the OS has one, else the CPU count); >= 1."""
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 

@@ -37,12 +37,15 @@ def select_eta(saliency: np.ndarray, eta: float) -> np.ndarray:
 
 
 def select_top_k(saliency: np.ndarray, k: int) -> np.ndarray:
+    """The `k` most salient neurons in rank order (all of them when the layer has fewer); InputError if k < 1."""
     if k < 1:
         raise InputError(f"--top-k {k}: must be at least 1")
     return rank_order(saliency)[: min(int(k), len(saliency))]
 
 
 def select_top_percent(saliency: np.ndarray, percent: float) -> np.ndarray:
+    """The most salient ``ceil(percent / 100 * n)`` of the layer's n neurons in rank order, at least one (a
+    float product a hair above a whole number is not rounded up); InputError unless 0 < percent <= 100."""
     if not 0.0 < percent <= 100.0:
         raise InputError(f"--top-percent {percent}: must be in (0, 100]")
     n = len(saliency)

@@ -29,11 +29,10 @@ fewest neurons, then fewest layers, then smallest C, then the higher dev score, 
   Wagner & Ginsbourger 2013, *A benchmark of kriging-based infill criteria for noisy optimization*, Struct.
   Multidiscip. Optim. 48); it fails next to a cliff in the surface.
 
-Measured (benchmarks/bench_selection.py: 20 random dev'/test' re-splits of the pooled dev and test rows, choosing
-on dev' only; mean test' accuracy minus arg-max's): one_se -0.94 (SST-2), -1.33 (SST-5), -0.12 to -0.43 (three
-synthetic stores); one_se_paired -0.80, -1.19, -0.39 to +0.53; smoothed +0.09, +0.31, +0.42 and +0.48 on two
-synthetic stores, -0.56 on a third. No strategy beat the arg-max on every set, so it stays the default; what the
-arg-max's dev score overstates (+1.43 SST-2, +3.24 SST-5, +1.25 to +1.84 synthetic) is answered by the estimate.
+No strategy beats the arg-max on every set measured (BENCHMARKS.md, "Selection strategies": random re-splits of
+the pooled dev and test rows, choosing on the dev part only), so it is the default: the one-standard-error rules
+lose where accuracy keeps rising with neurons, and smoothing loses next to a cliff. What the arg-max's dev score
+overstates is answered by the estimate, not by another choice.
 
 Estimates (`expected_score` returns an `Estimate`; the whole selection procedure is re-run, so the estimate
 accounts for the search):
@@ -41,15 +40,15 @@ accounts for the search):
 - ``bbc`` (the default): the bootstrap bias-corrected estimate (Tsamardinos, Greasidou & Borboudakis 2018,
   *Bootstrapping the out-of-sample predictions for efficient and accurate cross-validation*, Machine Learning 107):
   resample the dev rows with replacement, run the strategy on the resample, score the configuration it chooses on
-  the rows the resample left out (out-of-bag), and average. Measured for the arg-max: mean estimate minus mean
-  test' -0.30 (SST-2), +0.68 (SST-5), -0.39 to +0.21 (synthetic).
+  the rows the resample left out (out-of-bag), and average. The least biased of the three over the sets measured
+  (BENCHMARKS.md).
 - ``optimism``: Efron's optimism bootstrap (Efron & Tibshirani 1993, ch. 17; Harrell 2015, 5.3): the chosen dev
   score minus the mean, over resamples, of (resample score of the resample's choice - its score on all dev rows).
-  Measured: +0.25 (SST-2), +1.47 (SST-5), +0.08 to +0.68 (synthetic).
+  Optimistic on every set measured.
 - ``tt``: Tibshirani & Tibshirani 2009 (*A bias correction for the minimum error rate in cross-validation*, Ann.
   Appl. Stat. 3): the dev rows in K folds; bias = mean over folds of (the fold's own choice's fold score - the
-  overall choice's fold score); estimate = chosen dev score - bias. Measured: -1.6 to -2.7 (too pessimistic: each
-  fold's choice is made on a tenth of the rows).
+  overall choice's fold score); estimate = chosen dev score - bias. Too pessimistic on every set measured: each
+  fold's choice is made on a tenth of the rows.
 
 Scores are ``accuracy`` or ``macro_f1`` (spin_cache.fit.metrics). For ``macro_f1`` the one-standard-error rules use
 the binomial formula and per-row correctness as approximations of the score's standard error.
@@ -57,11 +56,12 @@ the binomial formula and per-row correctness as approximations of the score's st
 The sweep calls, after fitting every configuration and every C (one row per fitted head)::
 
     scores = ConfigScores(dev_predictions, dev_labels, n_neurons, n_layers, C, metric=settings.metric)
-    choice = choose(scores, strategy)             # choice.index: the head to export; choice.dev_score as today
+    choice = choose(scores, strategy)             # choice.index: the head to export; choice.dev_score its dev score
     honest = expected_score(scores, strategy)     # honest.estimate (show next to the dev score), honest.se,
                                                   # honest.n_configurations (how many heads were compared)
 
-and records `strategy`, `choice.to_json()` and `honest.to_json()` in its summary and the head's metadata.
+and records the strategy, the choice and the estimate in its summary and the head's metadata (as
+`spin_cache.loop.sweep.ChosenBy`).
 """
 
 from __future__ import annotations
@@ -168,10 +168,12 @@ class ConfigScores:
 
     @property
     def n_configurations(self) -> int:
+        """How many configurations (heads) are compared: the rows of `predictions`."""
         return int(self.predictions.shape[0])
 
     @property
     def n_rows(self) -> int:
+        """How many dev rows the configurations are scored on: the columns of `predictions`."""
         return int(self.predictions.shape[1])
 
     @cached_property
@@ -269,13 +271,14 @@ class Choice:
 
     strategy: str
     index: int
-    dev_score: float  # the chosen configuration's dev score (what today's table shows)
+    dev_score: float  # the chosen configuration's dev score (the one the sweep's table shows)
     best_dev_score: float  # the best dev score of any configuration
     threshold: float  # the lowest dev score among the strategy's candidates (argmax: the best score itself)
     n_candidates: int  # the strategy's candidate set (argmax: the ties; one_se: the window; smoothed: the best)
     n_configurations: int
 
     def to_json(self) -> dict:
+        """Every field by name, as JSON-ready values."""
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
@@ -303,6 +306,7 @@ class Estimate:
     details: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
+        """Every field by name, as JSON-ready values (`details` is the estimate's own dict, not a copy)."""
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
@@ -556,9 +560,9 @@ def sweep_neighbourhoods(
 
     Only the rule value is smoothed: its neighbours select nested neuron sets (the smaller value's neurons are a
     prefix of the larger's in saliency order), so their true accuracy changes gradually. Adding a layer (K) can add
-    or miss a whole layer's signal at once, and smoothing across such a cliff moves the choice off the optimum (a
-    synthetic store with signal in layers 3 and 5 lost 0.8-1.0 points when K was smoothed); smoothing over C did
-    not help on any measured set (benchmarks/bench_selection.py)."""
+    or miss a whole layer's signal at once, and smoothing across such a cliff moves the choice off the optimum (as
+    on a synthetic store with signal in layers 3 and 5); smoothing over C did not help on any set measured
+    (benchmarks/bench_selection.py)."""
     value_array = np.asarray(values, dtype=np.float64)
     position = np.searchsorted(np.unique(value_array), value_array)
     keys = zip(kinds, poolings, np.asarray(ks).tolist(), np.asarray(cs, dtype=np.float64).tolist(), strict=True)

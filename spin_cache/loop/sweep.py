@@ -67,9 +67,9 @@ from .selection import (
     sweep_neighbourhoods,
 )
 
-# The paper's eta values plus 0.9 and 0.95: with MiniLM/SST-2 every kind and pooling scored best on dev at 0.8, the
-# grid's largest value; with 0.9 and 0.95 dev accuracy peaks inside the grid for three of six and flattens for the
-# others (BENCHMARKS.md).
+# The paper's eta values plus 0.9 and 0.95: with the paper's alone, dev accuracy can peak at the grid's edge (0.8),
+# where the optimum may lie beyond it; the two added values let it peak inside the grid, or show that it flattens
+# (BENCHMARKS.md, "Eta and head C grids").
 DEFAULT_ETAS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 0.9, 0.95)
 SWEEP_FORMAT = "spin-cache-sweep"
 SWEEP_MARKER = MARKERS["sweep"]  # sweep.json: written first, so a sweep that stops midway is still recognised
@@ -192,9 +192,11 @@ class HeadParts:
 
     @classmethod
     def of(cls, clf: SpinClassifier) -> HeadParts:
+        """The parts of a fitted classifier (NotFittedError for an unfitted one)."""
         return cls(clf.to_json(), clf.to_arrays())
 
     def classifier(self) -> SpinClassifier:
+        """The fitted classifier rebuilt from the parts (SpinClassifier.from_parts), without refitting."""
         return SpinClassifier.from_parts(self.meta, self.arrays)
 
 
@@ -267,6 +269,7 @@ class TableRow:
     bytes_read: int | None = None
 
     def to_json(self) -> dict:
+        """The fields as a dict, without those that are None; `dev` and `test` are always there (None is null)."""
         return {k: v for k, v in asdict(self).items() if v is not None or k in ("dev", "test")}
 
 
@@ -301,6 +304,9 @@ class ChosenBy:
 
     @classmethod
     def of(cls, choice_dev: float, best_dev: float, n_candidates: int, n_configs: int, est: Estimate) -> ChosenBy:
+        """The record from the chosen head's dev score, the best dev score of any head, the strategy's candidate
+        count, the number of configurations and the estimate (`est`: strategy, expected score, its standard error,
+        sizes, seed); `optimism` is taken against `choice_dev`, not the estimate's own apparent score."""
         return cls(
             strategy=est.strategy,
             chosen_dev=choice_dev,
@@ -320,6 +326,7 @@ class ChosenBy:
         )
 
     def to_json(self) -> dict:
+        """Every field by name: the "chosen_by" of summary.json and head.json."""
         return asdict(self)
 
 
@@ -349,6 +356,8 @@ class SweepTable:
         }
 
     def to_json(self) -> dict:
+        """summary.json's "table": the four lines (the random control with its `bytes_read`), "chosen_by", the
+        head's folder and the bytes the sweep read and its columns occupy."""
         out = self.metrics()
         out["random_control"] = self.random_control.to_json()
         return out | {
@@ -610,9 +619,12 @@ class OrderedCopy:
 
     @property
     def bytes_read(self) -> int:
+        """Bytes the copy's reads have returned so far (as stored, compressed; metadata included)."""
         return self.counter.bytes_read
 
     def array(self, kind: str, pooling: str, layer: int) -> tuple[zarr.Array, np.ndarray] | None:
+        """One layer's ordered array and the neuron id of each of its columns, or None when the copy does not hold
+        the layer; IntegrityError when its metadata is damaged or does not describe its columns."""
         name = array_name(kind, pooling, layer)
         if not Path(self.url, name, "zarr.json").exists():
             return None  # not in the copy (a probe that kept no column, an older run): read the store
@@ -642,6 +654,7 @@ class OrderedCopy:
 
 
 def open_ordered(url: str) -> OrderedCopy | None:
+    """The probe run's ordered copy at the local folder `url`, or None when there is none (no zarr.json there)."""
     return OrderedCopy(url) if Path(url, "zarr.json").exists() else None
 
 

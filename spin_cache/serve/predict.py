@@ -256,6 +256,7 @@ class Predictor:
 
     @property
     def label_names(self) -> list[str]:
+        """The class names in class order (a copy of the head's: changing it changes nothing)."""
         return list(self._label_names)
 
     def encode(self, texts: Sequence[str], *, first: int = 1) -> tuple[list[list[int]], np.ndarray]:
@@ -323,9 +324,13 @@ class Predictor:
         return Classified(probs, n_tokens, n_tokens > self.max_length)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Class probabilities of each text, shape (len(texts), n_classes), columns in `label_names` order; texts
+        are cut to the head's max_length as in `classify`. InputError for an empty text, named by its position."""
         return self.head.classifier.predict_proba(self.features(texts))
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
+        """The predicted class of each text, shape (len(texts),): the head's class labels (for a head exported by a
+        sweep, indices into `label_names`). InputError for an empty text, named by its position."""
         return self.head.classifier.predict(self.features(texts))
 
 

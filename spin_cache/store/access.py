@@ -9,8 +9,6 @@ from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
 from ..errors import IntegrityError
 
-# Locations: local paths and URLs go through fsspec (side files) and zarr (arrays) alike.
-
 
 def _fs(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     fs, root = fsspec.core.url_to_fs(str(url), **(storage_options or {}))
@@ -26,11 +24,13 @@ class CountingStore(WrapperStore):
         self.requests = 0
 
     async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+        """The wrapped store's `get`, counting one request and the bytes it returns."""
         buf = await super().get(key, prototype, byte_range)
         self._count(buf)
         return buf
 
     async def get_partial_values(self, prototype: Any, key_ranges: Any) -> list:
+        """The wrapped store's `get_partial_values`, counting one request per range and the bytes returned."""
         bufs = await super().get_partial_values(prototype, key_ranges)
         for buf in bufs:
             self._count(buf)
@@ -54,6 +54,7 @@ class ChunkGuard(WrapperStore):
         self.strict = False
 
     async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+        """The wrapped store's `get`; when `strict`, a missing chunk (a key with ``/c/``) raises IntegrityError."""
         buf = await super().get(key, prototype, byte_range)
         if buf is None and self.strict and "/c/" in key:
             raise IntegrityError(
@@ -63,6 +64,7 @@ class ChunkGuard(WrapperStore):
         return buf
 
     async def get_partial_values(self, prototype: Any, key_ranges: Any) -> list:
+        """The wrapped store's `get_partial_values`; when `strict`, a missing chunk raises IntegrityError."""
         key_ranges = list(key_ranges)
         bufs = await super().get_partial_values(prototype, key_ranges)
         for (key, _), buf in zip(key_ranges, bufs, strict=True):
@@ -79,9 +81,11 @@ def zarr_store(url: str, *, read_only: bool, storage_options: dict | None = None
 
 
 def array_stored_bytes(url: str, name: str, storage_options: dict | None = None) -> int:
+    """Bytes on disk under the array `name` of the store at `url` (its metadata and chunks), listed, not read."""
     fs, root = _fs(url, storage_options)
     return int(fs.du(f"{root}/{name}", total=True))
 
 
 def array_name(kind: str, pooling: str, layer: int) -> str:
+    """The array's path in a store, e.g. ``ffn/mean/layer_03`` (layers zero-padded to two digits)."""
     return f"{kind}/{pooling}/layer_{layer:02d}"

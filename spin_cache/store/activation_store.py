@@ -49,7 +49,7 @@ class ActivationStore:
         self.layout = self.manifest_record.layout
         self.side = SideFiles.of(self.format_version)
         self.counter: CountingStore | None = None
-        stored_hash = self.manifest_record.manifest_sha256  # absent in stores written before it was added
+        stored_hash = self.manifest_record.manifest_sha256  # None in a store an older spin-cache wrote: unchecked
         # Checked on every open; a store still being written is exempt (its status and run info change, and the
         # hash is written with them by `mark_complete`; nothing reads an incomplete store's arrays).
         self.manifest_problem: str | None = None
@@ -89,6 +89,7 @@ class ActivationStore:
 
     @classmethod
     def exists(cls, url: str, storage_options: dict | None = None) -> bool:
+        """Whether `url` holds a zarr.json (a store, or the start of one); nothing is opened or checked."""
         fs, root = _fs(url, storage_options)
         return fs.exists(f"{root}/zarr.json")
 
@@ -148,34 +149,42 @@ class ActivationStore:
 
     @property
     def fingerprint(self) -> str:
+        """The manifest's fingerprint: sha256 of what decides the stored values (equal fingerprints, equal values)."""
         return self.manifest_record.fingerprint
 
     @property
     def status(self) -> str:
+        """The manifest's status: "incomplete" while row blocks are being written, "complete" once all are."""
         return self.manifest_record.status
 
     @property
     def is_complete(self) -> bool:
+        """Whether every row block is committed (the status is "complete")."""
         return self.status == "complete"
 
     @property
     def kinds(self) -> tuple[str, ...]:
+        """The kinds stored ("hidden", "ffn"), in the layout's order."""
         return self.layout.kinds
 
     @property
     def poolings(self) -> tuple[str, ...]:
+        """The poolings stored, in the layout's order."""
         return self.layout.poolings
 
     def layers(self, kind: str) -> list[int]:
+        """The layers stored for `kind` (a new list); InputError for a kind the store does not have."""
         self._check_kind(kind)
         return list(self.layout.layers[kind])
 
     def width(self, kind: str) -> int:
+        """Neurons per layer of `kind`; InputError for a kind the store does not have."""
         self._check_kind(kind)
         return self.layout.widths[kind]
 
     @property
     def label_names(self) -> list[str]:
+        """The class names in label order: ``label_names[label]`` names the integer label of a row."""
         return self.manifest_record.label_names
 
     def check_manifest(self) -> None:
@@ -185,6 +194,10 @@ class ActivationStore:
 
     @property
     def examples(self) -> pl.DataFrame:
+        """The examples table: one row per stored row (row, split, label, ...), read once.
+
+        Raises IntegrityError when the manifest was edited after extraction or the table is missing or unreadable.
+        """
         self.check_manifest()
         return self._examples
 
@@ -209,16 +222,21 @@ class ActivationStore:
             ) from exc
 
     def labels(self, split: str | None = None) -> np.ndarray:
+        """The int64 labels of every row, or of `split`'s rows ("train", "dev", "test"), in table order."""
         ex = self.examples if split is None else self.examples.filter(pl.col("split") == split)
         return ex["label"].to_numpy().astype(np.int64)
 
     def split_rows(self, split: str) -> np.ndarray:
+        """The store rows (int64 row indices) of `split`, in table order; empty for a split with no rows."""
         rows = self.examples.filter(pl.col("split") == split)["row"].to_numpy().astype(np.int64)
         return rows
 
     # -- reading -------------------------------------------------------------------------------------------
 
     def array(self, kind: str, pooling: str, layer: int) -> zarr.Array:
+        """The zarr array of one (kind, pooling, layer): (rows, neurons) in the store's dtype (bfloat16 as its raw
+        uint16 bits; `decode` gives float32). InputError for a kind, pooling or layer the store does not have,
+        IntegrityError for an edited manifest or an array that cannot be opened (a storage failure as such)."""
         self.check_manifest()
         self._check_kind(kind)
         if pooling not in self.poolings:
@@ -420,9 +438,12 @@ class ActivationStore:
         return out
 
     def count_committed(self) -> int:
+        """How many row blocks are committed: every block of a complete store, else its readable commit markers."""
         return len(self.committed_blocks()) if not self.is_complete else self.layout.n_blocks
 
     def mark_complete(self, run_info: dict) -> None:
+        """Mark the store complete: write the manifest with status "complete", `run_info` as its "run" and its
+        hash (`Manifest.completed`) to zarr.json. It does not check that every block is committed: callers do."""
         record = self.manifest_record.completed(run_info)
         self._group.attrs["spin_cache"] = record.to_json()
         self.manifest_record = record
@@ -548,7 +569,7 @@ class ActivationStore:
             return [f"zarr.json: manifest lacks {exc}; the store is damaged"]
         if expected != self.fingerprint:
             return ["zarr.json: the manifest does not match its fingerprint (edited after extraction?)"]
-        stored = record.manifest_sha256  # absent in stores written before it was added
+        stored = record.manifest_sha256  # None in a store an older spin-cache wrote: unchecked
         if stored is not None and stored != record.expected_hash():
             return ["zarr.json: the manifest was edited after extraction (manifest_sha256 does not match)"]
         return []

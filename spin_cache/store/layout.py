@@ -37,6 +37,7 @@ class SideFiles:
 
     @classmethod
     def of(cls, format_version: int) -> SideFiles:
+        """The side files of a store of `format_version`: top level in format 1, under `SIDE_NODE` from format 2."""
         if format_version == 1:
             return cls(examples="examples.parquet", commits="commits", node=None)
         return cls(examples=f"{SIDE_NODE}/examples.parquet", commits=f"{SIDE_NODE}/commits", node=SIDE_NODE)
@@ -78,9 +79,10 @@ def dtype_bytes(dtype: str) -> int:
 
 
 def compressor_config(dtype: str) -> dict:
-    """Blosc(zstd, level 1, byte shuffle, 256 KiB blocks): chosen by measurement on MiniLM activations
-    (BENCHMARKS.md). A whole float16 inner chunk (2,048 rows x 64 neurons) is one Blosc block, so zstd's entropy
-    tables are built once per chunk: 0.40x raw float32 instead of 0.44x with Blosc's default blocks, and faster."""
+    """Blosc(zstd, level 1, byte shuffle, 256 KiB blocks): the smallest of the codecs compared on MiniLM
+    activations, and barely slower end to end than lz4 (BENCHMARKS.md, "Compression ratio and codec"). A whole
+    float16 inner chunk (2,048 rows x 64 neurons) is one Blosc block, so zstd's entropy tables are built once per
+    chunk: smaller and faster than with Blosc's default blocks."""
     return {"name": "blosc", "cname": "zstd", "clevel": 1, "shuffle": "shuffle", "typesize": dtype_bytes(dtype),
             "blocksize": 256 * 2**10}  # fmt: skip
 
@@ -116,13 +118,16 @@ class Layout:
 
     @property
     def n_blocks(self) -> int:
+        """How many row blocks (shards) the rows take; the last may be short."""
         return -(-self.n_rows // self.block_rows)
 
     def block_range(self, block: int) -> tuple[int, int]:
+        """The rows of `block` as (start, stop), stop exclusive and at most `n_rows`."""
         start = block * self.block_rows
         return start, min(start + self.block_rows, self.n_rows)
 
     def array_keys(self) -> list[tuple[str, str, int]]:
+        """Every array as (kind, pooling, layer): kinds, then poolings, then layers, each in the layout's order."""
         return [(k, p, layer) for k in self.kinds for p in self.poolings for layer in self.layers[k]]
 
     @property
@@ -131,6 +136,7 @@ class Layout:
         return sum(self.widths[k] for k, _, _ in self.array_keys()) * dtype_bytes(self.dtype)
 
     def to_dict(self) -> dict:
+        """The layout as the manifest's "layout" holds it (lists, not tuples; fresh containers)."""
         return {
             "kinds": list(self.kinds),
             "poolings": list(self.poolings),
@@ -170,5 +176,6 @@ class Layout:
 
 
 def iter_blocks(layout: Layout, skip: Iterable[int] = ()) -> list[int]:
+    """Every row block of `layout` not in `skip` (e.g. the committed ones), ascending."""
     done = set(skip)
     return [b for b in range(layout.n_blocks) if b not in done]

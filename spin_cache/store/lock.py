@@ -53,6 +53,19 @@ class _Malformed(Exception):
 
 
 class StoreLock:
+    """The lock of one store, or of one shard worker's part of it: `acquire` and `release`, or ``with``.
+
+    Parameters
+    ----------
+    url
+        The store's path or URL; the lock is the file beside it, ``URL.lock`` (on object storage, an object).
+    storage_options
+        fsspec options for a remote store.
+    shard
+        ``(I, N)`` for shard worker I of N, whose own lock ``URL.shard-I-of-N.lock`` lets the N workers write side
+        by side; None (default) for a whole-store writer, which also refuses while a shard worker holds its lock.
+    """
+
     def __init__(self, url: str, storage_options: dict | None = None, shard: tuple[int, int] | None = None) -> None:
         self.url = str(url).rstrip("/")
         suffix = f".shard-{shard[0]}-of-{shard[1]}.lock" if shard else ".lock"
@@ -152,6 +165,9 @@ class StoreLock:
     # -- taking it ------------------------------------------------------------------------------------------------
 
     def acquire(self) -> StoreLock:
+        """Take the lock in one atomic create and return this lock; a lock left by a dead process on this host is
+        taken over. Raises StoreLockedError when a live process (or one on another host) holds it, or when the lock
+        file is unreadable or malformed (the message names the file and what to do)."""
         parent = os.path.dirname(self.path)
         if parent and self.local:
             os.makedirs(parent, exist_ok=True)
@@ -297,6 +313,8 @@ class StoreLock:
     # -- releasing ------------------------------------------------------------------------------------------------
 
     def release(self) -> None:
+        """Delete the lock if this object took it and the file is still ours (one deleted by hand and taken by
+        another process is left alone); does nothing otherwise."""
         if not self.held:
             return
         self.held = False

@@ -115,7 +115,7 @@ class Manifest:
     """A synthetic store's parameters and planted neurons (`spin_cache.synth`); None in an extracted store."""
     manifest_sha256: str | None = None
     """sha256 of the manifest less this field (`manifest_hash`), checked on every open of a complete store; None
-    in stores written before it was added."""
+    in a store an older spin-cache wrote, which is opened unchecked."""
     run: Mapping[str, Any] | None = None
     """How the store was written (versions, timing, overflow, ...), set when it is marked complete; None before."""
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -211,10 +211,12 @@ class Manifest:
 
     @property
     def is_complete(self) -> bool:
+        """Whether the status is "complete" (every row block committed)."""
         return self.status == "complete"
 
     @property
     def label_names(self) -> list[str]:
+        """The dataset's class names in label order, as strings (a new list)."""
         return [str(name) for name in self.dataset["label_names"]]
 
     def fingerprint_inputs(self) -> dict:

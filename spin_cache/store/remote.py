@@ -30,6 +30,7 @@ BATCH_BYTES = 64 * 2**20  # files copied per round trip, at most this many bytes
 
 
 def is_remote(url: str) -> bool:
+    """Whether `url` names a remote location: a URL with a scheme other than ``file://``."""
     return "://" in str(url) and not str(url).startswith("file://")
 
 

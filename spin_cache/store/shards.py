@@ -53,10 +53,10 @@ def create_array(
 class RowShardEncoder:
     """Encodes one row block of an array into the bytes of its shard, exactly as zarr's sharding codec lays them
     out: every inner chunk through bytes -> Blosc -> crc32c, then the chunk index (offset, length per chunk)
-    with its crc32c, at the end. zarr-python 3.1 spends ~0.4 ms of Python per inner chunk; extraction writes
-    hundreds of inner chunks per block on a background thread that shares the cores with the model, so the
-    writer encodes whole shards itself (Blosc and crc32c in C, without the GIL). Reading stays plain zarr; a
-    test checks the bytes equal zarr's own."""
+    with its crc32c, at the end. zarr-python spends Python time (holding the GIL) on every inner chunk, and
+    extraction writes hundreds of inner chunks per block on a background thread that shares the cores with the
+    model, so the writer encodes whole shards itself (Blosc and crc32c in C, without the GIL; BENCHMARKS.md,
+    "Writing: the writer's core"). Reading stays plain zarr; a test checks the bytes equal zarr's own."""
 
     def __init__(self, shard_shape: tuple[int, int], inner_cols: int, dtype: np.dtype, blosc: BloscCodec) -> None:
         import numcodecs
@@ -121,7 +121,7 @@ class RowShardEncoder:
         offset = 0
         for j in range(n_chunks):
             columns = values[:, j * self.inner_cols : (j + 1) * self.inner_cols]
-            # np.take of whole rows of the column view: 2x cheaper than values[row_index, columns] (measured)
+            # np.take of whole rows of the column view: cheaper than values[row_index, columns] (BENCHMARKS.md)
             picked = columns if row_index is None else np.take(columns, row_index, axis=0)
             chunk = np.ascontiguousarray(picked, dtype=self.dtype)
             compressed = self.blosc.encode(chunk)
@@ -138,6 +138,6 @@ class RowShardEncoder:
     @staticmethod
     def _all_zero(chunk: np.ndarray) -> bool:
         """Every bit zero, as zarr 3.1 compares a chunk with the fill value (bit for bit: a chunk of -0.0 is
-        stored); tested on 64-bit words, 10x faster than `not chunk.any()` on float16."""
+        stored); tested on 64-bit words, a quarter as many values as `not chunk.any()` compares on float16."""
         flat = chunk.reshape(-1)
         return not (flat.view(np.uint8) if flat.nbytes % 8 else flat.view("<u8")).any()
