@@ -17,10 +17,11 @@ import pytest
 from spin_cache.cli import main
 from spin_cache.errors import InputError, IntegrityError, SpinCacheError
 from spin_cache.loop.parallel import check_memory_budget, parse_bytes, run_tasks
-from spin_cache.loop.probe import ORDERED_DIR, ProbeRun, ProbeSettings, run_probes
+from spin_cache.loop.probe import ProbeRun, ProbeSettings, run_probes
 from spin_cache.loop.sweep import SweepSettings, run_sweep
 from spin_cache.report import write_report
 from spin_cache.store.access import array_name
+from spin_cache.store.ordered import ORDERED_DIR
 from spin_cache.synth import make_synthetic_store
 
 TINY = {"n_rows": 300, "n_layers": 2, "width": 32, "informative": {2: 3}, "block_rows": 128}

@@ -21,16 +21,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-import zarr
 
 from .. import __version__
 from ..errors import InputError, IntegrityError, StoreMismatchError
 from ..fit.metrics import METRICS, score_predictions
 from ..fit.solver import PROBE_C_GRID, Design, Standardizer, fit_c_path, predict_design
 from ..outputs import prepare_output_dir
-from ..store.access import array_name
 from ..store.activation_store import ActivationStore
-from ..store.shards import create_array
+from ..store.ordered import ORDERED_DIR, open_ordered_group, write_ordered_columns
 from ..validation import POSITIVE_FLOAT, POSITIVE_FLOATS, POSITIVE_INT, check
 from .parallel import check_memory_budget, check_workers, run_tasks, task_memory_budget
 from .select import rank_order
@@ -112,7 +110,8 @@ def probe_layer(
 
     saliency = saliency_from_coef(res.fit.coef)
     if ordered_url is not None:
-        write_ordered_columns(ordered_url, store, rows, saliency)
+        keep = rank_order(saliency)[: max(1, int(np.count_nonzero(saliency)))]
+        write_ordered_columns(ordered_url, store, kind, pooling, layer, keep, rows.values)
     return {
         "kind": kind,
         "pooling": pooling,
@@ -176,68 +175,6 @@ class _LayerRows:
                 yield torch.as_tensor(scaler.transform(x)), torch.as_tensor(y)
 
         return Design(blocks, n, self.width)
-
-
-ORDERED_DIR = "ordered.zarr"
-ORDERED_CHUNK_COLS = 16
-ORDERED_DAMAGED = "probe again into a new --out, or delete {url} to read the store instead"
-
-
-def ordered_damage(url: str, name: str, detail: object, chunk: str | None = None) -> IntegrityError:
-    """The one-line error for a damaged part of a probe run's ordered copy."""
-    where = f"{url}/{name}" if name else url
-    text = " ".join(str(detail).split())[:200]
-    return IntegrityError(
-        f"{where}: {'chunk ' + chunk + ' ' if chunk else ''}is damaged ({text}); {ORDERED_DAMAGED.format(url=url)}"
-    )
-
-
-def open_ordered_group(url: str, mode: str, *, store: object = None, **kwargs: object) -> zarr.Group:
-    """The ordered copy's group (at `url`, or through `store`); IntegrityError when its zarr.json is damaged."""
-    try:
-        return zarr.open_group(store or url, mode=mode, **kwargs)  # type: ignore[arg-type]
-    except Exception as exc:
-        raise ordered_damage(url, "zarr.json", f"{type(exc).__name__}: {exc}") from None
-
-
-def find_damaged_chunk(arr: zarr.Array, rows: slice, cols: slice, block_rows: int) -> str:
-    """The key (c/BLOCK/0) of the first shard in `rows` whose read of `cols` fails, for an error message."""
-    lo = rows.start or 0
-    hi = arr.shape[0] if rows.stop is None else rows.stop
-    for block in range(lo // block_rows, -(-hi // block_rows)):
-        start, stop = max(lo, block * block_rows), min(hi, (block + 1) * block_rows)
-        try:
-            arr[start:stop, cols]
-        except Exception:
-            return f"c/{block}/0 (rows {block * block_rows}-{min(arr.shape[0], (block + 1) * block_rows) - 1})"
-    return "(shard index)"
-
-
-def write_ordered_columns(url: str, store: ActivationStore, rows: _LayerRows, saliency: np.ndarray) -> None:
-    """The layer's neurons with non-zero saliency, most salient first: any eta or top-k selection is then a
-    contiguous prefix of this array, so a sweep reads only (about) the bytes of the columns it uses."""
-    order = rank_order(saliency)
-    keep = order[: max(1, int(np.count_nonzero(saliency)))]
-    group = open_ordered_group(url, mode="a")
-    arr = create_array(
-        group,
-        array_name(rows.kind, rows.pooling, rows.layer),
-        shape=(store.layout.n_rows, len(keep)),
-        block_rows=store.layout.block_rows,
-        chunk_cols=ORDERED_CHUNK_COLS,
-        dtype=store.layout.dtype,
-        attributes={"kind": rows.kind, "pooling": rows.pooling, "layer": rows.layer,
-                    "neurons": [int(i) for i in keep], "store_fingerprint": store.fingerprint},
-    )  # fmt: skip
-    if rows.values is not None:
-        arr[:] = store.encode(rows.values[:, keep])
-        return
-    ascending = np.sort(keep)
-    back = np.searchsorted(ascending, keep)
-    for block in range(store.layout.n_blocks):  # one shard per write: one writer per shard
-        start, stop = store.layout.block_range(block)
-        values = store.read(rows.kind, rows.pooling, rows.layer, rows=np.arange(start, stop), columns=ascending)
-        arr[start:stop] = store.encode(values[:, back])
 
 
 class ProbeRun:

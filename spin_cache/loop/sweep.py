@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-import zarr
 
 from .. import __version__
 from ..errors import InputError
@@ -32,8 +31,8 @@ from ..fit.head import Head
 from ..fit.metrics import METRICS, score_predictions
 from ..fit.solver import HEAD_C_GRID, Design, LinearFit, Standardizer, fit_c_path, predict_design
 from ..outputs import MARKERS, finite_or_null, prepare_output_dir
-from ..store.access import array_name, array_stored_bytes
 from ..store.activation_store import ActivationStore
+from ..store.ordered import ORDERED_DIR, OrderedCopy, open_ordered
 from ..validation import (
     FRACTIONS,
     NON_NEGATIVE_INT,
@@ -46,15 +45,7 @@ from ..validation import (
     check,
 )
 from .parallel import check_memory_budget, check_workers, default_memory_budget, run_tasks, task_memory_budget
-from .probe import (
-    IN_MEMORY_COPIES,
-    ORDERED_DIR,
-    ProbeRun,
-    block_memory_need,
-    find_damaged_chunk,
-    open_ordered_group,
-    ordered_damage,
-)
+from .probe import IN_MEMORY_COPIES, ProbeRun, block_memory_need
 from .select import RULES, random_like, select
 from .selection import (
     DEFAULT_ESTIMATE_METHOD,
@@ -602,60 +593,6 @@ def sweep_group(
     )
     return GroupResult(rows=rows, heads=heads, best=best, base=base, bytes_read=bytes_read,
                        bytes_of_columns=col_bytes, seconds=time.perf_counter() - t0)  # fmt: skip
-
-
-class OrderedCopy:
-    """A probe run's saliency-ordered columns (see probe.write_ordered_columns), with read counting."""
-
-    def __init__(self, url: str) -> None:
-        from zarr.storage import LocalStore
-
-        from ..store.access import CountingStore
-
-        self.url = url
-        self.counter = CountingStore(LocalStore(url, read_only=True))
-        self.group = open_ordered_group(url, mode="r", store=self.counter)
-        self._stored_bytes: dict[tuple[str, str, int], int] = {}
-
-    @property
-    def bytes_read(self) -> int:
-        """Bytes the copy's reads have returned so far (as stored, compressed; metadata included)."""
-        return self.counter.bytes_read
-
-    def array(self, kind: str, pooling: str, layer: int) -> tuple[zarr.Array, np.ndarray] | None:
-        """One layer's ordered array and the neuron id of each of its columns, or None when the copy does not hold
-        the layer; IntegrityError when its metadata is damaged or does not describe its columns."""
-        name = array_name(kind, pooling, layer)
-        if not Path(self.url, name, "zarr.json").exists():
-            return None  # not in the copy (a probe that kept no column, an older run): read the store
-        try:
-            arr = self.group[name]
-            neurons = np.asarray(arr.attrs["neurons"], dtype=np.int64)
-        except Exception as exc:
-            raise ordered_damage(self.url, f"{name}/zarr.json", f"{type(exc).__name__}: {exc}") from None
-        if not isinstance(arr, zarr.Array) or neurons.ndim != 1 or len(neurons) != arr.shape[1]:
-            raise ordered_damage(self.url, f"{name}/zarr.json", "its metadata does not describe its columns")
-        return arr, neurons
-
-    def read(self, arr: zarr.Array, rows: slice, cols: slice, block_rows: int) -> np.ndarray:
-        """arr[rows, cols]; IntegrityError naming the array and the damaged chunk when a chunk does not decode."""
-        try:
-            return np.asarray(arr[rows, cols])
-        except Exception as exc:
-            chunk = find_damaged_chunk(arr, rows, cols, block_rows)
-            raise ordered_damage(self.url, arr.path, f"{type(exc).__name__}: {exc}", chunk) from None
-
-    def stored_bytes(self, kind: str, pooling: str, layer: int) -> int:
-        """Bytes on disk of one array, listed once (streamed fits ask once per block and pass)."""
-        key = (kind, pooling, layer)
-        if key not in self._stored_bytes:
-            self._stored_bytes[key] = array_stored_bytes(self.url, array_name(kind, pooling, layer))
-        return self._stored_bytes[key]
-
-
-def open_ordered(url: str) -> OrderedCopy | None:
-    """The probe run's ordered copy at the local folder `url`, or None when there is none (no zarr.json there)."""
-    return OrderedCopy(url) if Path(url, "zarr.json").exists() else None
 
 
 def _read_columns(
