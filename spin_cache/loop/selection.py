@@ -61,7 +61,7 @@ The sweep calls, after fitting every configuration and every C (one row per fitt
                                                   # honest.n_configurations (how many heads were compared)
 
 and records the strategy, the choice and the estimate in its summary and the head's metadata (as
-`spin_cache.loop.sweep.ChosenBy`).
+`spin_cache.loop.results.ChosenBy`).
 """
 
 from __future__ import annotations
