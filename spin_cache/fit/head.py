@@ -75,7 +75,7 @@ class Head:
     @property
     def chosen_by(self) -> dict | None:
         """How the sweep chose this head (head.json's "chosen_by": strategy, chosen_dev, expected, expected_method,
-        n_compared, ...; see spin_cache.loop.sweep.ChosenBy); None for a head exported without one (by an older
+        n_compared, ...; see spin_cache.loop.results.ChosenBy); None for a head exported without one (by an older
         spin-cache)."""
         value = self.info.get("chosen_by")
         return value if isinstance(value, dict) else None
