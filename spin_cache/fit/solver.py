@@ -31,6 +31,7 @@ class Standardizer:
 
     @classmethod
     def fit(cls, x: np.ndarray) -> Standardizer:
+        """Column means and standard deviations of `x` (rows, features), computed in float64."""
         x64 = np.asarray(x, dtype=np.float64)
         mean = x64.mean(axis=0)
         std = x64.std(axis=0)
@@ -54,6 +55,7 @@ class Standardizer:
         return cls(mean.astype(np.float32), std.astype(np.float32))
 
     def transform(self, x: np.ndarray) -> np.ndarray:
+        """`x` centred and scaled with the training statistics, as float32."""
         return ((np.asarray(x, dtype=np.float32) - self.mean) / self.scale).astype(np.float32, copy=False)
 
 
@@ -79,6 +81,7 @@ class Design:
 
     @classmethod
     def of(cls, x: np.ndarray | torch.Tensor, y: np.ndarray) -> Design:
+        """An in-memory design: one block of float32 features `x` (rows, features) and integer labels `y`."""
         xt = torch.as_tensor(x, dtype=torch.float32)
         yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
         return cls(lambda: [(xt, yt)], int(xt.shape[0]), int(xt.shape[1]))
@@ -276,10 +279,12 @@ def predict_design(data: Design, coef: np.ndarray, intercept: np.ndarray) -> tup
 
 
 def decision(x: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+    """Logits (rows, n_outputs) of a linear model: one column for binary, one per class otherwise."""
     return np.asarray(x, dtype=np.float32) @ coef.T.astype(np.float32) + intercept.astype(np.float32)
 
 
 def probabilities(scores: np.ndarray) -> np.ndarray:
+    """Class probabilities (rows, n_classes) from `decision`'s logits: sigmoid for one column, softmax otherwise."""
     if scores.shape[1] == 1:
         p1 = 1.0 / (1.0 + np.exp(-scores[:, 0].astype(np.float64)))
         return np.stack([1.0 - p1, p1], axis=1)
@@ -289,6 +294,7 @@ def probabilities(scores: np.ndarray) -> np.ndarray:
 
 
 def predict_labels(scores: np.ndarray) -> np.ndarray:
+    """Class indices from `decision`'s logits (a positive logit is class 1 for binary)."""
     if scores.shape[1] == 1:
         return (scores[:, 0] > 0).astype(np.int64)
     return scores.argmax(axis=1).astype(np.int64)

@@ -204,20 +204,30 @@ class ProbeRun:
 
     @property
     def store_fingerprint(self) -> str:
+        """The fingerprint of the store these probes were fitted on."""
         return self.meta["store_fingerprint"]
 
     @property
     def settings(self) -> ProbeSettings:
+        """The probe settings the run was made with (from run.json)."""
         s = self.meta["settings"]
         return ProbeSettings(tuple(s["c_grid"]), s["metric"], s["max_iter"], s["tol"])
 
     def saliency(self, kind: str, pooling: str, layer: int) -> np.ndarray:
+        """One layer's saliency per neuron, in neuron order (squared probe weights summed over classes).
+
+        Raises
+        ------
+        InputError
+            When the run holds no scores for that (kind, pooling, layer).
+        """
         sub = self.scores.filter((pl.col("kind") == kind) & (pl.col("pooling") == pooling) & (pl.col("layer") == layer))
         if sub.height == 0:
             raise InputError(f"{self.path}: no neuron scores for {kind}/{pooling}/layer {layer}")
         return sub.sort("neuron")["saliency"].to_numpy()
 
     def check_store(self, store: ActivationStore) -> None:
+        """Raise StoreMismatchError unless `store` is the store these probes were fitted on (same fingerprint)."""
         if store.fingerprint != self.store_fingerprint:
             raise StoreMismatchError(
                 f"{self.path} was probed on store {self.store_fingerprint[:16]}, not on {store.url} "
