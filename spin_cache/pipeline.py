@@ -8,6 +8,7 @@ import tomllib
 from collections.abc import Set
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from .errors import InputError
 from .extract.run import run_extraction
@@ -37,9 +38,10 @@ class PipelineConfig:
     out: str | None = None  # default: runs/<name>
     scheduler: str | None = None
     workers: int | None = None
-    extract: dict = field(default_factory=dict)  # options of ExtractSettings (kinds, poolings, batch_size, ...)
-    probe: dict = field(default_factory=dict)  # c_grid, metric, max_iter, tol
-    sweep: dict = field(default_factory=dict)  # rule, values, c_grid, penalty, seed, max_iter, tol, select
+    # options of ExtractSettings (kinds, poolings, batch_size, ...)
+    extract: dict[str, Any] = field(default_factory=dict)
+    probe: dict[str, Any] = field(default_factory=dict)  # c_grid, metric, max_iter, tol
+    sweep: dict[str, Any] = field(default_factory=dict)  # rule, values, c_grid, penalty, seed, max_iter, tol, select
 
     @property
     def out_dir(self) -> Path:
@@ -73,7 +75,7 @@ def load_config(path: str | Path) -> PipelineConfig:
     return PipelineConfig(**raw)
 
 
-def _check_section(path: Path, name: str, section: dict, cls: type, exclude: Set[str] = frozenset()) -> None:
+def _check_section(path: Path, name: str, section: dict[str, Any], cls: type, exclude: Set[str] = frozenset()) -> None:
     """Refuse a key of section [name] that is not a field of settings class `cls` (or is one of `exclude`)."""
     allowed = {f.name for f in fields(cls)} - set(exclude)
     bad = sorted(set(section) - allowed)
@@ -83,7 +85,7 @@ def _check_section(path: Path, name: str, section: dict, cls: type, exclude: Set
 
 def run_pipeline(
     cfg: PipelineConfig, *, progress: bool = True, say: object = print, command: str | None = None
-) -> dict:
+) -> dict[str, Any]:
     """Run every stage; return the sweep's result table plus the paths of what was made.
 
     `command` (the command line) is kept beside the probe and sweep outputs and shown in the report."""
@@ -126,7 +128,7 @@ def extract_settings(cfg: PipelineConfig, *, progress: bool = True) -> ExtractSe
     )  # fmt: skip
 
 
-def _tuples(section: dict) -> dict:
+def _tuples(section: dict[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
 
 
@@ -139,12 +141,13 @@ def _finished_probes(path: Path, fingerprint: str, settings: ProbeSettings) -> P
     return run if same else None
 
 
-def _finished_sweep(path: Path, fingerprint: str, settings: SweepSettings) -> dict | None:
+def _finished_sweep(path: Path, fingerprint: str, settings: SweepSettings) -> dict[str, Any] | None:
     try:
         summary = json.loads((path / "summary.json").read_text())
     except (OSError, ValueError):
         return None
     want = json.loads(json.dumps(asdict(settings)))
     if summary.get("store_fingerprint") == fingerprint and summary.get("settings") == want:
-        return summary["table"]
+        value: dict[str, Any] = summary["table"]
+        return value
     return None

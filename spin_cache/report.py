@@ -44,18 +44,19 @@ class _Run:
     """Everything the report reads; optional parts are None with a note saying why."""
 
     sweep_dir: Path
-    summary: dict
+    summary: dict[str, Any]
     sweep: pl.DataFrame
     probes: Any = None  # ProbeRun
     probes_dir: Path | None = None
-    manifest: dict | None = None
+    manifest: dict[str, Any] | None = None
     store_dir: Path | None = None
     head: Any = None  # Head
     notes: list[str] = field(default_factory=list)
 
     @property
-    def table(self) -> dict:
-        return self.summary.get("table", {})
+    def table(self) -> dict[str, Any]:
+        value: dict[str, Any] = self.summary.get("table", {})
+        return value
 
     @property
     def metric(self) -> str:
@@ -214,7 +215,7 @@ def _fig_probes(run: _Run) -> Any:
     return fig
 
 
-def _best_row(rows: pl.DataFrame) -> dict:
+def _best_row(rows: pl.DataFrame) -> dict[str, Any]:
     """The sweep's own tie-break: best dev, then fewer neurons, then fewer layers."""
     return rows.sort(["dev_metric", "n_neurons", "k"], descending=[True, False, False]).row(0, named=True)
 
@@ -493,7 +494,9 @@ pre{background:#f7f7f7;border:1px solid #e3e3e3;padding:8px;font-size:.8em;overf
 """
 
 
-def _page(run: _Run, figures: dict[str, tuple[Path, bytes, tuple[int, int]] | None], commands: list) -> str:
+def _page(
+    run: _Run, figures: dict[str, tuple[Path, bytes, tuple[int, int]] | None], commands: list[tuple[str, str]]
+) -> str:
     esc = html.escape
     s = run.summary
     parts = [
@@ -550,7 +553,7 @@ _PLACEHOLDER = (
 
 
 def write_report(
-    sweep_dir: str | os.PathLike, out_dir: str | os.PathLike, *, commands: list[str] | None = None
+    sweep_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, commands: list[str] | None = None
 ) -> Path:
     """Write OUT/report.html (self-contained) and the PNG figures beside it; return the HTML's path.
 

@@ -42,7 +42,7 @@ _TAG_LABELS, _TAG_PLANTED, _TAG_PATTERN, _TAG_NOISE = 1, 2, 3, 4
 
 
 def make_synthetic_store(
-    out: str | os.PathLike,
+    out: str | os.PathLike[str],
     *,
     n_rows: int = 10000,
     n_layers: int = 6,
@@ -58,7 +58,7 @@ def make_synthetic_store(
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = False,
-    storage_options: dict | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> ActivationStore:
     """Write a complete synthetic store at `out` and return it (opened read-only).
 
@@ -208,8 +208,8 @@ def _write_blocks(
     store: ActivationStore,
     blocks: list[int],
     labels: np.ndarray,
-    planted: dict,
-    patterns: dict,
+    planted: dict[str, Any],
+    patterns: dict[str, Any],
     signal: float,
     seed: int,
     progress: bool,
@@ -347,7 +347,9 @@ def _examples_table(labels: np.ndarray, splits: np.ndarray, label_names: list[st
     )
 
 
-def _existing(url: str, manifest: Manifest, overwrite: bool, storage_options: dict | None) -> ActivationStore | None:
+def _existing(
+    url: str, manifest: Manifest, overwrite: bool, storage_options: dict[str, Any] | None
+) -> ActivationStore | None:
     """The store already at `url` if it was made from the same parameters; None if there is none (or overwrite)."""
     fs, root = _fs(url, storage_options)
     if not check_store_destination(fs, root, url, option="--out"):  # refuses a file or a foreign directory

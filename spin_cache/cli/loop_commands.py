@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from ..fit.solver import HEAD_C_GRID, PROBE_C_GRID
 from ..loop.selection import DEFAULT_STRATEGY
@@ -16,6 +17,7 @@ from ..validation import (
     arg_type,
 )
 from .options import (
+    Subcommands,
     add_scheduler,
     add_storage_options,
     command,
@@ -30,7 +32,7 @@ from .options import (
 )
 
 
-def loop_options(args: argparse.Namespace, storage_options: dict | None) -> dict:
+def loop_options(args: argparse.Namespace, storage_options: dict[str, Any] | None) -> dict[str, Any]:
     """The keyword arguments probe and sweep share: what to read, where to run, how much memory, what to show."""
     return {
         "kinds": args.kinds,
@@ -44,7 +46,7 @@ def loop_options(args: argparse.Namespace, storage_options: dict | None) -> dict
     }
 
 
-def add_probe(sub: argparse._SubParsersAction) -> None:
+def add_probe(sub: Subcommands) -> None:
     """Add the `probe` verb (one L1 probe per layer, a saliency per neuron) to the subcommands `sub`."""
     p = command(
         sub,
@@ -114,7 +116,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_sweep(sub: argparse._SubParsersAction) -> None:
+def add_sweep(sub: Subcommands) -> None:
     """Add the `sweep` verb (select neurons, integrate layers, choose and export a head) to the subcommands `sub`."""
     p = command(
         sub,
@@ -235,7 +237,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_report(sub: argparse._SubParsersAction) -> None:
+def add_report(sub: Subcommands) -> None:
     """Add the `report` verb (an offline HTML page with a sweep's plots) to the subcommands `sub`."""
     p = command(
         sub,
@@ -267,7 +269,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_run(sub: argparse._SubParsersAction) -> None:
+def add_run(sub: Subcommands) -> None:
     """Add the `run` verb (extract, probe, sweep and report from one TOML file) to the subcommands `sub`."""
     p = command(
         sub,

@@ -69,7 +69,7 @@ class SpinClassifier(ClassifierMixin, BaseEstimator):
     random_state : int, RandomState or None, default 0
     """
 
-    _parameter_constraints: dict = {  # noqa: RUF012 (scikit-learn's declared, class-level constraints)
+    _parameter_constraints: dict[str, Any] = {  # noqa: RUF012 (scikit-learn's declared, class-level constraints)
         "C": [Interval(Real, 0, None, closed="neither"), "array-like"],
         "penalty": [StrOptions({"l1", "l2"})],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
@@ -208,7 +208,8 @@ class SpinClassifier(ClassifierMixin, BaseEstimator):
     def predict(self, X: Any) -> np.ndarray:
         """The predicted label of each row, shape (n,): values of `classes_`."""
         codes = predict_labels(self._scores(X))
-        return self.classes_[codes]
+        arr: np.ndarray = self.classes_[codes]
+        return arr
 
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
         """`metric` (accuracy by default) of predict(X) against y."""
@@ -232,7 +233,7 @@ class SpinClassifier(ClassifierMixin, BaseEstimator):
             "intercept": self.intercept_.astype(np.float32),
         }
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """The fitted classifier's JSON part: its parameters, the chosen ``C_``, ``n_classes``, ``n_features``, the
         C path's ``history`` and, only for labels other than ``0..n_classes-1``, ``classes``. Raises NotFittedError
         before `fit`."""
@@ -252,7 +253,7 @@ class SpinClassifier(ClassifierMixin, BaseEstimator):
         return meta
 
     @classmethod
-    def from_parts(cls, meta: dict, arrays: dict[str, np.ndarray]) -> SpinClassifier:
+    def from_parts(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> SpinClassifier:
         """A fitted classifier from what `to_json` and `to_arrays` returned, without refitting.
 
         Raises KeyError for a missing key and ValueError when ``classes`` and ``n_classes`` disagree; the shapes of

@@ -8,6 +8,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from safetensors.numpy import load as load_safetensors
@@ -26,7 +27,7 @@ _META_KEYS = ("format", "spin_cache_version", "classifier", "layers", CHECKSUMS_
 REEXPORT = "export the head again with `spin-cache sweep STORE --probes RUN --out SWEEP`"
 
 
-def canonical_meta_sha256(meta: dict) -> str:
+def canonical_meta_sha256(meta: dict[str, Any]) -> str:
     """sha256 of head.json's content without its checksums: sorted keys, no whitespace, ASCII. Whitespace and key
     order may change (a reformatted file still loads); any changed value, key or array shape does not."""
     body = {k: v for k, v in meta.items() if k != CHECKSUMS_KEY}
@@ -54,7 +55,7 @@ class Head:
 
     classifier: SpinClassifier
     selection: dict[int, np.ndarray]  # layer -> neuron indices
-    info: dict
+    info: dict[str, Any]
     source: Path | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -73,7 +74,7 @@ class Head:
         return int(sum(len(v) for v in self.selection.values()))
 
     @property
-    def chosen_by(self) -> dict | None:
+    def chosen_by(self) -> dict[str, Any] | None:
         """How the sweep chose this head (head.json's "chosen_by": strategy, chosen_dev, expected, expected_method,
         n_compared, ...; see spin_cache.loop.results.ChosenBy); None for a head exported without one (by an older
         spin-cache)."""
@@ -111,7 +112,7 @@ class Head:
         _write_atomic(folder / "head.json", json.dumps(meta, indent=2, sort_keys=True, allow_nan=False).encode())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Head:
+    def load(cls, path: str | os.PathLike[str]) -> Head:
         """Read a head directory, checking both files' sha256 and every value before it is used.
 
         Raises InputError (not a head directory), IntegrityError (a changed or damaged file, a head written
@@ -168,7 +169,7 @@ class Head:
                 )
 
 
-def _check_checksums(meta_path: Path, arr_path: Path, meta: dict, blob: bytes) -> None:
+def _check_checksums(meta_path: Path, arr_path: Path, meta: dict[str, Any], blob: bytes) -> None:
     sums = meta.get(CHECKSUMS_KEY)
     if sums is None:
         # Written before checksums (spin-cache 0.1.0): nothing proves it is the head that was exported, and a
@@ -212,7 +213,7 @@ def _check_arrays(folder: Path, clf: SpinClassifier, selection: dict[int, np.nda
             )
 
 
-def _check_head_meta(meta_path: Path, meta: dict) -> None:
+def _check_head_meta(meta_path: Path, meta: dict[str, Any]) -> None:
     """Refuse a crafted head.json before any of its values is used: layers are non-negative integers (they name
     arrays), kind and pooling are the known words, the classifier block is a JSON object."""
     from ..representations import KINDS, POOLINGS

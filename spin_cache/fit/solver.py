@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,7 +57,8 @@ class Standardizer:
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """`x` centred and scaled with the training statistics, as float32."""
-        return ((np.asarray(x, dtype=np.float32) - self.mean) / self.scale).astype(np.float32, copy=False)
+        arr: np.ndarray = ((np.asarray(x, dtype=np.float32) - self.mean) / self.scale).astype(np.float32, copy=False)
+        return arr
 
 
 @dataclass
@@ -290,14 +292,16 @@ def probabilities(scores: np.ndarray) -> np.ndarray:
         return np.stack([1.0 - p1, p1], axis=1)
     z = scores.astype(np.float64) - scores.max(axis=1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    arr: np.ndarray = e / e.sum(axis=1, keepdims=True)
+    return arr
 
 
 def predict_labels(scores: np.ndarray) -> np.ndarray:
     """Class indices from `decision`'s logits (a positive logit is class 1 for binary)."""
     if scores.shape[1] == 1:
         return (scores[:, 0] > 0).astype(np.int64)
-    return scores.argmax(axis=1).astype(np.int64)
+    arr: np.ndarray = scores.argmax(axis=1).astype(np.int64)
+    return arr
 
 
 @dataclass
@@ -307,7 +311,7 @@ class PathResult:
     c: float
     fit: LinearFit
     dev: float
-    history: list[dict] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def fit_c_path(

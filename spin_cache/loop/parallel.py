@@ -135,7 +135,7 @@ class TaskError:
         self.error = error
 
 
-def call_limited(fn: Callable, threads: int, *args: Any) -> Any:
+def call_limited(fn: Callable[..., Any], threads: int, *args: Any) -> Any:
     """What a worker runs: `fn(*args)` with its threads capped; a SpinCacheError comes back as a TaskError."""
     with thread_limit(threads):
         try:
@@ -160,8 +160,8 @@ def _task_failure(desc: str, exc: BaseException) -> SpinCacheError:
 
 
 def run_tasks(
-    fn: Callable,
-    tasks: Sequence[tuple],
+    fn: Callable[..., Any],
+    tasks: Sequence[tuple[Any, ...]],
     *,
     scheduler: str | None = None,
     workers: int | None = None,

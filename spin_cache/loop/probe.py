@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -56,7 +57,8 @@ class ProbeSettings:
 
 def saliency_from_coef(coef: np.ndarray) -> np.ndarray:
     """Squared weight per neuron, summed over classes (one row for binary probes, one per class otherwise)."""
-    return (np.asarray(coef, dtype=np.float64) ** 2).sum(axis=0)
+    arr: np.ndarray = (np.asarray(coef, dtype=np.float64) ** 2).sum(axis=0)
+    return arr
 
 
 def rank_neurons(saliency: np.ndarray) -> np.ndarray:
@@ -83,10 +85,10 @@ def probe_layer(
     pooling: str,
     layer: int,
     settings: ProbeSettings,
-    storage_options: dict | None = None,
+    storage_options: dict[str, Any] | None = None,
     ordered_url: str | None = None,
     memory_budget: int | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """One probe (a Dask task): read the layer, standardise on train, fit the C path, score every neuron, and
     write the layer's salient columns in rank order into the run's ordered copy.
 
@@ -205,7 +207,8 @@ class ProbeRun:
     @property
     def store_fingerprint(self) -> str:
         """The fingerprint of the store these probes were fitted on."""
-        return self.meta["store_fingerprint"]
+        value: str = self.meta["store_fingerprint"]
+        return value
 
     @property
     def settings(self) -> ProbeSettings:
@@ -240,7 +243,7 @@ PROBE_COLUMNS = ("kind", "pooling", "layer", "C", "dev_metric", "test_metric", "
 SCORE_COLUMNS = ("kind", "pooling", "layer", "neuron", "saliency", "rank")
 
 
-def read_run_json(path: Path) -> dict:
+def read_run_json(path: Path) -> dict[str, Any]:
     """A probe run's run.json; IntegrityError (one line, naming the file) when it is not a JSON object."""
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
@@ -282,7 +285,7 @@ def run_probes(
     workers: int | None = None,
     memory_budget: int | None = None,
     progress: bool = True,
-    storage_options: dict | None = None,
+    storage_options: dict[str, Any] | None = None,
     dashboard: str | None = None,
 ) -> ProbeRun:
     """Probe every (kind, pooling, layer) of the store; finished probes are kept across reruns.
@@ -337,7 +340,7 @@ def run_probes(
     return ProbeRun(out)
 
 
-def _start_run(out: Path, meta: dict) -> None:
+def _start_run(out: Path, meta: dict[str, Any]) -> None:
     """Write run.json first of all the run's files: a run that stops midway is still recognised as a probe run."""
     meta_path = out / "run.json"
     if meta_path.exists():
@@ -355,7 +358,7 @@ def _part_path(parts: Path, kind: str, pooling: str, layer: int) -> Path:
     return parts / f"{kind}-{pooling}-{layer:03d}.parquet"
 
 
-def _write_part(parts: Path, result: dict) -> None:
+def _write_part(parts: Path, result: dict[str, Any]) -> None:
     saliency = result.pop("saliency")
     n = len(saliency)
     frame = pl.DataFrame(

@@ -11,6 +11,7 @@ summary.json's "table", and its metrics and "chosen_by" go into the exported hea
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -79,7 +80,7 @@ class DevPredictions:
 class HeadParts:
     """A fitted classifier as JSON and arrays (SpinClassifier.to_json / to_arrays): what a task sends back."""
 
-    meta: dict
+    meta: dict[str, Any]
     arrays: dict[str, np.ndarray]
 
     @classmethod
@@ -160,7 +161,7 @@ class TableRow:
     layers: list[int] | None = None
     bytes_read: int | None = None
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """The fields as a dict, without those that are None; `dev` and `test` are always there (None is null)."""
         return {k: v for k, v in asdict(self).items() if v is not None or k in ("dev", "test")}
 
@@ -217,7 +218,7 @@ class ChosenBy:
             chosen_share=est.details.get("chosen_share"),
         )
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """Every field by name: the "chosen_by" of summary.json and head.json."""
         return asdict(self)
 
@@ -236,7 +237,7 @@ class SweepTable:
     bytes_read: int = 0
     bytes_of_columns: int = 0
 
-    def metrics(self) -> dict:
+    def metrics(self) -> dict[str, Any]:
         """The four lines as head.json's "metrics" records them."""
         control = self.random_control.to_json()
         control.pop("bytes_read", None)
@@ -247,7 +248,7 @@ class SweepTable:
             "random_control": control,
         }
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """summary.json's "table": the four lines (the random control with its `bytes_read`), "chosen_by", the
         head's folder and the bytes the sweep read and its columns occupy."""
         out = self.metrics()

@@ -69,6 +69,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -232,7 +233,8 @@ class ConfigScores:
         if np.any(total <= 0):
             raise InputError("weights: every column needs at least one row with a positive weight")
         if self.metric == "accuracy":
-            return (self._correct @ w) / total
+            arr: np.ndarray = (self._correct @ w) / total
+            return arr
         f1_sum = np.zeros((self.n_configurations, w.shape[1]))
         present = np.zeros_like(f1_sum)
         for c in range(self.n_classes or 0):
@@ -247,7 +249,8 @@ class ConfigScores:
 
     @cached_property
     def _correct(self) -> np.ndarray:
-        return (self.predictions == self.labels[None, :]).astype(np.float64)
+        arr: np.ndarray = (self.predictions == self.labels[None, :]).astype(np.float64)
+        return arr
 
     def restrict(self, rows: np.ndarray) -> ConfigScores:
         """The same configurations on a subset of the dev rows (indices or a boolean mask)."""
@@ -277,7 +280,7 @@ class Choice:
     n_candidates: int  # the strategy's candidate set (argmax: the ties; one_se: the window; smoothed: the best)
     n_configurations: int
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """Every field by name, as JSON-ready values."""
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
@@ -303,9 +306,9 @@ class Estimate:
     n_rows: int
     n_resamples: int  # bootstrap resamples (bbc, optimism) or folds (tt)
     seed: int
-    details: dict = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """Every field by name, as JSON-ready values (`details` is the estimate's own dict, not a copy)."""
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
@@ -323,28 +326,33 @@ def _simplest(candidates: np.ndarray, scores: np.ndarray, cs: ConfigScores) -> n
     ranked = np.where(candidates, rank, np.iinfo(np.int64).max)
     simplest = candidates & (rank == ranked.min(axis=0, keepdims=True))
     best = np.where(simplest, scores, -np.inf).max(axis=0, keepdims=True)
-    return (simplest & (scores >= best - _TIE)).argmax(axis=0)
+    arr: np.ndarray = (simplest & (scores >= best - _TIE)).argmax(axis=0)
+    return arr
 
 
 def binomial_se(score: np.ndarray | float, n_rows: float) -> np.ndarray:
     """The binomial standard error sqrt(s (1 - s) / n) of a score s measured on n rows."""
     s = np.clip(np.asarray(score, dtype=np.float64), 0.0, 1.0)
-    return np.sqrt(s * (1.0 - s) / np.maximum(n_rows, 1.0))
+    arr: np.ndarray = np.sqrt(s * (1.0 - s) / np.maximum(n_rows, 1.0))
+    return arr
 
 
 def _best_candidates(cs: ConfigScores, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    return scores >= scores.max(axis=0, keepdims=True) - _TIE
+    arr: np.ndarray = scores >= scores.max(axis=0, keepdims=True) - _TIE
+    return arr
 
 
 def _one_se_candidates(cs: ConfigScores, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
     best = scores.max(axis=0, keepdims=True)
-    return scores >= best - binomial_se(best, weights.sum(axis=0)[None, :]) - _TIE
+    arr: np.ndarray = scores >= best - binomial_se(best, weights.sum(axis=0)[None, :]) - _TIE
+    return arr
 
 
 def _one_se_paired_candidates(cs: ConfigScores, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
     leader = _simplest(_best_candidates(cs, scores, weights), scores, cs)
     lead_score = scores[leader, np.arange(scores.shape[1])][None, :]
-    return scores >= lead_score - paired_se(cs, leader, weights) - _TIE
+    arr: np.ndarray = scores >= lead_score - paired_se(cs, leader, weights) - _TIE
+    return arr
 
 
 def paired_se(cs: ConfigScores, leader: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -360,12 +368,14 @@ def paired_se(cs: ConfigScores, leader: np.ndarray, weights: np.ndarray) -> np.n
     both = (c @ (lead * weights)) / total
     mean_d = s_i - s_l
     mean_d2 = s_i + s_l - 2 * both  # (c_i - c_l)^2 = c_i + c_l - 2 c_i c_l for 0/1 values
-    return np.sqrt(np.maximum(mean_d2 - mean_d**2, 0.0) / total)
+    arr: np.ndarray = np.sqrt(np.maximum(mean_d2 - mean_d**2, 0.0) / total)
+    return arr
 
 
 def _smoothed_candidates(cs: ConfigScores, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
     smoothed = cs.neighbourhood @ scores
-    return smoothed >= smoothed.max(axis=0, keepdims=True) - _TIE
+    arr: np.ndarray = smoothed >= smoothed.max(axis=0, keepdims=True) - _TIE
+    return arr
 
 
 #: Every strategy's candidate set, by the name the sweep records (`--select NAME`); the choice is the simplest
@@ -458,7 +468,7 @@ def expected_score(
     chosen = int(_pick(cs, candidates, full[:, None], np.ones((cs.n_rows, 1)))[0])
     apparent = float(full[chosen])
     n = cs.n_rows
-    details: dict = {}
+    details: dict[str, Any] = {}
     if method in ("bbc", "optimism"):
         if not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
             raise InputError(f"n_boot {n_boot!r}: give a whole number of resamples, 1 or more")
@@ -508,7 +518,8 @@ def expected_score(
 def _chosen_scores(cs: ConfigScores, picks: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Score of configuration picks[b] under weights[:, b], for every b (one configuration per column)."""
     if cs.metric == "accuracy":
-        return np.einsum("bn,nb->b", cs._correct[picks], weights) / weights.sum(axis=0)
+        arr: np.ndarray = np.einsum("bn,nb->b", cs._correct[picks], weights) / weights.sum(axis=0)
+        return arr
     out = np.empty(len(picks))
     for b, (i, w) in enumerate(zip(picks, weights.T, strict=True)):
         sub = ConfigScores(

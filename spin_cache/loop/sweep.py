@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -142,7 +143,7 @@ class _Fitted:
 
 
 def _classifier(s: SweepSettings, n_classes: int, width: int, scaler: Standardizer, c: float, fit: LinearFit,
-                history: list[dict]) -> SpinClassifier:  # fmt: skip
+                history: list[dict[str, Any]]) -> SpinClassifier:  # fmt: skip
     """A fitted SpinClassifier from one fit of the path, as SpinClassifier.fit would have made it."""
     clf = SpinClassifier(C=tuple(s.c_grid), penalty=s.penalty, max_iter=s.max_iter, tol=s.tol, metric=s.metric,
                          random_state=s.seed)  # fmt: skip
@@ -267,7 +268,7 @@ def sweep_group(
     pooling: str,
     saliency: dict[int, np.ndarray],
     settings: SweepSettings,
-    storage_options: dict | None = None,
+    storage_options: dict[str, Any] | None = None,
     ordered_url: str | None = None,
     memory_budget: int | None = None,
 ) -> GroupResult:
@@ -398,7 +399,7 @@ def score_chosen(
     c: float,
     held: HeadParts | None,
     settings: SweepSettings,
-    storage_options: dict | None = None,
+    storage_options: dict[str, Any] | None = None,
     ordered_url: str | None = None,
 ) -> tuple[HeadParts, float]:
     """The chosen head and its one test score. `held`: its classifier when its group sent it back (the group's best,
@@ -432,7 +433,7 @@ def random_control(
     share: float,
     seed: int,
     settings: SweepSettings,
-    storage_options: dict | None = None,
+    storage_options: dict[str, Any] | None = None,
     memory_budget: int | None = None,
 ) -> ControlResult:
     """`counts` neurons per layer (SPIN's choice) drawn at random (seeded), fitted the same way: from memory, or on
@@ -473,7 +474,7 @@ class SweepResult:
     sweep: pl.DataFrame
 
     @property
-    def table(self) -> dict:
+    def table(self) -> dict[str, Any]:
         """summary.json's "table" (NaN where summary.json has null)."""
         return self.summary.to_json()
 
@@ -490,7 +491,7 @@ def run_sweep(
     workers: int | None = None,
     memory_budget: int | None = None,
     progress: bool = True,
-    storage_options: dict | None = None,
+    storage_options: dict[str, Any] | None = None,
     dashboard: str | None = None,
 ) -> SweepResult:
     """Evaluate every configuration at every C, choose one head (`settings.select`) from their dev predictions, score
@@ -599,7 +600,7 @@ def _config_scores(
     """Every head of every group as one ConfigScores (groups in task order; within a group, configurations in
     their fitting order, C ascending), and where each head comes from: (group, row of the group)."""
     where: list[tuple[int, int]] = []
-    keys: dict[str, list] = {"kind": [], "pooling": [], "value": [], "k": [], "n_neurons": [], "C": []}
+    keys: dict[str, list[Any]] = {"kind": [], "pooling": [], "value": [], "k": [], "n_neurons": [], "C": []}
     for g, res in enumerate(results):
         for r, c in zip(res.heads.row.tolist(), res.heads.C.tolist(), strict=True):
             row = res.rows[r]
@@ -623,7 +624,7 @@ def _config_scores(
     return scores, where
 
 
-def _write_json(path: Path, obj: dict) -> None:
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
     """Strict JSON (a metric that does not exist, NaN for an empty test split, is written as null), atomically."""
     text = json.dumps(finite_or_null(obj), indent=2, sort_keys=True, default=_jsonable, allow_nan=False)
     tmp = path.with_suffix(path.suffix + ".tmp")

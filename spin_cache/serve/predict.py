@@ -46,14 +46,14 @@ CHUNK_ROWS = 512
 # ---- the head's model ------------------------------------------------------------------------------------------
 
 
-def _model_info(head: Head) -> dict:
+def _model_info(head: Head) -> dict[str, Any]:
     wanted = head.info.get("model")
     if not isinstance(wanted, dict) or not all(isinstance(wanted.get(k), str) and wanted[k] for k in HASH_KEYS):
         raise IntegrityError(f"{head.name}: head.json records no content hashes of its model; {REEXPORT}")
     return wanted
 
 
-def check_model_identity(head: Head, identity: dict, path: str | os.PathLike) -> None:
+def check_model_identity(head: Head, identity: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Refuse a model whose config, weights or tokenizer hashes differ from those recorded in the head
     (StoreMismatchError), or a head that records none (IntegrityError)."""
     wanted = _model_info(head)
@@ -65,7 +65,7 @@ def check_model_identity(head: Head, identity: dict, path: str | os.PathLike) ->
         )
 
 
-def _hint_candidates(head: Head, wanted: dict) -> list[str]:
+def _hint_candidates(head: Head, wanted: dict[str, Any]) -> list[str]:
     """Where the head's model may be: its recorded path, then its name. A relative path or name resolves against
     the head's own folder, never against the current directory; a name that is no folder there is a hub id (or
     the bundled model)."""
@@ -84,7 +84,7 @@ def _hint_candidates(head: Head, wanted: dict) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def resolve_head_model(head: Head, model: str | os.PathLike | None = None) -> Path:
+def resolve_head_model(head: Head, model: str | os.PathLike[str] | None = None) -> Path:
     """The model directory for `head`, checked by content hashes.
 
     `model` (the user's --model) resolves as given; without it the head's hint is tried (see
@@ -94,7 +94,7 @@ def resolve_head_model(head: Head, model: str | os.PathLike | None = None) -> Pa
     return _resolve_head_model(head, model)[0]
 
 
-def _resolve_head_model(head: Head, model: str | os.PathLike | None = None) -> tuple[Path, dict]:
+def _resolve_head_model(head: Head, model: str | os.PathLike[str] | None = None) -> tuple[Path, dict[str, Any]]:
     """:func:`resolve_head_model` plus the checked identity (hashes) of the model found, so that the files are
     hashed once: the caller loads the model from this identity (ModelFiles), never hashing again."""
     wanted = _model_info(head)
@@ -131,7 +131,7 @@ def check_head_fits(head: Head, loaded: LoadedModel) -> None:
     head.check_fits(adapter.num_layers, width)
 
 
-def _recorded(info: dict, key: str, section: str) -> Any:
+def _recorded(info: dict[str, Any], key: str, section: str) -> Any:
     """A value the head records from its store, flat (``info[key]``) or under the manifest's section
     (``info[section][key]``, e.g. ``extraction.compute_dtype``, ``run.device``); None when absent."""
     value = info.get(key)
@@ -231,8 +231,8 @@ class Predictor:
 
     def __init__(
         self,
-        head: Head | str | os.PathLike,
-        model: str | os.PathLike | None = None,
+        head: Head | str | os.PathLike[str],
+        model: str | os.PathLike[str] | None = None,
         *,
         device: str = "auto",
         batch_size: int = 32,
@@ -439,7 +439,7 @@ def _parquet_rows(p: Path, column: str, block_rows: int) -> Iterator[str]:
 
 
 def iter_texts(
-    path: str | os.PathLike, text_column: str = "text", *, batch_rows: int = CHUNK_ROWS
+    path: str | os.PathLike[str], text_column: str = "text", *, batch_rows: int = CHUNK_ROWS
 ) -> Iterator[list[str]]:
     """Texts to classify, in lists of up to `batch_rows`, read with bounded memory.
 
@@ -472,13 +472,13 @@ def iter_texts(
         raise InputError(f"{p}: no texts to classify")
 
 
-def count_texts(path: str | os.PathLike, text_column: str = "text") -> int:
+def count_texts(path: str | os.PathLike[str], text_column: str = "text") -> int:
     """Read a whole input file once (bounded memory) and return its number of texts: every row is checked
     before any model work, and the count sizes the progress bar."""
     return sum(len(batch) for batch in iter_texts(path, text_column))
 
 
-def read_texts(path: str | os.PathLike, text_column: str = "text") -> list[str]:
+def read_texts(path: str | os.PathLike[str], text_column: str = "text") -> list[str]:
     """All texts of a file in one list (see :func:`iter_texts`; prefer it for large files)."""
     return [t for batch in iter_texts(path, text_column) for t in batch]
 
@@ -492,7 +492,7 @@ def _records(
     label_names: Sequence[str],
     n_tokens: Sequence[int] | None,
     truncated: Sequence[bool] | None,
-) -> Iterator[dict]:
+) -> Iterator[dict[str, Any]]:
     labels = probs.argmax(axis=1)
     for i, (t, k, row) in enumerate(zip(texts, labels, probs, strict=True)):
         rec = {
@@ -608,7 +608,7 @@ def predict_to(
     return PredictSummary(n_texts=n, n_truncated=n_truncated, max_length=predictor.max_length)
 
 
-def output_format(fmt: str | None, out: str | os.PathLike | None, as_json: bool = False) -> str:
+def output_format(fmt: str | None, out: str | os.PathLike[str] | None, as_json: bool = False) -> str:
     """--format, or from --out's suffix (.csv: csv, else jsonl); --json without --out: one JSON object."""
     if fmt is not None:
         if fmt not in FORMATS:
@@ -620,13 +620,13 @@ def output_format(fmt: str | None, out: str | os.PathLike | None, as_json: bool 
 
 
 def run_predict(
-    head: Head | str | os.PathLike,
+    head: Head | str | os.PathLike[str],
     *,
     texts: Sequence[str] | None = None,
-    data: str | os.PathLike | None = None,
+    data: str | os.PathLike[str] | None = None,
     text_column: str = "text",
-    model: str | os.PathLike | None = None,
-    out: str | os.PathLike | None = None,
+    model: str | os.PathLike[str] | None = None,
+    out: str | os.PathLike[str] | None = None,
     fmt: str | None = None,
     as_json: bool = False,
     device: str = "auto",

@@ -10,12 +10,12 @@ from zarr.storage import FsspecStore, LocalStore, WrapperStore
 from ..errors import IntegrityError
 
 
-def _fs(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+def _fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     fs, root = fsspec.core.url_to_fs(str(url), **(storage_options or {}))
     return fs, root.rstrip("/")
 
 
-class CountingStore(WrapperStore):
+class CountingStore(WrapperStore[Any]):
     """Wraps a zarr store and counts the bytes and requests its reads return (for benchmarks and sweeps)."""
 
     def __init__(self, store: Any) -> None:
@@ -29,7 +29,7 @@ class CountingStore(WrapperStore):
         self._count(buf)
         return buf
 
-    async def get_partial_values(self, prototype: Any, key_ranges: Any) -> list:
+    async def get_partial_values(self, prototype: Any, key_ranges: Any) -> list[Any]:
         """The wrapped store's `get_partial_values`, counting one request per range and the bytes returned."""
         bufs = await super().get_partial_values(prototype, key_ranges)
         for buf in bufs:
@@ -42,7 +42,7 @@ class CountingStore(WrapperStore):
             self.bytes_read += len(buf)
 
 
-class ChunkGuard(WrapperStore):
+class ChunkGuard(WrapperStore[Any]):
     """Wraps a zarr store and raises `IntegrityError` naming the chunk when a chunk of a complete store is missing:
     zarr reads a missing chunk as the fill value, so a deleted shard would otherwise read as zeros. Costs nothing:
     the missing key is seen in the answer to the read zarr makes anyway. Off (`strict` False) for stores still
@@ -63,7 +63,7 @@ class ChunkGuard(WrapperStore):
             )
         return buf
 
-    async def get_partial_values(self, prototype: Any, key_ranges: Any) -> list:
+    async def get_partial_values(self, prototype: Any, key_ranges: Any) -> list[Any]:
         """The wrapped store's `get_partial_values`; when `strict`, a missing chunk raises IntegrityError."""
         key_ranges = list(key_ranges)
         bufs = await super().get_partial_values(prototype, key_ranges)
@@ -73,14 +73,14 @@ class ChunkGuard(WrapperStore):
         return bufs
 
 
-def zarr_store(url: str, *, read_only: bool, storage_options: dict | None = None) -> Any:
+def zarr_store(url: str, *, read_only: bool, storage_options: dict[str, Any] | None = None) -> Any:
     """The zarr store object for a local path or a URL."""
     if "://" not in str(url) or str(url).startswith("file://"):
         return LocalStore(str(url).removeprefix("file://"), read_only=read_only)
     return FsspecStore.from_url(str(url), storage_options=storage_options or None, read_only=read_only)
 
 
-def array_stored_bytes(url: str, name: str, storage_options: dict | None = None) -> int:
+def array_stored_bytes(url: str, name: str, storage_options: dict[str, Any] | None = None) -> int:
     """Bytes on disk under the array `name` of the store at `url` (its metadata and chunks), listed, not read."""
     fs, root = _fs(url, storage_options)
     return int(fs.du(f"{root}/{name}", total=True))

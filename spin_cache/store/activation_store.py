@@ -34,7 +34,7 @@ class ActivationStore:
     and `manifest` the same as the dict zarr.json holds (a copy: changing it changes nothing).
     """
 
-    def __init__(self, url: str, group: zarr.Group, storage_options: dict | None = None) -> None:
+    def __init__(self, url: str, group: zarr.Group, storage_options: dict[str, Any] | None = None) -> None:
         self.url = str(url)
         self.storage_options = storage_options or {}
         self._group = group
@@ -59,13 +59,18 @@ class ActivationStore:
                 "store cannot be trusted: restore zarr.json or extract again with --overwrite"
             )
         self._stored_bytes: dict[tuple[str, str, int], int] = {}
-        self._writers: dict[str, tuple[zarr.Array, RowShardEncoder | None]] = {}
+        self._writers: dict[str, tuple[zarr.Array[Any], RowShardEncoder | None]] = {}
 
     # -- opening and creating --------------------------------------------------------------------------------
 
     @classmethod
     def open(
-        cls, url: str, *, mode: Literal["r", "a"] = "r", storage_options: dict | None = None, count_bytes: bool = False
+        cls,
+        url: str,
+        *,
+        mode: Literal["r", "a"] = "r",
+        storage_options: dict[str, Any] | None = None,
+        count_bytes: bool = False,
     ) -> ActivationStore:
         """Open an existing store; mode "r" (default) never writes. `count_bytes` counts array bytes read."""
         fs, root = _fs(url, storage_options)
@@ -88,20 +93,21 @@ class ActivationStore:
         return store
 
     @classmethod
-    def exists(cls, url: str, storage_options: dict | None = None) -> bool:
+    def exists(cls, url: str, storage_options: dict[str, Any] | None = None) -> bool:
         """Whether `url` holds a zarr.json (a store, or the start of one); nothing is opened or checked."""
         fs, root = _fs(url, storage_options)
-        return fs.exists(f"{root}/zarr.json")
+        value: bool = fs.exists(f"{root}/zarr.json")
+        return value
 
     @classmethod
     def create(
         cls,
         url: str,
-        manifest: Manifest | dict,
+        manifest: Manifest | dict[str, Any],
         examples: pl.DataFrame,
         *,
         overwrite: bool = False,
-        storage_options: dict | None = None,
+        storage_options: dict[str, Any] | None = None,
         option: str = "--out",
     ) -> ActivationStore:
         """Create an empty, incomplete store with all arrays, the manifest and the examples table.
@@ -233,7 +239,7 @@ class ActivationStore:
 
     # -- reading -------------------------------------------------------------------------------------------
 
-    def array(self, kind: str, pooling: str, layer: int) -> zarr.Array:
+    def array(self, kind: str, pooling: str, layer: int) -> zarr.Array[Any]:
         """The zarr array of one (kind, pooling, layer): (rows, neurons) in the store's dtype (bfloat16 as its raw
         uint16 bits; `decode` gives float32). InputError for a kind, pooling or layer the store does not have,
         IntegrityError for an edited manifest or an array that cannot be opened (a storage failure as such)."""
@@ -308,13 +314,14 @@ class ActivationStore:
             "with --overwrite"
         ) from exc
 
-    def _read_rows(self, arr: zarr.Array, rows: np.ndarray, col_sel: Any) -> np.ndarray:
+    def _read_rows(self, arr: zarr.Array[Any], rows: np.ndarray, col_sel: Any) -> np.ndarray:
         # Row subsets are nearly always one contiguous run (splits are stored in order): read the span, then pick.
         if rows.size == 0:
             return np.empty((0, arr.shape[1] if isinstance(col_sel, slice) else len(col_sel)), arr.dtype)
         lo, hi = int(rows.min()), int(rows.max()) + 1
         span = np.asarray(arr.oindex[slice(lo, hi), col_sel])
-        return span[rows - lo]
+        picked: np.ndarray = span[rows - lo]
+        return picked
 
     def decode(self, data: np.ndarray) -> np.ndarray:
         """Stored values (float16, float32 or bfloat16 bits) -> float32."""
@@ -365,14 +372,14 @@ class ActivationStore:
             return (rounded >> 16).astype(np.uint16)
         return values.astype(self.layout.dtype)
 
-    def _node(self, name: str) -> zarr.Array:
+    def _node(self, name: str) -> zarr.Array[Any]:
         """The array `name` of the group; a group where an array belongs is a damaged store."""
         node = self._group[name]
         if not isinstance(node, zarr.Array):
             raise IntegrityError(f"{self.url}/{name}: a group where an array belongs; the store is damaged")
         return node
 
-    def _writer_for(self, name: str) -> tuple[zarr.Array, RowShardEncoder | None]:
+    def _writer_for(self, name: str) -> tuple[zarr.Array[Any], RowShardEncoder | None]:
         """The array and its shard encoder, looked up once per store (each lookup reads the array's zarr.json)."""
         if name not in self._writers:
             array = self._node(name)
@@ -383,10 +390,10 @@ class ActivationStore:
         self,
         block: int,
         arrays: dict[tuple[str, str, int], np.ndarray],
-        info: dict,
+        info: dict[str, Any],
         threads: int = 1,
         row_index: np.ndarray | None = None,
-        gate: contextlib.AbstractContextManager | None = None,
+        gate: contextlib.AbstractContextManager[Any] | None = None,
     ) -> None:
         """Write one row block of every array (`threads` arrays at once: compression runs without the GIL),
         then its commit marker (the marker makes the block count). With `row_index`, the block's rows are
@@ -420,10 +427,10 @@ class ActivationStore:
         with fs.open(f"{root}/{self.side.commits}/block_{block:06d}.json", "w") as f:
             f.write(json.dumps(marker))
 
-    def committed_blocks(self) -> dict[int, dict]:
+    def committed_blocks(self) -> dict[int, dict[str, Any]]:
         """Markers of committed blocks; an unreadable (torn) marker counts as not committed."""
         fs, root = _fs(self.url, self.storage_options)
-        out: dict[int, dict] = {}
+        out: dict[int, dict[str, Any]] = {}
         try:
             paths = fs.ls(f"{root}/{self.side.commits}", detail=False)
         except FileNotFoundError:
@@ -441,7 +448,7 @@ class ActivationStore:
         """How many row blocks are committed: every block of a complete store, else its readable commit markers."""
         return len(self.committed_blocks()) if not self.is_complete else self.layout.n_blocks
 
-    def mark_complete(self, run_info: dict) -> None:
+    def mark_complete(self, run_info: dict[str, Any]) -> None:
         """Mark the store complete: write the manifest with status "complete", `run_info` as its "run" and its
         hash (`Manifest.completed`) to zarr.json. It does not check that every block is committed: callers do."""
         record = self.manifest_record.completed(run_info)
@@ -504,7 +511,7 @@ class ActivationStore:
                 "with --overwrite (`spin-cache verify` lists every problem)"
             )
 
-    def info(self) -> dict:
+    def info(self) -> dict[str, Any]:
         """Manifest, status and sizes. A complete store that cannot be used as is (`check_reusable`) raises
         `IntegrityError`: `info` is where one looks before using a store, and every command using it would fail."""
         self.check_reusable()

@@ -78,7 +78,7 @@ def dtype_bytes(dtype: str) -> int:
     return 4 if dtype == "float32" else 2
 
 
-def compressor_config(dtype: str) -> dict:
+def compressor_config(dtype: str) -> dict[str, Any]:
     """Blosc(zstd, level 1, byte shuffle, 256 KiB blocks): the smallest of the codecs compared on MiniLM
     activations, and barely slower end to end than lz4 (BENCHMARKS.md, "Compression ratio and codec"). A whole
     float16 inner chunk (2,048 rows x 64 neurons) is one Blosc block, so zstd's entropy tables are built once per
@@ -135,7 +135,7 @@ class Layout:
         """Stored bytes of one row across every array."""
         return sum(self.widths[k] for k, _, _ in self.array_keys()) * dtype_bytes(self.dtype)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """The layout as the manifest's "layout" holds it (lists, not tuples; fresh containers)."""
         return {
             "kinds": list(self.kinds),
@@ -149,7 +149,7 @@ class Layout:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> Layout:
+    def from_dict(cls, d: dict[str, Any]) -> Layout:
         """Read a manifest's layout, refusing names that could point outside the store (they build paths)."""
         try:
             kinds, poolings = list(d["kinds"]), list(d["poolings"])

@@ -24,6 +24,7 @@ import secrets
 import socket
 import time
 from types import TracebackType
+from typing import Any
 
 import fsspec
 
@@ -66,7 +67,9 @@ class StoreLock:
         by side; None (default) for a whole-store writer, which also refuses while a shard worker holds its lock.
     """
 
-    def __init__(self, url: str, storage_options: dict | None = None, shard: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self, url: str, storage_options: dict[str, Any] | None = None, shard: tuple[int, int] | None = None
+    ) -> None:
         self.url = str(url).rstrip("/")
         suffix = f".shard-{shard[0]}-of-{shard[1]}.lock" if shard else ".lock"
         self.fs, self.path = fsspec.core.url_to_fs(self.url + suffix, **(storage_options or {}))
@@ -88,10 +91,10 @@ class StoreLock:
     def _where(self, path: str) -> str:
         return path if self.local else f"{self.scheme}://{path}"
 
-    def _holder_text(self, info: dict) -> str:
+    def _holder_text(self, info: dict[str, Any]) -> str:
         return f"pid {info.get('pid')} on {info.get('host')} since {info.get('started')}"
 
-    def _parse(self, raw: bytes, path: str) -> dict:
+    def _parse(self, raw: bytes, path: str) -> dict[str, Any]:
         try:
             info = json.loads(raw.decode())
         except (UnicodeDecodeError, ValueError):
@@ -108,7 +111,8 @@ class StoreLock:
     def _read_raw(self, path: str) -> bytes | None:
         """The lock's bytes; None when it does not exist. An unreadable lock is reported, naming it."""
         try:
-            return self.fs.cat_file(path)
+            value: bytes = self.fs.cat_file(path)
+            return value
         except FileNotFoundError:
             return None
         except IsADirectoryError:
@@ -122,7 +126,7 @@ class StoreLock:
                 "check the file's permissions, or delete it if no process is writing the store"
             ) from None
 
-    def _read(self, path: str) -> tuple[bytes, dict] | None:
+    def _read(self, path: str) -> tuple[bytes, dict[str, Any]] | None:
         """(raw bytes, holder) of the lock at `path`; None when there is none. An empty lock (an older spin-cache
         creates the file before writing it) is waited for briefly; a malformed one is reported, naming it."""
         deadline = time.monotonic() + SETTLE_SECONDS
@@ -142,10 +146,10 @@ class StoreLock:
                     "file and rerun"
                 ) from None
 
-    def _stale(self, info: dict) -> bool:
+    def _stale(self, info: dict[str, Any]) -> bool:
         return info.get("host") == socket.gethostname() and not _alive(int(info["pid"]))
 
-    def _refuse(self, info: dict, path: str) -> StoreLockedError:
+    def _refuse(self, info: dict[str, Any], path: str) -> StoreLockedError:
         if info.get("host") != socket.gethostname():
             return StoreLockedError(
                 f"{self.url} is being written by {self._holder_text(info)}; wait for it to finish (or, if that "
@@ -214,7 +218,7 @@ class StoreLock:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
-    def _read_local(self, path: str) -> tuple[os.stat_result, dict] | None:
+    def _read_local(self, path: str) -> tuple[os.stat_result, dict[str, Any]] | None:
         try:
             st = os.stat(path)
         except FileNotFoundError:

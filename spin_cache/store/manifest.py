@@ -14,7 +14,7 @@ from ..errors import IntegrityError
 from .layout import FORMAT_VERSION, VALUES_ENCODING, Layout, canonical_hash, check_format_version
 
 
-def store_fingerprint(manifest: dict) -> str:
+def store_fingerprint(manifest: dict[str, Any]) -> str:
     """Hash of everything that decides the store's values: model files, dataset, extraction settings."""
     return canonical_hash(fingerprint_inputs(manifest))
 
@@ -22,12 +22,12 @@ def store_fingerprint(manifest: dict) -> str:
 MANIFEST_HASH_KEY = "manifest_sha256"
 
 
-def manifest_hash(manifest: dict) -> str:
+def manifest_hash(manifest: dict[str, Any]) -> str:
     """sha256 of the whole manifest (less this hash): any edit to zarr.json's manifest shows in `verify`."""
     return canonical_hash({k: v for k, v in manifest.items() if k != MANIFEST_HASH_KEY})
 
 
-def fingerprint_inputs(manifest: dict) -> dict:
+def fingerprint_inputs(manifest: dict[str, Any]) -> dict[str, Any]:
     """What the fingerprint hashes. Its `format_version` is the encoding of the values (`VALUES_ENCODING`), not the
     store's format: format 2 only moved the side files, so it hashes as format 1 and fingerprints stay."""
     model = manifest["model"]
@@ -40,7 +40,7 @@ def fingerprint_inputs(manifest: dict) -> dict:
     }
 
 
-def describe_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+def describe_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     """Flat list of 'key: old -> new' for the fingerprint inputs that differ."""
     out: list[str] = []
     for key in sorted(set(old) | set(new)):
@@ -57,7 +57,9 @@ def _short(v: Any) -> str:
     return s if len(s) <= 24 else s[:12] + "…"
 
 
-def new_manifest(*, model: dict, dataset: dict, extraction: dict, layout: Layout) -> dict:
+def new_manifest(
+    *, model: dict[str, Any], dataset: dict[str, Any], extraction: dict[str, Any], layout: Layout
+) -> dict[str, Any]:
     """A new store's manifest as the dict zarr.json holds (`Manifest.new(...).to_json()`)."""
     return Manifest.new(model=model, dataset=dataset, extraction=extraction, layout=layout).to_json()
 
@@ -219,7 +221,7 @@ class Manifest:
         """The dataset's class names in label order, as strings (a new list)."""
         return [str(name) for name in self.dataset["label_names"]]
 
-    def fingerprint_inputs(self) -> dict:
+    def fingerprint_inputs(self) -> dict[str, Any]:
         """What the fingerprint hashes (`fingerprint_inputs`); `KeyError` if the model lacks a file hash."""
         return fingerprint_inputs(self.to_json())
 

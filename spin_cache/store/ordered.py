@@ -18,6 +18,7 @@ which count the bytes read). A damaged part is an IntegrityError naming it (and 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
@@ -50,7 +51,7 @@ def open_ordered_group(url: str, mode: str, *, store: object = None, **kwargs: o
         raise ordered_damage(url, "zarr.json", f"{type(exc).__name__}: {exc}") from None
 
 
-def find_damaged_chunk(arr: zarr.Array, rows: slice, cols: slice, block_rows: int) -> str:
+def find_damaged_chunk(arr: zarr.Array[Any], rows: slice, cols: slice, block_rows: int) -> str:
     """The key (c/BLOCK/0) of the first shard in `rows` whose read of `cols` fails, for an error message."""
     lo = rows.start or 0
     hi = arr.shape[0] if rows.stop is None else rows.stop
@@ -114,7 +115,7 @@ class OrderedCopy:
         """Bytes the copy's reads have returned so far (as stored, compressed; metadata included)."""
         return self.counter.bytes_read
 
-    def array(self, kind: str, pooling: str, layer: int) -> tuple[zarr.Array, np.ndarray] | None:
+    def array(self, kind: str, pooling: str, layer: int) -> tuple[zarr.Array[Any], np.ndarray] | None:
         """One layer's ordered array and the neuron id of each of its columns, or None when the copy does not hold
         the layer; IntegrityError when its metadata is damaged or does not describe its columns."""
         name = array_name(kind, pooling, layer)
@@ -129,7 +130,7 @@ class OrderedCopy:
             raise ordered_damage(self.url, f"{name}/zarr.json", "its metadata does not describe its columns")
         return arr, neurons
 
-    def read(self, arr: zarr.Array, rows: slice, cols: slice, block_rows: int) -> np.ndarray:
+    def read(self, arr: zarr.Array[Any], rows: slice, cols: slice, block_rows: int) -> np.ndarray:
         """arr[rows, cols]; IntegrityError naming the array and the damaged chunk when a chunk does not decode."""
         try:
             return np.asarray(arr[rows, cols])

@@ -34,10 +34,10 @@ def is_remote(url: str) -> bool:
     return "://" in str(url) and not str(url).startswith("file://")
 
 
-def parse_storage_options(pairs: Sequence[str] | None) -> dict:
+def parse_storage_options(pairs: Sequence[str] | None) -> dict[str, Any]:
     """`["key=value", "client_kwargs.endpoint_url=http://..."]` -> nested dict (dots nest; values are JSON when
     they parse as JSON — numbers, true/false, null — else strings)."""
-    out: dict = {}
+    out: dict[str, Any] = {}
     for pair in pairs or ():
         key, sep, raw = pair.partition("=")
         key = key.strip()
@@ -57,7 +57,7 @@ def parse_storage_options(pairs: Sequence[str] | None) -> dict:
     return out
 
 
-def resolve_storage_options(url: str, storage_options: dict | None = None) -> dict | None:
+def resolve_storage_options(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Options for fsspec: for s3:// URLs the endpoint also comes from $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL
     (credentials from $AWS_ACCESS_KEY_ID / $AWS_SECRET_ACCESS_KEY are read by botocore itself)."""
     opts = dict(storage_options or {})
@@ -69,7 +69,7 @@ def resolve_storage_options(url: str, storage_options: dict | None = None) -> di
     return opts or None
 
 
-def _endpoint(url: str, storage_options: dict | None) -> str:
+def _endpoint(url: str, storage_options: dict[str, Any] | None) -> str:
     opts = storage_options or {}
     return str(
         opts.get("endpoint_url")
@@ -96,7 +96,9 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         todo += list(getattr(e, "exceptions", ()) or ())  # ExceptionGroup
 
 
-def remote_error(exc: BaseException, url: str | None, storage_options: dict | None = None) -> SpinCacheError | None:
+def remote_error(
+    exc: BaseException, url: str | None, storage_options: dict[str, Any] | None = None
+) -> SpinCacheError | None:
     """The one-line error for a storage failure (no credentials, access denied, missing bucket, endpoint down);
     None when `exc` is not one (then it is a bug and should surface as one)."""
     where = url or "the store"
@@ -179,7 +181,7 @@ def _chain_text(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def remote_errors(url: str | None, storage_options: dict | None = None) -> Iterator[None]:
+def remote_errors(url: str | None, storage_options: dict[str, Any] | None = None) -> Iterator[None]:
     """Turn storage failures inside the block into one-line `InputError`s; other exceptions pass unchanged."""
     try:
         yield
@@ -192,7 +194,7 @@ def remote_errors(url: str | None, storage_options: dict | None = None) -> Itera
         raise err from exc
 
 
-def _check_reachable(url: str, storage_options: dict | None) -> None:
+def _check_reachable(url: str, storage_options: dict[str, Any] | None) -> None:
     """Fail early, in one line, when the bucket is missing or the endpoint or credentials do not work (one quick
     request without retries, so a server that is down is reported in about a second, not after minutes)."""
     if not is_remote(url):
@@ -218,7 +220,7 @@ def _check_reachable(url: str, storage_options: dict | None) -> None:
         ) from exc
 
 
-def open_store(url: str, storage_options: dict | None = None, **kwargs: Any) -> ActivationStore:
+def open_store(url: str, storage_options: dict[str, Any] | None = None, **kwargs: Any) -> ActivationStore:
     """`ActivationStore.open` with env endpoints applied and one-line errors for remote failures."""
     opts = resolve_storage_options(url, storage_options)
     _check_reachable(url, opts)
@@ -250,8 +252,8 @@ def push(
     store_url: str,
     dest_url: str,
     *,
-    storage_options: dict | None = None,
-    dest_options: dict | None = None,
+    storage_options: dict[str, Any] | None = None,
+    dest_options: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> ActivationStore:
     """Copy a finished store to `dest_url`, verify what arrived, then write the destination's root zarr.json.
@@ -342,7 +344,7 @@ def _check_push_destination(dfs: Any, droot: str, dest_url: str, sfs: Any, sroot
 def _verify_arrival(
     src: ActivationStore,
     dest_url: str,
-    dest_options: dict | None,
+    dest_options: dict[str, Any] | None,
     body: list[tuple[str, int]],
     small_hashes: dict[str, str],
     progress: bool,
@@ -390,14 +392,14 @@ def _verify_arrival(
 # ---- ls ----------------------------------------------------------------------------------------------------------
 
 
-def list_stores(url_or_dir: str, storage_options: dict | None = None) -> list[dict]:
+def list_stores(url_or_dir: str, storage_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The stores at `url_or_dir` and one or two levels below it (read from their zarr.json only: no arrays)."""
     opts = resolve_storage_options(url_or_dir, storage_options)
     _check_reachable(url_or_dir, opts)
     fs, root = _fs(url_or_dir, opts)
     base = str(url_or_dir).rstrip("/")
     protocol = base.split("://", 1)[0] + "://" if "://" in base else ""
-    found: list[dict] = []
+    found: list[dict[str, Any]] = []
     with remote_errors(url_or_dir, opts):
         if not fs.exists(root):
             raise InputError(f"{url_or_dir}: no such directory or prefix")
@@ -420,7 +422,7 @@ def list_stores(url_or_dir: str, storage_options: dict | None = None) -> list[di
     return sorted(found, key=lambda e: e["url"])
 
 
-def _store_entry(fs: Any, folder: str, names: dict, protocol: str) -> dict | None:
+def _store_entry(fs: Any, folder: str, names: dict[str, Any], protocol: str) -> dict[str, Any] | None:
     if ROOT_META not in names:
         return None
     try:
@@ -444,7 +446,7 @@ def _store_entry(fs: Any, folder: str, names: dict, protocol: str) -> dict | Non
     }
 
 
-def format_listing(entries: list[dict]) -> str:
+def format_listing(entries: list[dict[str, Any]]) -> str:
     """`spin-cache ls` for people: one line per store."""
     if not entries:
         return "no stores found"

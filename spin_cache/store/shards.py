@@ -20,8 +20,8 @@ def create_array(
     block_rows: int,
     chunk_cols: int,
     dtype: str,
-    attributes: dict,
-) -> zarr.Array:
+    attributes: dict[str, Any],
+) -> zarr.Array[Any]:
     """A (rows, neurons) array sharded by row block, inner chunks of `chunk_cols` neurons, each chunk
     compressed and checksummed (crc32c), so damage is detected on read."""
     comp = compressor_config(dtype)
@@ -75,7 +75,7 @@ class RowShardEncoder:
         )
 
     @classmethod
-    def for_array(cls, array: zarr.Array) -> RowShardEncoder | None:
+    def for_array(cls, array: zarr.Array[Any]) -> RowShardEncoder | None:
         """An encoder for arrays laid out as `create_array` makes them (one shard spans every column, little
         endian, Blosc + crc32c, index with crc32c at the end, fill value 0); None for any other layout."""
         from zarr.codecs import BytesCodec, ShardingCodec
