@@ -114,58 +114,6 @@ def _make(
     )
 
 
-def _find_bert(model: torch.nn.Module, model_type: str | None) -> Adapter | None:
-    for base in _base_candidates(model):
-        layers = _get(base, "encoder.layer")
-        if (
-            isinstance(layers, torch.nn.ModuleList)
-            and len(layers)
-            and all(_get(b, "output.dense") is not None and _get(b, "intermediate") is not None for b in layers)
-        ):
-            downs = _each(layers, "output.dense")
-            return _make("bert", False, base, layers, downs, False, model_type)
-    return None
-
-
-def _find_distilbert(model: torch.nn.Module, model_type: str | None) -> Adapter | None:
-    for base in _base_candidates(model):
-        layers = _get(base, "transformer.layer")
-        if (
-            isinstance(layers, torch.nn.ModuleList)
-            and len(layers)
-            and all(_get(b, "ffn.lin2") is not None for b in layers)
-        ):
-            downs = _each(layers, "ffn.lin2")
-            return _make("distilbert", False, base, layers, downs, False, model_type)
-    return None
-
-
-def _find_gpt2(model: torch.nn.Module, model_type: str | None) -> Adapter | None:
-    for base in _base_candidates(model):
-        layers = _get(base, "h")
-        if (
-            isinstance(layers, torch.nn.ModuleList)
-            and len(layers)
-            and all(_get(b, "mlp.c_proj") is not None for b in layers)
-        ):
-            downs = _each(layers, "mlp.c_proj")
-            return _make("gpt2", True, base, layers, downs, True, model_type)
-    return None
-
-
-def _find_llama(model: torch.nn.Module, model_type: str | None) -> Adapter | None:
-    for base in _base_candidates(model):
-        layers = _get(base, "layers")
-        if (
-            isinstance(layers, torch.nn.ModuleList)
-            and len(layers)
-            and all(isinstance(_get(b, "mlp.down_proj"), torch.nn.Module) for b in layers)
-        ):
-            downs = _each(layers, "mlp.down_proj")
-            return _make("llama", True, base, layers, downs, True, model_type)
-    return None
-
-
 def _find_t5_encoder(model: torch.nn.Module, model_type: str | None) -> Adapter | None:
     stacks = [model, _get(model, "encoder")]
     for stack in stacks:
@@ -245,9 +193,26 @@ def _find_gemma(model: torch.nn.Module, model_type: str | None) -> Adapter | Non
 
 
 def _layers_finder(
-    family: str, layers_path: str, down_path: str, *, is_decoder: bool, needs_position_ids: bool
+    family: str,
+    layers_path: str,
+    down_path: str,
+    *,
+    is_decoder: bool,
+    needs_position_ids: bool,
+    requires: tuple[str, ...] = (),
 ) -> Callable[[torch.nn.Module, str | None], Adapter | None]:
-    """A finder for the common shape: ``base.<layers_path>[i].<down_path>`` is block i's FFN down projection."""
+    """A finder for the common shape: ``base.<layers_path>[i].<down_path>`` is block i's FFN down projection.
+
+    Parameters
+    ----------
+    family, is_decoder, needs_position_ids
+        What the adapter records (see :class:`Adapter`).
+    layers_path, down_path
+        Dotted paths: the block list from the base model, the down projection from a block.
+    requires
+        Further dotted paths every block must have, where the two paths alone could match another family's
+        blocks (BERT's ``intermediate``).
+    """
 
     def find(model: torch.nn.Module, model_type: str | None) -> Adapter | None:
         for base in _base_candidates(model):
@@ -256,6 +221,7 @@ def _layers_finder(
                 isinstance(layers, torch.nn.ModuleList)
                 and len(layers)
                 and all(isinstance(_get(b, down_path), torch.nn.Module) for b in layers)
+                and all(_get(b, path) is not None for b in layers for path in requires)
             ):
                 downs = _each(layers, down_path)
                 return _make(family, is_decoder, base, layers, downs, needs_position_ids, model_type)
@@ -269,10 +235,26 @@ def _layers_finder(
 #: returns the blocks and, per block, the module whose input is the FFN activation (the down projection's input:
 #: act(up(x)), or act(gate(x)) * up(x) for gated MLPs).
 ADAPTERS: dict[str, tuple[tuple[str, ...], Callable[[torch.nn.Module, str | None], Adapter | None]]] = {
-    "bert": (BERT_TYPES, _find_bert),
-    "distilbert": (DISTILBERT_TYPES, _find_distilbert),
-    "gpt2": (GPT2_TYPES, _find_gpt2),
-    "llama": (LLAMA_TYPES, _find_llama),
+    "bert": (
+        BERT_TYPES,
+        _layers_finder(
+            "bert",
+            "encoder.layer",
+            "output.dense",
+            is_decoder=False,
+            needs_position_ids=False,
+            requires=("intermediate",),
+        ),
+    ),
+    "distilbert": (
+        DISTILBERT_TYPES,
+        _layers_finder("distilbert", "transformer.layer", "ffn.lin2", is_decoder=False, needs_position_ids=False),
+    ),
+    "gpt2": (GPT2_TYPES, _layers_finder("gpt2", "h", "mlp.c_proj", is_decoder=True, needs_position_ids=True)),
+    "llama": (
+        LLAMA_TYPES,
+        _layers_finder("llama", "layers", "mlp.down_proj", is_decoder=True, needs_position_ids=True),
+    ),
     "t5-encoder": (T5_TYPES, _find_t5_encoder),
     # encoders
     "deberta-v2": (DEBERTA_V2_TYPES, _find_deberta_v2),
