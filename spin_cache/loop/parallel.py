@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..errors import InputError, SpinCacheError
+from ..extract.machine import usable_cores
 from ..validation import POSITIVE_INT, check
 
 SCHEDULER_ENV = "SPIN_CACHE_SCHEDULER"
@@ -35,8 +36,9 @@ def resolve_scheduler(scheduler: str | None) -> str:
 
 
 def default_workers() -> int:
-    """How many cores this process may run on (its CPU affinity where the OS has one, else the CPU count); >= 1."""
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    """How many cores this process may run on (:func:`spin_cache.extract.machine.usable_cores`, the one place that
+    counts them); >= 1."""
+    return usable_cores()
 
 
 def default_memory_budget() -> int:
