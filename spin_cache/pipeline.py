@@ -41,7 +41,8 @@ class PipelineConfig:
     # options of ExtractSettings (kinds, poolings, batch_size, ...)
     extract: dict[str, Any] = field(default_factory=dict)
     probe: dict[str, Any] = field(default_factory=dict)  # c_grid, metric, max_iter, tol
-    sweep: dict[str, Any] = field(default_factory=dict)  # rule, values, c_grid, penalty, seed, max_iter, tol, select
+    sweep: dict[str, Any] = field(default_factory=dict)  # rule, values, c_grid, penalty, seed, max_iter, tol, select,
+    # search, patience
 
     @property
     def out_dir(self) -> Path:
@@ -68,7 +69,7 @@ def load_config(path: str | Path) -> PipelineConfig:
     _check_section(p, "extract", raw.get("extract", {}), ExtractSettings, exclude=TOP_LEVEL_EXTRACT)
     _check_section(p, "probe", raw.get("probe", {}), ProbeSettings)
     _check_section(p, "sweep", raw.get("sweep", {}), SweepSettings)
-    try:  # values too (select = "one_se", eta values, C grid), before any stage runs
+    try:  # values too (select = "one_se", search, patience, eta values, C grid), before any stage runs
         SweepSettings(**_tuples(raw.get("sweep", {}))).check()
     except InputError as exc:
         raise InputError(f"{p}: [sweep] {exc}") from None

@@ -13,6 +13,7 @@ from ..validation import (
     NON_NEGATIVE_INT,
     PERCENTS,
     POSITIVE_FLOATS,
+    POSITIVE_INT,
     POSITIVE_INTS,
     arg_type,
 )
@@ -155,6 +156,7 @@ def add_sweep(sub: Subcommands) -> None:
     )
     p.add_argument("--head-penalty", default="l2", choices=["l1", "l2"], help="head regularisation (default: l2)")
     add_select(p, default=DEFAULT_STRATEGY)
+    add_search(p, defaults=True)
     p.add_argument(
         "--seed",
         type=arg_type(NON_NEGATIVE_INT),
@@ -197,6 +199,30 @@ def add_select(p: argparse.ArgumentParser, default: str | None) -> None:
     p.add_argument("--select", choices=list(STRATEGIES), default=default, help=SELECT_HELP.format(default=shown))
 
 
+SEARCH_HELP = (
+    "how much of the head C grid each configuration fits: grid (the exact reference: every configuration at every "
+    "C) or patience (each configuration's C path, strong to weak regularisation, stops once its dev score has not "
+    "improved for --patience C values in a row: the weak-regularisation end of the path, the slowest fits, is "
+    "skipped, and heads never fitted are not compared, so the choice can differ from the grid's). Default {default}"
+)
+PATIENCE_HELP = (
+    "with --search patience: C values in a row without a better dev score before a configuration's path stops "
+    "(an integer >= 1; default {default})"
+)
+
+
+def add_search(p: argparse.ArgumentParser, defaults: bool) -> None:
+    """--search and --patience (`run` has no defaults: the config's [sweep] search and patience)."""
+    from ..loop.sweep import DEFAULT_PATIENCE, SEARCHES
+
+    search = "grid, the exact grid" if defaults else "the config's [sweep] search, else grid (the exact grid)"
+    patience = str(DEFAULT_PATIENCE) if defaults else f"the config's [sweep] patience, else {DEFAULT_PATIENCE}"
+    p.add_argument("--search", choices=list(SEARCHES), default="grid" if defaults else None,
+                   help=SEARCH_HELP.format(default=search))  # fmt: skip
+    p.add_argument("--patience", type=arg_type(POSITIVE_INT), default=DEFAULT_PATIENCE if defaults else None,
+                   help=PATIENCE_HELP.format(default=patience))  # fmt: skip
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run `spin-cache sweep` with the probe run's metric: print the result table (text or JSON); returns 0."""
     from ..loop.probe import ProbeRun
@@ -219,6 +245,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         metric=metric,
         seed=args.seed,
         select=args.select,
+        search=args.search,
+        patience=args.patience,
     )
     options = store_options(args)
     open_store(args.store, options)  # a missing bucket, endpoint or credentials: one line, before work
@@ -284,19 +312,23 @@ def add_run(sub: Subcommands) -> None:
     )
     p.add_argument("config", nargs="?", default=None, help="TOML config (default: the bundled default run)")
     add_select(p, default=None)
+    add_search(p, defaults=False)
     p.add_argument("--json", action="store_true", help="print the result table as one JSON object")
     p.set_defaults(func=cmd_run)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run `spin-cache run`: the pipeline from the config (--select overriding its [sweep] select), print Base vs
-    SPIN and the report's path; returns 0."""
+    """Run `spin-cache run`: the pipeline from the config (--select, --search and --patience overriding its [sweep]
+    keys), print Base vs SPIN and the report's path; returns 0."""
     from ..outputs import finite_or_null
     from ..pipeline import PipelineConfig, load_config, run_pipeline
 
     cfg = load_config(args.config) if args.config else PipelineConfig()
     if args.select is not None:  # the command line wins over the config's [sweep] select
         cfg.sweep = {**cfg.sweep, "select": args.select}
+    for key in ("search", "patience"):  # likewise over [sweep] search and patience
+        if getattr(args, key) is not None:
+            cfg.sweep = {**cfg.sweep, key: getattr(args, key)}
     result = run_pipeline(cfg, progress=not args.quiet, say=lambda text: say(args, text), command=command_line(args))
     if args.json:
         print(json.dumps(finite_or_null(result), allow_nan=False))

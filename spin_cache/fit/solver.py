@@ -325,17 +325,24 @@ def fit_c_path(
     max_iter: int = 300,
     tol: float = 1e-4,
     on_fit: Callable[[float, LinearFit, np.ndarray], None] | None = None,
+    patience: int | None = None,
 ) -> PathResult:
     """Fit every C in increasing order (warm starts: strong to weak regularisation), keep the best on dev.
 
     Features must already be standardised. Ties on dev go to the smaller C (the sparser, simpler model).
     `on_fit` (optional; the sweep's selection, issue 23): called after each C with (C, its fit, its predicted labels
     on `dev`), in the order fitted; it changes nothing in the path.
+    `patience` (optional; the sweep's `--search patience`, issue 20): stop the path once the dev score has not
+    improved on the best so far for `patience` C values in a row, skipping the weakest regularisation (the slowest
+    fits); `history` then holds only the C values fitted. None (the default): every C, the exact path.
     """
+    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+        raise ValueError(f"patience: expected an integer >= 1 or None, got {patience!r}")
     lip = _lipschitz(train, 1 if n_classes == 2 else n_classes)
     warm = None
     best: PathResult | None = None
     history = []
+    stale = 0  # C values in a row whose dev score did not improve on the best so far
     for c in sorted(c_grid):
         fit = fit_logistic(train, n_classes, c, penalty=penalty, max_iter=max_iter, tol=tol, warm=warm, lipschitz=lip)
         warm = fit
@@ -353,6 +360,11 @@ def fit_c_path(
         )
         if best is None or dev_score > best.dev:
             best = PathResult(c=c, fit=fit, dev=dev_score)
+            stale = 0
+        else:
+            stale += 1
+            if patience is not None and stale >= patience:
+                break
     assert best is not None
     best.history = history
     return best

@@ -175,7 +175,8 @@ class ChosenBy:
     dev score of any head. expected: `expected_method`'s estimate of the chosen head's score on new data, with the
     search accounted for ("bbc": the selection re-run on bootstrap resamples of the dev rows, each choice scored on
     the rows its resample left out; Tsamardinos et al. 2018); expected_se: its binomial standard error on the dev
-    rows; optimism: chosen_dev - expected. n_compared: heads compared (every configuration at every C);
+    rows; optimism: chosen_dev - expected. n_compared: heads compared (every head fitted: each configuration at
+    every C, or, with `--search patience`, at the C values its path reached);
     n_distinct: of them, with distinct dev predictions; n_configurations: (kind, pooling, value, K) configurations;
     n_candidates: the strategy's candidate set; chosen_share: how often the resamples chose the same head."""
 

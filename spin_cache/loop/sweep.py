@@ -85,6 +85,11 @@ RULE_VALUES: dict[str, tuple[str, Constraint]] = {
 }
 #: `SweepSettings.select`: how the exported head is chosen from the dev predictions (spin_cache.loop.selection).
 SELECT = Constraint("name", choices=tuple(STRATEGIES))
+#: `SweepSettings.search`: "grid" fits every head at every C of the grid (the exact reference); "patience" stops
+#: each configuration's C path once dev has not improved for `SweepSettings.patience` C values in a row.
+SEARCHES = ("grid", "patience")
+SEARCH = Constraint("name", choices=SEARCHES)
+DEFAULT_PATIENCE = 2
 #: The estimate shown next to the chosen head's dev score: the bootstrap bias-corrected estimate (bbc).
 ESTIMATE_METHOD = DEFAULT_ESTIMATE_METHOD
 
@@ -96,7 +101,13 @@ class SweepSettings:
     select: the strategy that chooses the exported head among every (configuration, C) from their dev predictions
     (spin_cache.loop.selection.STRATEGIES). "argmax" by default: no other strategy beat it on every set measured
     (BENCHMARKS.md, "Selection strategies"); each choice is reported with the bootstrap bias-corrected estimate of
-    its score on new data."""
+    its score on new data.
+
+    search: "grid" (default) fits every configuration's head at every C of `c_grid`, the exact reference;
+    "patience" stops a configuration's C path (ascending: strong to weak regularisation) once its dev score has not
+    improved on the best so far for `patience` C values in a row, so the weak-regularisation end, the slowest fits,
+    is skipped. Heads never fitted are not compared (ChosenBy.n_compared counts the heads fitted). Base and the
+    random control, the references, are always fitted over the whole grid."""
 
     rule: str = "eta"
     values: tuple[float, ...] = DEFAULT_ETAS
@@ -107,6 +118,8 @@ class SweepSettings:
     tol: float = 1e-4
     seed: int = 0
     select: str = DEFAULT_STRATEGY
+    search: str = "grid"
+    patience: int = DEFAULT_PATIENCE
 
     def check(self) -> None:
         """InputError naming the first setting out of its range (the same rules as the command line's)."""
@@ -126,6 +139,16 @@ class SweepSettings:
         check("tol", self.tol, POSITIVE_FLOAT)
         check("--seed", self.seed, NON_NEGATIVE_INT)
         check("--select (select)", self.select, SELECT)
+        check("--search (search)", self.search, SEARCH)
+        check("--patience (patience)", self.patience, POSITIVE_INT)
+        if not isinstance(self.patience, int) or isinstance(self.patience, bool):
+            raise InputError(f"--patience (patience): expected an integer >= 1, got {self.patience!r}")
+
+    @property
+    def head_patience(self) -> int | None:
+        """What fit_c_path's `patience` is for the configurations' heads: None (every C) unless search is
+        "patience"."""
+        return self.patience if self.search == "patience" else None
 
 
 # ---- fitting ------------------------------------------------------------------------------------------------------
@@ -155,8 +178,9 @@ def _classifier(s: SweepSettings, n_classes: int, width: int, scaler: Standardiz
 
 
 def _path(train: Design, dev: Design, scaler: Standardizer, n_classes: int, s: SweepSettings,
-          keep_c: float | None) -> _Fitted:  # fmt: skip
-    """Fit the C path; keep the best C on dev (SpinClassifier.fit's choice) or, given `keep_c`, that C's fit."""
+          keep_c: float | None, patience: int | None = None) -> _Fitted:  # fmt: skip
+    """Fit the C path; keep the best C on dev (SpinClassifier.fit's choice) or, given `keep_c`, that C's fit.
+    `patience`: fit_c_path's early stop (None: every C)."""
     per_c: list[tuple[float, np.ndarray]] = []
     kept: dict[str, LinearFit] = {}
 
@@ -166,12 +190,12 @@ def _path(train: Design, dev: Design, scaler: Standardizer, n_classes: int, s: S
             kept["fit"] = fit
 
     res = fit_c_path(train, dev, n_classes, s.c_grid, penalty=s.penalty, metric=s.metric, max_iter=s.max_iter,
-                     tol=s.tol, on_fit=on_fit)  # fmt: skip
+                     tol=s.tol, on_fit=on_fit, patience=patience)  # fmt: skip
     if keep_c is None:
         c, fit, dev_score = res.c, res.fit, res.dev
     else:
         if "fit" not in kept:
-            raise InputError(f"C {keep_c!r} is not on the head grid {tuple(s.c_grid)}")
+            raise InputError(f"C {keep_c!r} is not on the head grid {tuple(s.c_grid)} (or its path stopped before it)")
         c, fit = keep_c, kept["fit"]
         dev_score = next(h["dev"] for h in res.history if h["C"] == c)
     clf = _classifier(s, n_classes, train.n_features, scaler, c, fit, res.history)
@@ -179,12 +203,12 @@ def _path(train: Design, dev: Design, scaler: Standardizer, n_classes: int, s: S
 
 
 def _fit_in_memory(x: dict[str, np.ndarray], y: dict[str, np.ndarray], n_classes: int, s: SweepSettings,
-                   keep_c: float | None = None) -> _Fitted:  # fmt: skip
+                   keep_c: float | None = None, patience: int | None = None) -> _Fitted:  # fmt: skip
     """The C path on features in memory, exactly as SpinClassifier.fit runs it, keeping every C's dev predictions."""
     scaler = Standardizer.fit(x["train"])
     train = Design.of(scaler.transform(x["train"]), y["train"])
     dev = Design.of(scaler.transform(x["dev"]), y["dev"])
-    return _path(train, dev, scaler, n_classes, s, keep_c)
+    return _path(train, dev, scaler, n_classes, s, keep_c, patience)
 
 
 def _label_dtype(n_classes: int) -> type[np.signedinteger]:
@@ -247,9 +271,11 @@ class _StreamedColumns:
 
         return Design(blocks, self.n[split], self.width)
 
-    def fit(self, n_classes: int, settings: SweepSettings, keep_c: float | None = None) -> _Fitted:
+    def fit(self, n_classes: int, settings: SweepSettings, keep_c: float | None = None,
+            patience: int | None = None) -> _Fitted:  # fmt: skip
         scaler = Standardizer.fit_chunks((x for x, _ in self.chunks("train")), self.width)
-        fitted = _path(self.design("train", scaler), self.design("dev", scaler), scaler, n_classes, settings, keep_c)
+        fitted = _path(self.design("train", scaler), self.design("dev", scaler), scaler, n_classes, settings, keep_c,
+                       patience)  # fmt: skip
         release_free_heap()  # the passes' freed blocks, back to the kernel: peak memory stays flat in the rows
         return fitted
 
@@ -308,13 +334,14 @@ def sweep_group(
         full = np.concatenate([data[layer][:, np.searchsorted(cols[layer], sel[layer])] for layer in sel], axis=1)
         return {s: full[m] for s, m in masks.items()}
 
-    def fit_config(sel: Mapping[int, np.ndarray], test: bool = False) -> tuple[_Fitted, float | None]:
+    def fit_config(sel: Mapping[int, np.ndarray], test: bool = False,
+                   patience: int | None = None) -> tuple[_Fitted, float | None]:  # fmt: skip
         if not streamed:
             x = features(sel)
-            fitted = _fit_in_memory(x, y, n_classes, settings)
+            fitted = _fit_in_memory(x, y, n_classes, settings, patience=patience)
             return fitted, score_test(fitted.classifier, x["test"], y["test"]) if test else None
         source = _StreamedColumns(store, ordered, kind, pooling, sel, masks, labels)
-        fitted = source.fit(n_classes, settings)
+        fitted = source.fit(n_classes, settings, patience=patience)
         return fitted, source.test_score(fitted.classifier, settings.metric) if test else None
 
     total = store.width(kind) * len(layers)
@@ -328,7 +355,7 @@ def sweep_group(
         for k in range(1, len(layers) + 1):
             t1 = time.perf_counter()
             chosen = {layer: sel[layer] for layer in layers[:k]}
-            fitted, _ = fit_config(chosen)
+            fitted, _ = fit_config(chosen, patience=settings.head_patience)
             for c, pred in fitted.dev_predictions:
                 predictions.append(pred)
                 head_row.append(len(rows))
@@ -411,7 +438,10 @@ def score_chosen(
     n_classes = len(store.label_names)
     if row.mode == "streamed":
         source = _StreamedColumns(store, ordered, row.kind, row.pooling, selection, masks, labels)
-        clf = held.classifier() if held is not None else source.fit(n_classes, settings, keep_c=c).classifier
+        if held is not None:
+            clf = held.classifier()
+        else:
+            clf = source.fit(n_classes, settings, keep_c=c, patience=settings.head_patience).classifier
         return HeadParts.of(clf), source.test_score(clf, settings.metric)
     parts = []
     for layer, idx in selection.items():
@@ -421,7 +451,10 @@ def score_chosen(
     full = np.concatenate(parts, axis=1)
     x = {s: full[m] for s, m in masks.items()}
     y = {s: labels[m] for s, m in masks.items()}
-    clf = held.classifier() if held is not None else _fit_in_memory(x, y, n_classes, settings, keep_c=c).classifier
+    if held is not None:
+        clf = held.classifier()
+    else:
+        clf = _fit_in_memory(x, y, n_classes, settings, keep_c=c, patience=settings.head_patience).classifier
     return HeadParts.of(clf), score_test(clf, x["test"], y["test"])
 
 
