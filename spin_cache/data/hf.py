@@ -17,6 +17,7 @@ names, ids and splits, never where they came from. Where they came from is kept 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -316,7 +317,7 @@ def load_hf(
         "class_label": list(label_feature.names) if _class_label(label_feature) else None,
         "dev_split": carved,
     }
-    return _with_source(dataset, source)
+    return dataclasses.replace(dataset, source=source)
 
 
 def _in_class_label_order(dataset: LabelledDataset, names: list[str]) -> LabelledDataset:
@@ -325,23 +326,4 @@ def _in_class_label_order(dataset: LabelledDataset, names: list[str]) -> Labelle
     if sorted(order) != sorted(dataset.label_names) or order == list(dataset.label_names):
         return dataset  # names that the file rules rewrote (numeric names): keep the file order
     new_index = np.array([order.index(n) for n in dataset.label_names], dtype=np.int64)
-    return LabelledDataset(
-        name=dataset.name,
-        ids=dataset.ids,
-        texts=dataset.texts,
-        labels=new_index[dataset.labels],
-        splits=dataset.splits,
-        label_names=tuple(order),
-    )
-
-
-def _with_source(dataset: LabelledDataset, source: dict[str, Any]) -> LabelledDataset:
-    return LabelledDataset(
-        name=dataset.name,
-        ids=dataset.ids,
-        texts=dataset.texts,
-        labels=dataset.labels,
-        splits=dataset.splits,
-        label_names=dataset.label_names,
-        source=source,
-    )
+    return dataclasses.replace(dataset, labels=new_index[dataset.labels], label_names=tuple(order))
