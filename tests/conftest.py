@@ -64,6 +64,32 @@ def predictor(head_dir: Path):  # -> spin_cache.serve.predict.Predictor
     return Predictor(head_dir, device="cpu", batch_size=2)
 
 
+# ---- a small synthetic store and its probe run, for sweep tests that need no model ---------------------------------
+
+
+def probed_synthetic_store(root: Path, **store_options: object) -> tuple:  # (ActivationStore, ProbeRun, root)
+    """A synthetic FFN store under `root` (3 layers of 40 neurons, signal planted in layers 2 and 3, unless
+    `store_options` say otherwise) and its probe run over a three-value C grid."""
+    from spin_cache.loop.probe import ProbeSettings, run_probes
+    from spin_cache.synth import make_synthetic_store
+
+    options = {"n_layers": 3, "width": 40, "kinds": ("ffn",), "informative": {2: 3, 3: 2}, "signal": 0.4,
+               "block_rows": 128} | store_options  # fmt: skip
+    store = make_synthetic_store(root / "store", **options)
+    run = run_probes(store.url, root / "probes", ProbeSettings(c_grid=(0.05, 0.2, 1.0)), scheduler="sync",
+                     progress=False)  # fmt: skip
+    return store, run, root
+
+
+def sweep_probed(probed: tuple, name: str, grid: dict, **settings: object):  # -> SweepResult
+    """The sweep of `probed_synthetic_store`'s run into ROOT/`name`, with `grid` and `settings` as SweepSettings."""
+    from spin_cache.loop.sweep import SweepSettings, run_sweep
+
+    store, run, root = probed
+    return run_sweep(store.url, run.path, root / name, SweepSettings(**grid, **settings), scheduler="sync",
+                     progress=False)  # fmt: skip
+
+
 # ---- markers: `pytest -m "not slow and not server"` is the quick loop; scripts/test.sh runs everything -----------
 
 # Modules that start servers on loopback (a Dask scheduler and workers, moto's S3) or a browser.

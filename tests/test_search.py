@@ -12,6 +12,7 @@ import torch
 from spin_cache.errors import InputError
 from spin_cache.fit import solver
 from spin_cache.fit.solver import HEAD_C_GRID, Design, fit_c_path
+from tests.conftest import probed_synthetic_store, sweep_probed
 
 GRID = (0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
 
@@ -110,24 +111,12 @@ SWEEP_GRID = {"values": (0.1, 0.3, 0.5, 0.8, 0.95), "c_grid": (0.001, 0.01, 0.1,
 def synth_run(tmp_path_factory):
     """A synthetic store (planted signal in two layers, few training rows so weak regularisation overfits) and its
     probe run."""
-    from spin_cache.loop.probe import ProbeSettings, run_probes
-    from spin_cache.synth import make_synthetic_store
-
     root = tmp_path_factory.mktemp("search-sweep")
-    store = make_synthetic_store(root / "store", n_rows=400, n_layers=3, width=40, kinds=("ffn",),
-                                 poolings=("mean",), informative={2: 3, 3: 2}, split_shares=(0.4, 0.35, 0.25),
-                                 signal=0.4, block_rows=128, seed=5)  # fmt: skip
-    run = run_probes(store.url, root / "probes", ProbeSettings(c_grid=(0.05, 0.2, 1.0)), scheduler="sync",
-                     progress=False)  # fmt: skip
-    return store, run, root
+    return probed_synthetic_store(root, n_rows=400, poolings=("mean",), split_shares=(0.4, 0.35, 0.25), seed=5)
 
 
 def _sweep(synth_run, name: str, **settings):
-    from spin_cache.loop.sweep import SweepSettings, run_sweep
-
-    store, run, root = synth_run
-    return run_sweep(store.url, run.path, root / name, SweepSettings(**SWEEP_GRID, **settings), scheduler="sync",
-                     progress=False)  # fmt: skip
+    return sweep_probed(synth_run, name, SWEEP_GRID, **settings)
 
 
 def test_patience_sweep_fits_fewer_heads_and_records_its_search(synth_run):

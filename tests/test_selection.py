@@ -25,6 +25,7 @@ from spin_cache.loop.selection import (
     stack_configs,
     sweep_neighbourhoods,
 )
+from tests.conftest import probed_synthetic_store, sweep_probed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -315,24 +316,12 @@ SWEEP_GRID = {"values": (0.1, 0.3, 0.5, 0.8, 0.95), "c_grid": (0.001, 0.01, 0.1,
 @pytest.fixture(scope="module")
 def synth_run(tmp_path_factory):
     """A synthetic store (planted signal in two layers, dev and test of different sizes) and its probe run."""
-    from spin_cache.loop.probe import ProbeSettings, run_probes
-    from spin_cache.synth import make_synthetic_store
-
     root = tmp_path_factory.mktemp("selection-sweep")
-    store = make_synthetic_store(root / "store", n_rows=500, n_layers=3, width=40, kinds=("ffn",),
-                                 poolings=("mean", "max"), informative={2: 3, 3: 2}, split_shares=(0.6, 0.25, 0.15),
-                                 signal=0.4, block_rows=128, seed=3)  # fmt: skip
-    run = run_probes(store.url, root / "probes", ProbeSettings(c_grid=(0.05, 0.2, 1.0)), scheduler="sync",
-                     progress=False)  # fmt: skip
-    return store, run, root
+    return probed_synthetic_store(root, n_rows=500, poolings=("mean", "max"), split_shares=(0.6, 0.25, 0.15), seed=3)
 
 
 def _sweep(synth_run, name: str, **settings):
-    from spin_cache.loop.sweep import SweepSettings, run_sweep
-
-    store, run, root = synth_run
-    return run_sweep(store.url, run.path, root / name, SweepSettings(**SWEEP_GRID, **settings), scheduler="sync",
-                     progress=False)  # fmt: skip
+    return sweep_probed(synth_run, name, SWEEP_GRID, **settings)
 
 
 @pytest.fixture(scope="module")
