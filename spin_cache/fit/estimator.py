@@ -16,7 +16,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..errors import InputError
 from .metrics import METRICS, score_predictions
-from .solver import Design, Standardizer, decision, fit_c_path, predict_labels, probabilities
+from .solver import Design, LinearFit, Standardizer, decision, fit_c_path, predict_labels, probabilities
 
 
 class EstimatorInputError(InputError, ValueError):
@@ -160,11 +160,20 @@ class SpinClassifier(ClassifierMixin, BaseEstimator):
             max_iter=self.max_iter,
             tol=self.tol,
         )
-        self.C_ = res.c
-        self.coef_ = res.fit.coef
-        self.intercept_ = res.fit.intercept
-        self.history_ = res.history
-        self.n_iter_ = np.array([h["iterations"] for h in res.history if h["C"] == res.c][:1], dtype=np.int32)
+        return self.adopt_fit(self.scaler_, res.c, res.fit, res.history)
+
+    def adopt_fit(
+        self, scaler: Standardizer, c: float, fit: LinearFit, history: list[dict[str, Any]]
+    ) -> SpinClassifier:
+        """Take C `c`'s fit of a C path (`fit_c_path` on features standardised by `scaler`, its `history`) as this
+        classifier's fitted state, as `fit` does; `classes_`, `n_classes_` and `n_features_in_` must already be set.
+        Returns self."""
+        self.scaler_ = scaler
+        self.C_ = c
+        self.coef_ = fit.coef
+        self.intercept_ = fit.intercept
+        self.history_ = history
+        self.n_iter_ = np.array([h["iterations"] for h in history if h["C"] == c][:1], dtype=np.int32)
         return self
 
     def _encode(self, y: np.ndarray, what: str) -> np.ndarray:

@@ -129,14 +129,7 @@ def _grad(data: Design, w: torch.Tensor, b: torch.Tensor, n_classes: int) -> tup
     gw = torch.zeros_like(w)
     gb = torch.zeros_like(b)
     for x, y in data.blocks():
-        z = _logits(x, w, b)
-        if n_classes == 2:
-            r = torch.sigmoid(z[0]) - y.to(z.dtype)
-            gw[0] += r @ x
-            gb[0] += r.sum()
-            continue
-        r = torch.softmax(z, dim=0)
-        r.scatter_add_(0, y.unsqueeze(0), torch.full((1, len(y)), -1.0, dtype=r.dtype))
+        _, r = _loss_grad(_logits(x, w, b), y, n_classes)
         gw.addmm_(r, x)
         gb += r.sum(dim=1)
     return gw / data.n_rows, gb / data.n_rows

@@ -171,10 +171,7 @@ def _classifier(s: SweepSettings, n_classes: int, width: int, scaler: Standardiz
     clf = SpinClassifier(C=tuple(s.c_grid), penalty=s.penalty, max_iter=s.max_iter, tol=s.tol, metric=s.metric,
                          random_state=s.seed)  # fmt: skip
     clf.n_classes_, clf.classes_, clf.n_features_in_ = n_classes, np.arange(n_classes), width
-    clf.scaler_, clf.C_, clf.coef_, clf.intercept_ = scaler, c, fit.coef, fit.intercept
-    clf.history_ = history
-    clf.n_iter_ = np.array([h["iterations"] for h in history if h["C"] == c][:1], dtype=np.int32)
-    return clf
+    return clf.adopt_fit(scaler, c, fit, history)
 
 
 def _path(train: Design, dev: Design, scaler: Standardizer, n_classes: int, s: SweepSettings,
@@ -733,14 +730,14 @@ def _export_head(
     table: SweepTable,
     path: Path,
 ) -> None:
-    model = store.manifest["model"]
+    model = store.manifest_record.model
     info = {
         "store_fingerprint": store.fingerprint,
         "model": {
             k: model.get(k)
             for k in ("name", "path", "model_type", "family", "config_sha256", "weights_sha256", "tokenizer_sha256")
         },
-        "max_length": store.manifest["extraction"]["max_length"],
+        "max_length": store.manifest_record.extraction["max_length"],
         "store_dtype": store.layout.dtype,
         "kind": row.kind,
         "pooling": row.pooling,
