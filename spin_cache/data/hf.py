@@ -88,7 +88,9 @@ def load_from_hub(data: str, revision: str | None = None) -> Any:
     try:
         return datasets.load_dataset(name, config or None, revision=revision)
     except Exception as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+        from ..model.identity import hub_offline
+
+        offline = hub_offline()
         where = "in the local cache (HF_HUB_OFFLINE=1)" if offline else "on the Hugging Face hub"
         raise InputError(
             f"{data}: file not found (the only built-in dataset is 'sst2'), and not a Hugging Face dataset "

@@ -20,8 +20,8 @@ from ..outputs import check_store_destination
 from ..representations import default_poolings
 from ..store.access import _fs
 from ..store.activation_store import ActivationStore
-from ..store.layout import FORMAT_VERSION, canonical_hash
-from ..store.manifest import describe_differences, fingerprint_inputs
+from ..store.layout import FORMAT_VERSION
+from ..store.manifest import describe_differences, fingerprint_inputs, store_fingerprint
 from .settings import DEFAULT_CHUNK_COLS, DEFAULT_MAX_LENGTH, DEFAULT_STORES_DIR, ExtractSettings
 
 __all__ = [
@@ -227,11 +227,6 @@ def examples_table(dataset: LabelledDataset, n_tokens: np.ndarray, truncated: np
             "truncated": truncated,
         }
     )
-
-
-def store_fingerprint(partial_manifest: dict[str, Any]) -> str:
-    """The fingerprint of the store a (partial) manifest describes: a hash of the inputs that change its values."""
-    return canonical_hash(fingerprint_inputs(partial_manifest))
 
 
 def repair_examples(store: ActivationStore, examples: pl.DataFrame) -> None:

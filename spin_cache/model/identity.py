@@ -7,6 +7,7 @@ import functools
 import hashlib
 import importlib.util
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,9 +54,9 @@ def resolve_model_path(name_or_path: str, revision: str | None = None) -> Path:
         return candidate.resolve()
     if candidate.exists():
         raise InputError(f"model {name_or_path!r} is a file; pass a model directory (with config.json)")
-    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub import snapshot_download
 
-    offline = bool(constants.HF_HUB_OFFLINE)
+    offline = hub_offline()
     try:
         snapshot = snapshot_download(repo_id=name_or_path, revision=revision, local_files_only=offline)
     except Exception as exc:
@@ -66,6 +67,12 @@ def resolve_model_path(name_or_path: str, revision: str | None = None) -> Path:
             f"({type(exc).__name__}); pass a local model directory or check the id"
         ) from None
     return Path(snapshot).resolve()
+
+
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` is set now (huggingface_hub reads it once, at import: a worker process that sets it
+    after importing spin-cache must still be offline)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 @functools.cache
@@ -82,7 +89,9 @@ def default_model_dir() -> Path:
     folder = Path(spec.origin).resolve().parent / "model"
     for name, want in DEFAULT_MODEL_SHA256.items():
         try:
-            got = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+            h = hashlib.sha256()
+            _sha256_file(h, folder / name)
+            got = h.hexdigest()
         except OSError:
             got = "missing"
         if got != want:
