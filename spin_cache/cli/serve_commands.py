@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..extract.settings import COMPUTE_DTYPES
 from .options import (
     Subcommands,
     command,
@@ -56,7 +57,7 @@ def add_predict(sub: Subcommands) -> None:
     )
     p.add_argument(
         "--compute-dtype",
-        choices=["auto", "float32", "bfloat16", "float16"],
+        choices=list(COMPUTE_DTYPES),
         default="auto",
         help="dtype the model runs in (default auto: the store's on CUDA, float32 on the CPU)",
     )

@@ -7,8 +7,9 @@ import json
 import sys
 from dataclasses import fields
 
-from ..extract.settings import ExtractSettings
+from ..extract.settings import COMPUTE_DTYPES, ExtractSettings
 from ..representations import KINDS
+from ..store.layout import STORE_DTYPES
 from ..validation import (
     NON_NEGATIVE_INT,
     POSITIVE_FLOAT,
@@ -95,12 +96,12 @@ def add_extract(sub: Subcommands) -> None:
     p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument(
         "--dtype",
-        choices=["float16", "bfloat16", "float32"],
+        choices=list(STORE_DTYPES),
         help="stored dtype (default: float16; out-of-range values are counted and reported)",
     )
     p.add_argument(
         "--compute-dtype",
-        choices=["auto", "float32", "bfloat16", "float16"],
+        choices=list(COMPUTE_DTYPES),
         help="model dtype (default auto: bfloat16 on CUDA where supported, else float32)",
     )
     p.add_argument("--block-rows", type=positive_int, help="rows per committed block / shard (default: auto)")

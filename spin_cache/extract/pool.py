@@ -11,11 +11,11 @@ import torch
 
 from ..errors import SpinCacheError
 from ..model.hooks import pool_layers_into, run_layers
-from ..model.loading import LoadedModel
+from ..model.loading import TORCH_DTYPES, LoadedModel
 from ..store.activation_store import ActivationStore
 from ..store.layout import FLOAT16_MAX, Layout
 from .schedule import CoreForWriter
-from .transfer import TORCH_DTYPES, HostCopier, Landed, Pooled, PooledBatch, host_view
+from .transfer import HostCopier, Landed, Pooled, PooledBatch, host_view
 
 
 @dataclass

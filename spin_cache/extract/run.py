@@ -18,7 +18,7 @@ import torch
 from .. import __version__
 from ..data.loading import LabelledDataset
 from ..model.identity import DEFAULT_MODEL
-from ..model.loading import LoadedModel, load_model
+from ..model.loading import TORCH_DTYPES, LoadedModel, load_model
 from ..store.activation_store import ActivationStore
 from ..store.layout import Layout, default_block_rows, dtype_bytes
 from ..store.lock import StoreLock
@@ -39,7 +39,6 @@ from .plan import (
 from .pool import pool_block
 from .schedule import CoreForWriter, Throttle
 from .settings import ExtractSettings
-from .transfer import TORCH_DTYPES
 from .workers import run_workers, shard_device, wait_for_store
 from .write import BlockWriter
 

@@ -16,6 +16,8 @@ from ..validation import POSITIVE_INT, Constraint, check_all
 DEFAULT_CHUNK_COLS = 64
 DEFAULT_MAX_LENGTH = 512
 DEFAULT_STORES_DIR = "stores"
+#: The model dtypes by name; "auto": bfloat16 on CUDA where supported, else float32 (extraction), and in predict
+#: the dtype the head's store was extracted in (spin_cache.serve.predict.resolve_compute_dtype).
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..model.loading import TORCH_DTYPES
+
 #: One batch's pooled readings: ``pooled[(kind, layer)][pooling]`` is a (rows, D) tensor.
 Pooled = dict[tuple[str, int], dict[str, torch.Tensor]]
 
@@ -18,10 +20,6 @@ class PooledBatch:
 
     rows: list[int]
     pooled: Pooled
-
-
-TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-"""The stored and compute dtypes, by name."""
 
 
 def _pack(pieces: list[torch.Tensor], dtype: str) -> torch.Tensor:

@@ -16,6 +16,8 @@ from .adapters import T5_TYPES, Adapter, find_adapter
 from .identity import DEFAULT_MODEL, hub_revision, model_identity, resolve_model_path, tokenizer_files
 
 # a plain sentence every usable tokenizer maps to known tokens (checked when a tokenizer is loaded)
+#: The model and stored dtypes, by name.
+TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 _TOKENIZER_PROBE = "The film was a gripping, funny and moving story about two old friends."
 
 

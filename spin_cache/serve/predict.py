@@ -25,18 +25,24 @@ import numpy as np
 import torch
 
 from ..errors import InputError, IntegrityError, StoreMismatchError
+from ..extract.settings import COMPUTE_DTYPES
 from ..fit.head import REEXPORT, Head
 from ..model.hooks import run_layers
 from ..model.identity import DEFAULT_MODEL, model_identity, resolve_model_path
-from ..model.loading import LoadedModel, ModelFiles, load_config, load_model, load_tokenizer, resolve_device
+from ..model.loading import (
+    TORCH_DTYPES,
+    LoadedModel,
+    ModelFiles,
+    load_config,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+)
 from ..outputs import check_output_file
 from ..representations import KINDS, POOLINGS
 from ..validation import POSITIVE_INT, check
 
 HASH_KEYS = ("config_sha256", "weights_sha256", "tokenizer_sha256")
-#: compute_dtype choices: "auto" follows the store the head was trained on (see resolve_compute_dtype).
-COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
-_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FORMATS = ("jsonl", "csv", "json")
 SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".ndjson", ".parquet")
 #: Texts read and classified together: the unit of length sorting, writing and memory (with max_length).
@@ -146,7 +152,7 @@ def store_compute(head: Head) -> tuple[str | None, str | None]:
     dtype = _recorded(head.info, "compute_dtype", "extraction")
     device = _recorded(head.info, "device", "run")
     kind = str(device).split(":")[0].split()[-1] if isinstance(device, str) and device.strip() else None
-    return (dtype if dtype in _TORCH_DTYPES else None), kind
+    return (dtype if dtype in TORCH_DTYPES else None), kind
 
 
 def resolve_compute_dtype(head: Head, device: torch.device | str, compute_dtype: str | None = "auto") -> str:
@@ -250,7 +256,7 @@ class Predictor:
         self.compute_dtype = resolve_compute_dtype(self.head, dev, compute_dtype)
         # the files loaded are the files checked: the model loads from the identity just checked (hashed once)
         files = ModelFiles(path=path, identity=identity, tokenizer=load_tokenizer(path), config=load_config(path))
-        self.loaded = load_model(files, device=str(dev), dtype=_TORCH_DTYPES[self.compute_dtype])
+        self.loaded = load_model(files, device=str(dev), dtype=TORCH_DTYPES[self.compute_dtype])
         check_head_fits(self.head, self.loaded)
         self.store_dtype = self.head.info.get("store_dtype", "float16")
 
