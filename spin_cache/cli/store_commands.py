@@ -31,6 +31,8 @@ from .options import (
 )
 
 DEFAULTS = ExtractSettings()
+#: The ExtractSettings fields that are command-line options (the others come from -q and the storage flags).
+CLI_SETTINGS = tuple(f.name for f in fields(ExtractSettings) if f.name not in ("progress", "storage_options"))
 
 
 def add_extract(sub: Subcommands) -> None:
@@ -120,17 +122,15 @@ def add_extract(sub: Subcommands) -> None:
     )
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     # Every default comes from ExtractSettings: the CLI, the TOML pipeline and the Python API share them.
-    shared = [f.name for f in fields(ExtractSettings) if f.name not in ("progress", "storage_options")]
-    p.set_defaults(func=cmd_extract, **{name: getattr(DEFAULTS, name) for name in shared})
+    p.set_defaults(func=cmd_extract, **{name: getattr(DEFAULTS, name) for name in CLI_SETTINGS})
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
     """Run `spin-cache extract`; returns the exit code: 0 for a complete store, 4 while it is incomplete."""
     from ..extract.run import run_extraction
 
-    names = [f.name for f in fields(ExtractSettings) if f.name not in ("progress", "storage_options")]
     settings = ExtractSettings(
-        **{name: getattr(args, name) for name in names},
+        **{name: getattr(args, name) for name in CLI_SETTINGS},
         progress=not args.quiet,
         storage_options=store_options(args, args.out) if args.out else None,
     )
