@@ -46,6 +46,12 @@ class ModelFiles:
     tokenizer: PreTrainedTokenizerBase  # checked and padded, see load_tokenizer
     config: PretrainedConfig
 
+    @classmethod
+    def at(cls, path: Path, identity: dict[str, Any]) -> ModelFiles:
+        """The files of the model directory `path` whose `identity` (hashes) was just computed: its tokenizer
+        (checked, see :func:`load_tokenizer`) and config are loaded here."""
+        return cls(path=path, identity=identity, tokenizer=load_tokenizer(path), config=load_config(path))
+
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """The torch device for a device name; ``"auto"`` is cuda when available, else cpu.
@@ -71,7 +77,7 @@ def read_model_files(name_or_path: str | os.PathLike[str] = DEFAULT_MODEL, revis
     commit = hub_revision(path)
     if commit is not None:
         identity = identity | {"repo_id": str(name_or_path), "revision": commit}
-    return ModelFiles(path=path, identity=identity, tokenizer=load_tokenizer(path), config=load_config(path))
+    return ModelFiles.at(path, identity)
 
 
 def load_config(path: Path) -> PretrainedConfig:
@@ -116,7 +122,7 @@ def load_model(
         path = resolve_model_path(str(model))
         identity = model_identity(path)
         dev = resolve_device(device)
-        files = ModelFiles(path=path, identity=identity, tokenizer=load_tokenizer(path), config=load_config(path))
+        files = ModelFiles.at(path, identity)
     path, config = files.path, files.config
     model_type = getattr(config, "model_type", None)
     if model_type in T5_TYPES:

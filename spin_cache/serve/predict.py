@@ -33,9 +33,7 @@ from ..model.loading import (
     TORCH_DTYPES,
     LoadedModel,
     ModelFiles,
-    load_config,
     load_model,
-    load_tokenizer,
     resolve_device,
 )
 from ..outputs import check_output_file
@@ -255,7 +253,7 @@ class Predictor:
         dev = resolve_device(device)
         self.compute_dtype = resolve_compute_dtype(self.head, dev, compute_dtype)
         # the files loaded are the files checked: the model loads from the identity just checked (hashed once)
-        files = ModelFiles(path=path, identity=identity, tokenizer=load_tokenizer(path), config=load_config(path))
+        files = ModelFiles.at(path, identity)
         self.loaded = load_model(files, device=str(dev), dtype=TORCH_DTYPES[self.compute_dtype])
         check_head_fits(self.head, self.loaded)
         self.store_dtype = self.head.info.get("store_dtype", "float16")
