@@ -335,8 +335,7 @@ class ActivationStore:
         """Write the examples table (again, when an extraction resumes a store whose creation was cut short, so the
         side node is made here too if it is missing)."""
         fs, root = _fs(self.url, self.storage_options)
-        self._ensure_side_node()
-        fs.makedirs(f"{root}/{self.side.examples}".rsplit("/", 1)[0], exist_ok=True)
+        self._ensure_side_node()  # format 2: the node's folder, where the table goes; format 1: the root
         with fs.open(f"{root}/{self.side.examples}", "wb") as f:
             examples.write_parquet(f)
         self.__dict__.pop("_examples", None)
@@ -344,11 +343,8 @@ class ActivationStore:
     def _ensure_side_node(self) -> None:
         """Create the empty array whose folder holds the side files (format 2 on), unless it is there: zarr lists
         a group's folders, never an array's, so it never sees (and warns about) the files kept there."""
-        node = self.side.node
+        node = self._side_node_missing()
         if node is None:
-            return
-        fs, root = _fs(self.url, self.storage_options)
-        if fs.exists(f"{root}/{node}/zarr.json"):
             return
         self._group.create_array(
             node,
@@ -584,11 +580,16 @@ class ActivationStore:
     def _verify_side_node(self) -> list[str]:
         """The empty array whose folder keeps the side files (format 2 on) must be there: without its zarr.json,
         plain zarr sees a folder it does not know and warns about it."""
-        node = self.side.node
-        fs, root = _fs(self.url, self.storage_options)
-        if node is None or fs.exists(f"{root}/{node}/zarr.json"):
+        node = self._side_node_missing()
+        if node is None:
             return []
         return [f"{node}/zarr.json: missing (plain zarr warns about the folder {node}/); the store is damaged"]
+
+    def _side_node_missing(self) -> str | None:
+        """The side node's name when the store's format has one and its zarr.json is not there, else None."""
+        node = self.side.node
+        fs, root = _fs(self.url, self.storage_options)
+        return None if node is None or fs.exists(f"{root}/{node}/zarr.json") else node
 
     def _verify_examples(self) -> list[str]:
         try:
