@@ -224,8 +224,6 @@ def load_hf(
     """
     datasets = _import_datasets()
     _check_dev_split(dev_split, seed)
-    cols = _Columns(text=text_column or DEFAULT_TEXT, label=label_column or DEFAULT_LABEL, split=split_column,
-                    id=id_column)  # fmt: skip
     if isinstance(obj, datasets.DatasetDict):
         parts = dict(obj.items())
     elif isinstance(obj, datasets.Dataset):
