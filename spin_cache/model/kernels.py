@@ -6,9 +6,8 @@ caches the model's matrix products have just swept. This kernel reads each row's
 ``first``, ``last``, ``mean`` and ``max`` straight into the block buffer in the stored dtype (its cost against
 torch's: BENCHMARKS.md, Extraction).
 
-It is built with ``torch.utils.cpp_extension.load_inline`` (a C++ compiler and ninja; once per CPU and torch
-installation, cached under ``~/.cache/spin-cache/kernels``), for this CPU's instruction set, which its vector
-loops need to be fast. Where it cannot be built, pooling falls back to torch with a warning;
+It is built for this CPU on first use (spin_cache.native: a C++ compiler and ninja, cached under
+``~/.cache/spin-cache/kernels``). Where it cannot be built, pooling falls back to torch with a warning;
 ``SPIN_CACHE_FUSED_POOLING=0`` turns it off. Results do not depend on the number of threads (each task pools one
 row's slice of columns on its own), so a store is the same however the threads were set while it was made.
 ``first``, ``last`` and ``max`` equal torch's bit for bit; ``mean`` sums in float32 token by token, so it may
@@ -18,17 +17,12 @@ differ from torch's matmul in the last bit of the stored value.
 from __future__ import annotations
 
 import functools
-import hashlib
-import logging
-import os
-import platform
-import sys
-import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from .. import native
 
 ENVIRONMENT_SWITCH = "SPIN_CACHE_FUSED_POOLING"
 NO_COLUMN = -1  # a pooling the caller does not want
@@ -137,69 +131,26 @@ int64_t pool_into(torch::Tensor states, torch::Tensor starts, torch::Tensor stop
 }
 """
 
-_FLAGS = ("-O3", "-march=native", "-fopenmp")
 _OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-log = logging.getLogger(__name__)
-
-
-def _cpu_signature() -> str:
-    """What decides whether a build made with -march=native runs here: the CPU's model and instruction sets."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor() or platform.machine()
-    wanted = [line for line in lines if line.startswith(("model name", "flags"))]
-    return "\n".join(dict.fromkeys(wanted))
 
 
 def _build_name() -> str:
-    h = hashlib.sha256()
-    # torch's folder too: the build's ninja file names its headers, so two environments sharing one build
-    # directory would rebuild it in turn
-    torch_folder = str(Path(torch.__file__).resolve().parent)
-    for part in (_SOURCE, " ".join(_FLAGS), torch.__version__, torch_folder, sys.version, _cpu_signature()):
-        h.update(part.encode())
-        h.update(b"\0")
-    return "spin_cache_pool_" + h.hexdigest()[:16]
-
-
-def _cache_dir() -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "spin-cache" / "kernels"
+    return native.build_name("spin_cache_pool_", _SOURCE)
 
 
 @functools.lru_cache(maxsize=1)
 def fused_pooling() -> Any | None:
     """The compiled kernel module, built on first use; None where it is switched off or cannot be built."""
-    if os.environ.get(ENVIRONMENT_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+    if native.switched_off(ENVIRONMENT_SWITCH):
         return None
-    name = _build_name()
-    directory = _cache_dir() / name
-    try:
-        from torch.utils.cpp_extension import load_inline
-
-        directory.mkdir(parents=True, exist_ok=True)
-        if not (directory / f"{name}.so").exists():
-            log.info("building the fused pooling kernel for this CPU (once, about 30 s)")
-        return load_inline(
-            name,
-            cpp_sources=[_SOURCE],
-            functions=["pool_into"],
-            extra_cflags=list(_FLAGS),
-            build_directory=str(directory),
-            verbose=False,
-        )
-    except Exception as exc:  # no compiler, no ninja, a read-only home: torch pools instead
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        warnings.warn(
-            f"spin-cache: the fused pooling kernel could not be built in {directory} ({reason}); pooling with "
-            f"torch instead (slower on the CPU). Install a C++ compiler and ninja, or set {ENVIRONMENT_SWITCH}=0 "
-            "to stop trying.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return None
+    return native.build(
+        _build_name(),
+        _SOURCE,
+        ["pool_into"],
+        what="fused pooling kernel",
+        instead="pooling with torch instead (slower on the CPU)",
+        switch=ENVIRONMENT_SWITCH,
+    )
 
 
 def token_spans(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
