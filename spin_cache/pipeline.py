@@ -13,6 +13,7 @@ from typing import Any
 from .errors import InputError
 from .extract.run import run_extraction
 from .extract.settings import ExtractSettings
+from .fit.solver import solver_device
 from .loop.probe import ProbeRun, ProbeSettings, run_probes
 from .loop.sweep import DEFAULT_ETAS, SweepSettings, run_sweep
 from .report import write_report
@@ -38,6 +39,7 @@ class PipelineConfig:
     out: str | None = None  # default: runs/<name>
     scheduler: str | None = None
     workers: int | None = None
+    solver_device: str | None = None  # where probes and sweep fit: cpu (default), cuda, cuda:N, auto
     # options of ExtractSettings (kinds, poolings, batch_size, ...)
     extract: dict[str, Any] = field(default_factory=dict)
     probe: dict[str, Any] = field(default_factory=dict)  # c_grid, metric, max_iter, tol
@@ -73,6 +75,11 @@ def load_config(path: str | Path) -> PipelineConfig:
         SweepSettings(**_tuples(raw.get("sweep", {}))).check()
     except InputError as exc:
         raise InputError(f"{p}: [sweep] {exc}") from None
+    if raw.get("solver_device") is not None:  # no CUDA here: refused before the extraction, not after it
+        try:
+            solver_device(str(raw["solver_device"]))
+        except InputError as exc:
+            raise InputError(f"{p}: solver_device: {exc}") from None
     return PipelineConfig(**raw)
 
 
@@ -99,7 +106,7 @@ def run_pipeline(
     probes = _finished_probes(probe_dir, store.fingerprint, probe_settings)
     if probes is None:
         probes = run_probes(store.url, probe_dir, probe_settings, scheduler=cfg.scheduler, workers=cfg.workers,
-                            progress=progress)  # fmt: skip
+                            progress=progress, device=cfg.solver_device)  # fmt: skip
         say(f"[probe] done: {probes.probes.height} probes in {probe_dir}")  # type: ignore[operator]
     else:
         say(f"[probe] up to date: {probe_dir}")  # type: ignore[operator]
@@ -108,7 +115,7 @@ def run_pipeline(
     table = _finished_sweep(sweep_dir, store.fingerprint, sweep_settings)
     if table is None:
         table = run_sweep(store.url, probe_dir, sweep_dir, sweep_settings, scheduler=cfg.scheduler,
-                          workers=cfg.workers, progress=progress).table  # fmt: skip
+                          workers=cfg.workers, progress=progress, device=cfg.solver_device).table  # fmt: skip
         say(f"[sweep] done: {sweep_dir}")  # type: ignore[operator]
     else:
         say(f"[sweep] up to date: {sweep_dir}")  # type: ignore[operator]

@@ -44,6 +44,7 @@ def loop_options(args: argparse.Namespace, storage_options: dict[str, Any] | Non
         "storage_options": storage_options,
         "progress": not args.quiet,
         "dashboard": args.dashboard,
+        "device": args.device,
     }
 
 

@@ -8,7 +8,7 @@ import shlex
 from pathlib import Path
 from typing import Any, NoReturn, TypeAlias
 
-from ..errors import EXIT_CODES_HELP, SpinCacheError
+from ..errors import EXIT_CODES_HELP, InputError, SpinCacheError
 from ..representations import KINDS, POOLINGS
 from ..validation import POSITIVE_INT, arg_type, choices_type
 
@@ -104,8 +104,20 @@ def store_options(args: argparse.Namespace, url: str | None = None) -> dict[str,
     return resolve_storage_options(url or args.store, parse_storage_options(args.storage_options))
 
 
+def solver_device_name(text: str) -> str:
+    """--device of probe and sweep: a device name this machine has (checked here, so the command stops before any
+    work with argparse's one-line error)."""
+    from ..fit.solver import solver_device
+
+    try:
+        solver_device(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def add_scheduler(p: argparse.ArgumentParser) -> None:
-    """Add the loop's parallelism options to the parser `p`: --scheduler, --workers and --dashboard."""
+    """Add the loop's options of where to run to the parser `p`: --scheduler, --workers, --dashboard and --device."""
     p.add_argument(
         "--scheduler",
         default=None,
@@ -121,6 +133,13 @@ def add_scheduler(p: argparse.ArgumentParser) -> None:
         metavar="ADDR",
         help="serve the Dask dashboard of a local cluster at ADDR (default when given: 127.0.0.1:8787; ':PORT' "
         "listens on every interface; needs bokeh). Without it nothing listens beyond loopback",
+    )
+    p.add_argument(
+        "--device",
+        type=solver_device_name,
+        default=None,
+        help="where the solver fits: cpu (default), cuda, cuda:N or auto (CUDA when present); the columns are read "
+        "on the CPU and copied there",
     )
 
 

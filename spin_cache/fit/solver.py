@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..devices import resolve_device
 from . import products
 from .metrics import score_predictions
 
@@ -73,14 +74,20 @@ class LinearFit:
 
 class Design:
     """Rows (standardised features and labels) for the solver: one in-memory block, or row blocks produced on
-    demand by `blocks()` (out of core: each pass over the data reads them again, memory stays one block)."""
+    demand by `blocks()` (out of core: each pass over the data reads them again, memory stays one block).
+    `device`: where the blocks' tensors live, and so where the solver fits (see :meth:`to`)."""
 
     def __init__(
-        self, blocks: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], n_rows: int, n_features: int
+        self,
+        blocks: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+        n_rows: int,
+        n_features: int,
+        device: torch.device | None = None,
     ) -> None:
         self.blocks = blocks
         self.n_rows = n_rows
         self.n_features = n_features
+        self.device = device if device is not None else torch.device("cpu")
 
     @classmethod
     def of(cls, x: np.ndarray | torch.Tensor, y: np.ndarray) -> Design:
@@ -89,14 +96,32 @@ class Design:
         yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
         return cls(lambda: [(xt, yt)], int(xt.shape[0]), int(xt.shape[1]))
 
+    def to(self, device: torch.device) -> Design:
+        """This design on `device`: an in-memory one copied there once, a streamed one block by block as it is
+        read. The same design when it is there already."""
+        if device == self.device:
+            return self
+        first = self.blocks()
+        if isinstance(first, list):
+            moved = [(x.to(device), y.to(device)) for x, y in first]
+            return Design(lambda: moved, self.n_rows, self.n_features, device)
+        source = self.blocks
+        return Design(lambda: ((x.to(device), y.to(device)) for x, y in source()), self.n_rows, self.n_features, device)
+
+
+def solver_device(device: str | None) -> torch.device | None:
+    """The torch device a `device` name asks the solver to fit on (None: the designs' own, the CPU), through
+    spin_cache.devices.resolve_device: InputError for an unknown name or CUDA where there is none."""
+    return None if device is None else resolve_device(device)
+
 
 def _lipschitz(data: Design, n_outputs: int) -> float:
     """Upper bound of the mean-logloss gradient's Lipschitz constant (power iteration for ||X||_2^2)."""
     gen = torch.Generator().manual_seed(0)
-    v = torch.randn(data.n_features, generator=gen)
+    v = torch.randn(data.n_features, generator=gen).to(data.device)  # drawn on the CPU: the same on any device
     v /= v.norm()
     sigma2 = 1.0
-    no_intercept = torch.zeros(1)
+    no_intercept = torch.zeros(1, device=data.device)
     for _ in range(30):
         w = torch.zeros_like(v)
         for x, _ in data.blocks():
@@ -148,7 +173,7 @@ def _loss_grad(z: torch.Tensor, y: torch.Tensor, n_classes: int) -> tuple[torch.
         return _block_loss(z, y, n_classes), r.unsqueeze(0)
     r = torch.softmax(z, dim=0)
     loss = -(r.gather(0, y.unsqueeze(0)).clamp_min(1e-30).log()).sum()
-    r.scatter_add_(0, y.unsqueeze(0), torch.full((1, len(y)), -1.0, dtype=r.dtype))
+    r.scatter_add_(0, y.unsqueeze(0), torch.full((1, len(y)), -1.0, dtype=r.dtype, device=r.device))
     return loss, r
 
 
@@ -189,11 +214,11 @@ def fit_logistic(
     lam = 1.0 / (c * n)
     l_max = lipschitz or _lipschitz(data, n_out)
     if warm is not None and warm.coef.shape == (n_out, d):
-        w = torch.as_tensor(warm.coef, dtype=torch.float32).clone()
-        b = torch.as_tensor(warm.intercept, dtype=torch.float32).clone()
+        w = torch.as_tensor(warm.coef, dtype=torch.float32).clone().to(data.device)
+        b = torch.as_tensor(warm.intercept, dtype=torch.float32).clone().to(data.device)
     else:
-        w = torch.zeros(n_out, d)
-        b = torch.zeros(n_out)
+        w = torch.zeros(n_out, d, device=data.device)
+        b = torch.zeros(n_out, device=data.device)
 
     def penalty_of(v: torch.Tensor) -> float:
         return float(v.abs().sum()) if penalty == "l1" else float(0.5 * (v * v).sum())
@@ -258,15 +283,15 @@ def fit_logistic(
                 converged = True
                 break
             check_obj = obj
-    return LinearFit(w.numpy().copy(), b.numpy().copy(), it, converged, step_l)
+    return LinearFit(w.cpu().numpy().copy(), b.cpu().numpy().copy(), it, converged, step_l)
 
 
 def predict_design(data: Design, coef: np.ndarray, intercept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(labels, predictions) over every block of `data`."""
     ys, preds = [], []
     for x, y in data.blocks():
-        preds.append(predict_labels(decision(x.numpy(), coef, intercept)))
-        ys.append(y.numpy())
+        preds.append(predict_labels(decision(x.cpu().numpy(), coef, intercept)))
+        ys.append(y.cpu().numpy())
     return np.concatenate(ys), np.concatenate(preds)
 
 
@@ -316,6 +341,7 @@ def fit_c_path(
     tol: float = 1e-4,
     on_fit: Callable[[float, LinearFit, np.ndarray], None] | None = None,
     patience: int | None = None,
+    device: torch.device | None = None,
 ) -> PathResult:
     """Fit every C in increasing order (warm starts: strong to weak regularisation), keep the best on dev.
 
@@ -325,9 +351,13 @@ def fit_c_path(
     `patience` (optional; the sweep's `--search patience`, issue 20): stop the path once the dev score has not
     improved on the best so far for `patience` C values in a row, skipping the weakest regularisation (the slowest
     fits); `history` then holds only the C values fitted. None (the default): every C, the exact path.
+    `device` (optional): where to fit (the designs are moved there: an in-memory design once, a streamed one block
+    by block); the fits come back as numpy arrays wherever they were made. None: where the designs are.
     """
     if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
         raise ValueError(f"patience: expected an integer >= 1 or None, got {patience!r}")
+    if device is not None:
+        train, dev = train.to(device), dev.to(device)
     lip = _lipschitz(train, 1 if n_classes == 2 else n_classes)
     warm = None
     best: PathResult | None = None

@@ -26,7 +26,7 @@ import torch
 from .. import __version__
 from ..errors import InputError, IntegrityError, StoreMismatchError
 from ..fit.metrics import METRICS, score_predictions
-from ..fit.solver import PROBE_C_GRID, Design, Standardizer, fit_c_path, predict_design
+from ..fit.solver import PROBE_C_GRID, Design, Standardizer, fit_c_path, predict_design, solver_device
 from ..outputs import prepare_output_dir
 from ..store.activation_store import ActivationStore
 from ..store.ordered import ORDERED_DIR, open_ordered_group, write_ordered_columns
@@ -88,12 +88,14 @@ def probe_layer(
     storage_options: dict[str, Any] | None = None,
     ordered_url: str | None = None,
     memory_budget: int | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """One probe (a Dask task): read the layer, standardise on train, fit the C path, score every neuron, and
     write the layer's salient columns in rank order into the run's ordered copy.
 
     A layer whose in-memory footprint exceeds `memory_budget` bytes is streamed in row blocks instead: one pass
-    for the standardisation statistics, then every solver iteration reads the blocks again."""
+    for the standardisation statistics, then every solver iteration reads the blocks again. `device`: where the
+    probe is fitted (None: the CPU)."""
     t0 = time.perf_counter()
     store = ActivationStore.open(store_url, storage_options=storage_options)
     rows = _LayerRows(store, kind, pooling, layer)
@@ -103,7 +105,8 @@ def probe_layer(
     scaler = rows.standardizer()
     designs = {s: rows.design(s, scaler) for s in ("train", "dev", "test")}
     res = fit_c_path(designs["train"], designs["dev"], rows.n_classes, settings.c_grid, penalty="l1",
-                     metric=settings.metric, max_iter=settings.max_iter, tol=settings.tol)  # fmt: skip
+                     metric=settings.metric, max_iter=settings.max_iter, tol=settings.tol,
+                     device=solver_device(device))  # fmt: skip
 
     def metric(split: str) -> float:
         if designs[split].n_rows == 0:
@@ -287,6 +290,7 @@ def run_probes(
     progress: bool = True,
     storage_options: dict[str, Any] | None = None,
     dashboard: str | None = None,
+    device: str | None = None,
 ) -> ProbeRun:
     """Probe every (kind, pooling, layer) of the store; finished probes are kept across reruns.
 
@@ -294,7 +298,9 @@ def run_probes(
     `memory_budget` (bytes, default half the machine's memory) is shared by the tasks that run at once; a
     layer that does not fit its share is streamed in row blocks (the probes table says which, column `mode`); a
     budget below one row block per running task is refused. `dashboard`: an address for a local cluster's Dask
-    dashboard (default: none; see parallel.local_cluster)."""
+    dashboard (default: none; see parallel.local_cluster). `device`: where the probes are fitted: cpu (default),
+    cuda, cuda:N or auto (the layers are read on the CPU and copied there)."""
+    solver_device(device)  # an unknown device or no CUDA: refused before any work
     settings = settings or ProbeSettings()
     settings.check()
     workers = check_workers(workers)
@@ -329,7 +335,9 @@ def run_probes(
     ordered = str(out.resolve() / ORDERED_DIR)
     open_ordered_group(ordered, mode="a", attributes={"store_fingerprint": store.fingerprint})
     per_task = task_memory_budget(memory_budget, scheduler, workers)
-    tasks = [(str(store_url), k, p, layer, settings, storage_options, ordered, per_task) for k, p, layer in todo]
+    tasks = [
+        (str(store_url), k, p, layer, settings, storage_options, ordered, per_task, device) for k, p, layer in todo
+    ]
     for _, result in run_tasks(
         probe_layer, tasks, scheduler=scheduler, workers=workers, desc="probe", progress=progress, dashboard=dashboard
     ):

@@ -30,7 +30,7 @@ from ..extract.allocator import release_free_heap
 from ..fit.estimator import SpinClassifier
 from ..fit.head import Head
 from ..fit.metrics import METRICS, score_predictions
-from ..fit.solver import HEAD_C_GRID, Design, LinearFit, Standardizer, fit_c_path, predict_design
+from ..fit.solver import HEAD_C_GRID, Design, LinearFit, Standardizer, fit_c_path, predict_design, solver_device
 from ..outputs import MARKERS, finite_or_null, prepare_output_dir
 from ..store.activation_store import ActivationStore
 from ..store.ordered import ORDERED_DIR, OrderedCopy, open_ordered
@@ -175,9 +175,9 @@ def _classifier(s: SweepSettings, n_classes: int, width: int, scaler: Standardiz
 
 
 def _path(train: Design, dev: Design, scaler: Standardizer, n_classes: int, s: SweepSettings,
-          keep_c: float | None, patience: int | None = None) -> _Fitted:  # fmt: skip
+          keep_c: float | None, patience: int | None = None, device: str | None = None) -> _Fitted:  # fmt: skip
     """Fit the C path; keep the best C on dev (SpinClassifier.fit's choice) or, given `keep_c`, that C's fit.
-    `patience`: fit_c_path's early stop (None: every C)."""
+    `patience`: fit_c_path's early stop (None: every C). `device`: where to fit (None: the CPU)."""
     per_c: list[tuple[float, np.ndarray]] = []
     kept: dict[str, LinearFit] = {}
 
@@ -187,7 +187,7 @@ def _path(train: Design, dev: Design, scaler: Standardizer, n_classes: int, s: S
             kept["fit"] = fit
 
     res = fit_c_path(train, dev, n_classes, s.c_grid, penalty=s.penalty, metric=s.metric, max_iter=s.max_iter,
-                     tol=s.tol, on_fit=on_fit, patience=patience)  # fmt: skip
+                     tol=s.tol, on_fit=on_fit, patience=patience, device=solver_device(device))  # fmt: skip
     if keep_c is None:
         c, fit, dev_score = res.c, res.fit, res.dev
     else:
@@ -200,12 +200,13 @@ def _path(train: Design, dev: Design, scaler: Standardizer, n_classes: int, s: S
 
 
 def _fit_in_memory(x: dict[str, np.ndarray], y: dict[str, np.ndarray], n_classes: int, s: SweepSettings,
-                   keep_c: float | None = None, patience: int | None = None) -> _Fitted:  # fmt: skip
+                   keep_c: float | None = None, patience: int | None = None,
+                   device: str | None = None) -> _Fitted:  # fmt: skip
     """The C path on features in memory, exactly as SpinClassifier.fit runs it, keeping every C's dev predictions."""
     scaler = Standardizer.fit(x["train"])
     train = Design.of(scaler.transform(x["train"]), y["train"])
     dev = Design.of(scaler.transform(x["dev"]), y["dev"])
-    return _path(train, dev, scaler, n_classes, s, keep_c, patience)
+    return _path(train, dev, scaler, n_classes, s, keep_c, patience, device)
 
 
 def _label_dtype(n_classes: int) -> type[np.signedinteger]:
@@ -269,10 +270,10 @@ class _StreamedColumns:
         return Design(blocks, self.n[split], self.width)
 
     def fit(self, n_classes: int, settings: SweepSettings, keep_c: float | None = None,
-            patience: int | None = None) -> _Fitted:  # fmt: skip
+            patience: int | None = None, device: str | None = None) -> _Fitted:  # fmt: skip
         scaler = Standardizer.fit_chunks((x for x, _ in self.chunks("train")), self.width)
         fitted = _path(self.design("train", scaler), self.design("dev", scaler), scaler, n_classes, settings, keep_c,
-                       patience)  # fmt: skip
+                       patience, device)  # fmt: skip
         release_free_heap()  # the passes' freed blocks, back to the kernel: peak memory stays flat in the rows
         return fitted
 
@@ -294,13 +295,15 @@ def sweep_group(
     storage_options: dict[str, Any] | None = None,
     ordered_url: str | None = None,
     memory_budget: int | None = None,
+    device: str | None = None,
 ) -> GroupResult:
     """One Dask task: every (value, K) configuration of one (kind, pooling) at every C, from one read of its columns.
 
     Columns come from the probe run's saliency-ordered copy when it holds them (a contiguous prefix read),
     else from the store. When the columns do not fit `memory_budget` bytes, every configuration is fitted on row
     blocks read on demand instead (out of core; each solver pass reads its columns again). Heads are scored on dev
-    only (every C's dev predictions are sent back for the selection); Base, a reference, also on test."""
+    only (every C's dev predictions are sent back for the selection); Base, a reference, also on test. `device`:
+    where the heads are fitted (None: the CPU)."""
     t0 = time.perf_counter()
     store = ActivationStore.open(store_url, storage_options=storage_options, count_bytes=True)
     layers = store.layers(kind)
@@ -335,10 +338,10 @@ def sweep_group(
                    patience: int | None = None) -> tuple[_Fitted, float | None]:  # fmt: skip
         if not streamed:
             x = features(sel)
-            fitted = _fit_in_memory(x, y, n_classes, settings, patience=patience)
+            fitted = _fit_in_memory(x, y, n_classes, settings, patience=patience, device=device)
             return fitted, score_test(fitted.classifier, x["test"], y["test"]) if test else None
         source = _StreamedColumns(store, ordered, kind, pooling, sel, masks, labels)
-        fitted = source.fit(n_classes, settings, patience=patience)
+        fitted = source.fit(n_classes, settings, patience=patience, device=device)
         return fitted, source.test_score(fitted.classifier, settings.metric) if test else None
 
     total = store.width(kind) * len(layers)
@@ -425,6 +428,7 @@ def score_chosen(
     settings: SweepSettings,
     storage_options: dict[str, Any] | None = None,
     ordered_url: str | None = None,
+    device: str | None = None,
 ) -> tuple[HeadParts, float]:
     """The chosen head and its one test score. `held`: its classifier when its group sent it back (the group's best,
     which is the arg-max's choice); otherwise the configuration is fitted again at `c`, from memory or streamed as
@@ -438,7 +442,7 @@ def score_chosen(
         if held is not None:
             clf = held.classifier()
         else:
-            clf = source.fit(n_classes, settings, keep_c=c, patience=settings.head_patience).classifier
+            clf = source.fit(n_classes, settings, keep_c=c, patience=settings.head_patience, device=device).classifier
         return HeadParts.of(clf), source.test_score(clf, settings.metric)
     parts = []
     for layer, idx in selection.items():
@@ -451,7 +455,8 @@ def score_chosen(
     if held is not None:
         clf = held.classifier()
     else:
-        clf = _fit_in_memory(x, y, n_classes, settings, keep_c=c, patience=settings.head_patience).classifier
+        clf = _fit_in_memory(x, y, n_classes, settings, keep_c=c, patience=settings.head_patience,
+                             device=device).classifier  # fmt: skip
     return HeadParts.of(clf), score_test(clf, x["test"], y["test"])
 
 
@@ -465,6 +470,7 @@ def random_control(
     settings: SweepSettings,
     storage_options: dict[str, Any] | None = None,
     memory_budget: int | None = None,
+    device: str | None = None,
 ) -> ControlResult:
     """`counts` neurons per layer (SPIN's choice) drawn at random (seeded), fitted the same way: from memory, or on
     row blocks read on demand when its columns do not fit `memory_budget` bytes; scored on dev and test."""
@@ -475,14 +481,14 @@ def random_control(
     if _over_budget(store, sum(counts.values()), memory_budget):
         # Random neurons are rarely in the ordered copy's prefix: read them from the store.
         source = _StreamedColumns(store, None, kind, pooling, chosen, masks, labels)
-        fitted = source.fit(n_classes, settings)
+        fitted = source.fit(n_classes, settings, device=device)
         test = source.test_score(fitted.classifier, settings.metric)
     else:
         parts = [store.read(kind, pooling, layer, columns=idx) for layer, idx in chosen.items()]
         full = np.concatenate(parts, axis=1)
         x = {s: full[m] for s, m in masks.items()}
         y = {s: labels[m] for s, m in masks.items()}
-        fitted = _fit_in_memory(x, y, n_classes, settings)
+        fitted = _fit_in_memory(x, y, n_classes, settings, device=device)
         test = score_test(fitted.classifier, x["test"], y["test"])
     return ControlResult(
         dev=fitted.dev,
@@ -523,13 +529,16 @@ def run_sweep(
     progress: bool = True,
     storage_options: dict[str, Any] | None = None,
     dashboard: str | None = None,
+    device: str | None = None,
 ) -> SweepResult:
     """Evaluate every configuration at every C, choose one head (`settings.select`) from their dev predictions, score
     it once on test, write sweep.parquet and summary.json, and export it.
 
     `out` must be missing, empty or an earlier sweep (spin-cache writes nothing into a folder it did not make); its
     sweep.json is written before anything else. A `memory_budget` below one row block per running task is
-    refused. `dashboard`: an address for a local cluster's Dask dashboard (default: none)."""
+    refused. `dashboard`: an address for a local cluster's Dask dashboard (default: none). `device`: where the
+    heads are fitted: cpu (default), cuda, cuda:N or auto (the data is read on the CPU and copied there)."""
+    solver_device(device)  # an unknown device or no CUDA: refused before any work
     run = ProbeRun(probes)
     settings = settings or SweepSettings(metric=run.settings.metric)
     settings.check()
@@ -572,6 +581,7 @@ def run_sweep(
             storage_options,
             ordered_url,
             per_task,
+            device,
         )
         for k, p in groups
     ]
@@ -599,7 +609,7 @@ def run_sweep(
         held = None
         selection = {layer: select(run.saliency(row.kind, row.pooling, layer), row.rule, row.value)
                      for layer in row.layers}  # fmt: skip
-    head, test = score_chosen(str(store_url), row, selection, c, held, settings, storage_options, ordered_url)
+    head, test = score_chosen(str(store_url), row, selection, c, held, settings, storage_options, ordered_url, device)
     dev = score_predictions(dev_labels, scores.predictions[choice.index], settings.metric)
     row.C, row.dev_metric, row.test_metric = c, dev, test  # the chosen row describes the exported head
     chosen_by = ChosenBy.of(dev, choice.best_dev_score, choice.n_candidates, sum(len(res.rows) for res in results),
@@ -608,7 +618,7 @@ def run_sweep(
     budget = memory_budget or default_memory_budget()
     counts = {int(layer): len(idx) for layer, idx in selection.items()}
     control = random_control(str(store_url), row.kind, row.pooling, counts, row.share, settings.seed, settings,
-                             storage_options, budget)  # fmt: skip
+                             storage_options, budget, device)  # fmt: skip
     bases = [res.base for res in results if res.base is not None]
     table = _table(store, run, row, test, selection, bases, control, chosen_by)
     rows = [asdict(one) for res in results for one in res.rows]

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
+from spin_cache.devices import resolve_device
 from spin_cache.errors import InputError
 
 from .adapters import T5_TYPES, Adapter, find_adapter
@@ -51,22 +52,6 @@ class ModelFiles:
         """The files of the model directory `path` whose `identity` (hashes) was just computed: its tokenizer
         (checked, see :func:`load_tokenizer`) and config are loaded here."""
         return cls(path=path, identity=identity, tokenizer=load_tokenizer(path), config=load_config(path))
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """The torch device for a device name; ``"auto"`` is cuda when available, else cpu.
-
-    Raises InputError for an unknown name and for a CUDA device on a machine without CUDA.
-    """
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} asked for but CUDA is not available; use --device cpu or auto")
-    return dev
 
 
 def read_model_files(name_or_path: str | os.PathLike[str] = DEFAULT_MODEL, revision: str | None = None) -> ModelFiles:
