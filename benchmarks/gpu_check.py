@@ -595,6 +595,40 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def solver_check(device: torch.device, rows: int, width: int = 1536) -> list[dict]:
+    """Issue 20 item 4: one probe C path (L1) and one head C path (L2) on a synthetic standardised problem of `rows`
+    rows and `width` features, 2 and 5 classes, fitted on the CPU and on `device` (`fit_c_path(device=...)`, what
+    `probe/sweep --device` run); seconds of each, the ratio, and whether both chose the same C."""
+    import numpy as np
+
+    from spin_cache.fit.solver import HEAD_C_GRID, PROBE_C_GRID, Design, fit_c_path
+
+    out = []
+    gen = np.random.default_rng(0)
+    x = gen.standard_normal((rows, width)).astype(np.float32)
+    for n_classes in (2, 5):
+        y = (x[:, :n_classes] * 0.5 + gen.standard_normal((rows, n_classes))).argmax(axis=1)
+        cut = rows * 3 // 4
+        train, dev = Design.of(x[:cut], y[:cut]), Design.of(x[cut:], y[cut:])
+        for penalty, grid in (("l1", PROBE_C_GRID), ("l2", HEAD_C_GRID)):
+            seconds, paths = {}, {}
+            for where in ("cpu", str(device)):
+                fit_c_path(train, dev, n_classes, grid[:1], penalty=penalty, device=torch.device(where))  # warm-up
+                sync(torch.device(where))
+                t = time.perf_counter()
+                paths[where] = fit_c_path(train, dev, n_classes, grid, penalty=penalty, device=torch.device(where))
+                sync(torch.device(where))
+                seconds[where] = time.perf_counter() - t
+            cpu, gpu = paths["cpu"], paths[str(device)]
+            row = {"classes": n_classes, "penalty": penalty, "rows": rows, "width": width,
+                   "cpu_s": round(seconds["cpu"], 2), "device_s": round(seconds[str(device)], 2),
+                   "speedup": round(seconds["cpu"] / seconds[str(device)], 2), "same_C": cpu.c == gpu.c,
+                   "dev_cpu": cpu.dev, "dev_device": gpu.dev}  # fmt: skip
+            print("solver: " + ", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
+            out.append(row)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="gpt2-small,llama-1b", help=f"comma-separated, from {', '.join(MODELS)}")
@@ -610,12 +644,15 @@ def main() -> int:
     ap.add_argument("--tol", type=float, default=0.05, help="largest relative error that passes")
     ap.add_argument("--budget-s", type=float, default=360, help="start no round or model past this many seconds")
     ap.add_argument("--tmp", default=tempfile.gettempdir(), help="where the stores are written (local disk)")
+    ap.add_argument("--solver-rows", type=int, default=8192,
+                    help="rows of the solver check (probe and head C paths, CPU vs --device; 0: none)")  # fmt: skip
     args = ap.parse_args()
     out_dir = os.environ.get("OUT")
     tee = _Tee(sys.stdout)
     sys.stdout = tee
     t_start = time.monotonic()
     results: list[dict] = []
+    solver: list[dict] = []
     failures: list[str] = []
     try:
         if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -633,7 +670,7 @@ def main() -> int:
         def dump() -> None:
             if out_dir:
                 with open(os.path.join(out_dir, "gpu_check.json"), "w") as f:
-                    json.dump({"environment": env, "arguments": vars(args), "results": results,
+                    json.dump({"environment": env, "arguments": vars(args), "results": results, "solver": solver,
                                "failures": failures, "seconds": time.monotonic() - t_start}, f, indent=1,
                               default=str)  # fmt: skip
 
@@ -653,6 +690,13 @@ def main() -> int:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             failures += check_failures(results[-1], args.tol)
+            dump()
+        if args.solver_rows and time.monotonic() - t_start <= args.budget_s:
+            try:
+                solver = solver_check(device, args.solver_rows)
+            except Exception as exc:
+                traceback.print_exc(file=sys.stdout)
+                solver = [{"error": f"{type(exc).__name__}: {exc}"[:300]}]
             dump()
         print(f"\ntotal {time.monotonic() - t_start:.0f}s; " + ("FAILED: " + "; ".join(failures) if failures else
               "all checks passed"))  # fmt: skip
