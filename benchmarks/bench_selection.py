@@ -34,6 +34,19 @@ is understated; splits won/lost); mean optimism (chosen dev' - test'); mean gain
 head's neurons and K (medians); per estimate method the mean estimate, mean |estimate - test'| (floored by test''s
 own sampling error, ~1 point here) and mean (estimate - test'). The original split is reported too (what today's
 sweep prints). `smoothed` smooths over the rule-value grid (selection.sweep_neighbourhoods).
+
+Voting ensembles (`--votes`, measured here only; not strategies of the product): `vote-M` takes the M best heads by
+dev' accuracy (ties ranked as the arg-max breaks them: fewer neurons, then fewer layers, then smaller C, then the
+lower index, so the first member is the arg-max's choice) and predicts each row's majority label; a tie between
+classes goes to the label of the best-ranked member that voted for one of the tied classes (for M = 1 this is the
+arg-max). `vote-M-cfg` does the same with one head per configuration (kind, pooling, rule value, K): each
+configuration's best C on dev' (ties to smaller C), then the M best configurations, so neighbouring C values of one
+configuration do not fill the committee. The cache holds every head's label on every row, so no head is refitted.
+A vote's "chosen dev'" is the committee's own accuracy on dev', which is selection-biased (its members were ranked
+on the same rows), and its optimism is that minus test'. Its `bbc` estimate re-runs the whole committee choice on
+each bootstrap resample of dev' (the resamples of selection.bootstrap_counts, seed 0) and scores the resample's
+committee on the out-of-bag rows; the `optimism` and `tt` estimates are not computed for votes ("-"). Neurons and K
+of a vote are the medians of its members' (a committee reads up to M times as many neurons).
 """
 
 from __future__ import annotations
@@ -56,12 +69,15 @@ from spin_cache.loop.selection import (
     ESTIMATE_METHODS,
     STRATEGIES,
     ConfigScores,
+    bootstrap_counts,
     choose,
     expected_score,
     sweep_neighbourhoods,
 )
 
 META = ("kind", "pooling", "value", "k", "n_neurons", "C", "base")
+#: The voting ensembles `evaluate` measures by default (module docstring): M best heads, or M best configurations.
+VOTES = ("vote-5", "vote-10", "vote-25", "vote-5-cfg", "vote-10-cfg", "vote-25-cfg")
 
 
 # ---- predict ------------------------------------------------------------------------------------------------------
@@ -263,7 +279,92 @@ def neighbourhoods(data: dict, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray
     )
 
 
-def evaluate_split(data: dict, dev: np.ndarray, test: np.ndarray, strategies, methods, n_boot: int) -> dict:
+def parse_vote(name: str) -> tuple[int, bool]:
+    """`vote-M` or `vote-M-cfg`: (M, one head per configuration)."""
+    parts = name.split("-")
+    if parts[0] != "vote" or len(parts) not in (2, 3) or not parts[1].isdigit() or int(parts[1]) < 1:
+        raise SystemExit(f"vote {name!r}: give vote-M or vote-M-cfg (M a whole number, 1 or more)")
+    if len(parts) == 3 and parts[2] != "cfg":
+        raise SystemExit(f"vote {name!r}: the only suffix is -cfg")
+    return int(parts[1]), len(parts) == 3
+
+
+def configuration_ids(data: dict, rows: np.ndarray) -> np.ndarray:
+    """One integer per head: its configuration (kind, pooling, rule value, K); the heads of one share every key
+    but C."""
+    fields = (data["kind"][rows], data["pooling"][rows], data["value"][rows], data["k"][rows])
+    keys = [f"{a}|{b}|{v!r}|{k}" for a, b, v, k in zip(*fields, strict=True)]
+    return np.unique(np.asarray(keys), return_inverse=True)[1].reshape(-1)
+
+
+def ranked_heads(correct: np.ndarray, complexity: np.ndarray) -> np.ndarray:
+    """Head indices, best first: more correct (weighted) rows, then the lower complexity rank, then the lower index
+    (the arg-max's tie-break; `correct` holds whole-number sums, so equal scores compare equal)."""
+    return np.lexsort((np.arange(len(correct)), complexity, -correct))
+
+
+def committee(ranked: np.ndarray, config: np.ndarray, m: int, per_config: bool) -> np.ndarray:
+    """The first M heads of `ranked`, or with `per_config` the first head of each of the first M configurations
+    (a configuration's first head in the ranking is its best C, ties to smaller C)."""
+    if not per_config:
+        return ranked[:m]
+    _, first = np.unique(config[ranked], return_index=True)
+    return ranked[np.sort(first)[:m]]
+
+
+def majority(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Per column of (members best first, rows) labels: the most frequent label; a tie between classes goes to
+    the label of the best-ranked member that voted for one of the tied classes."""
+    cols = np.arange(labels.shape[1])
+    counts = np.stack([(labels == c).sum(axis=0) for c in range(n_classes)])
+    tied = counts == counts.max(axis=0, keepdims=True)
+    first = tied[labels, cols[None, :]].argmax(axis=0)
+    out: np.ndarray = labels[first, cols]
+    return out
+
+
+def evaluate_votes(
+    cs: ConfigScores, spin_test: np.ndarray, y_test: np.ndarray, config: np.ndarray, votes, n_boot: int
+) -> dict:
+    """Every vote's committee chosen on dev' (cs), its dev' and test' accuracy, members' medians, and its bbc
+    estimate (the committee re-chosen on each bootstrap resample of dev', scored on the out-of-bag rows)."""
+    n_classes = int(cs.n_classes or int(max(cs.predictions.max(), cs.labels.max())) + 1)
+    complexity = cs.complexity_rank
+    ranked = ranked_heads(cs._correct.sum(axis=1), complexity)
+    argmax_index = choose(cs, "argmax").index
+    assert ranked[0] == argmax_index, "the vote ranking must start at the arg-max's choice"
+    spec = {name: parse_vote(name) for name in votes}
+    out: dict = {}
+    for name, (m, per_config) in spec.items():
+        members = committee(ranked, config, m, per_config)
+        dev_vote = majority(cs.predictions[members], n_classes)
+        test_vote = majority(spin_test[members], n_classes)
+        out[name] = {
+            "dev": accuracy(dev_vote, cs.labels),
+            "test": accuracy(test_vote, y_test),
+            "n_neurons": float(np.median(cs.n_neurons[members])),
+            "k": float(np.median(cs.n_layers[members])),
+            "C": float(np.median(cs.C[members])),
+            "candidates": len(members),
+            "distinct_members": len(np.unique(cs.predictions[members], axis=0)),
+        }
+    counts = bootstrap_counts(cs.n_rows, int(n_boot), 0)
+    in_bag = cs._correct @ counts  # whole numbers: weighted correct rows per head and resample
+    oob: dict[str, list[float]] = {name: [] for name in spec}
+    for b in range(counts.shape[1]):
+        rows = np.flatnonzero(counts[:, b] == 0)
+        if not len(rows):
+            continue
+        rb = ranked_heads(in_bag[:, b], complexity)
+        for name, (m, per_config) in spec.items():
+            members = committee(rb, config, m, per_config)
+            oob[name].append(accuracy(majority(cs.predictions[members][:, rows], n_classes), cs.labels[rows]))
+    for name in spec:
+        out[name]["est_bbc"] = float(np.mean(oob[name]))
+    return out
+
+
+def evaluate_split(data: dict, dev: np.ndarray, test: np.ndarray, strategies, methods, n_boot: int, votes=()) -> dict:
     """One dev'/test' split: each strategy chooses on dev' (a ConfigScores of dev' columns only), its choice is
     scored once on test'; estimates are computed from dev' alone."""
     pred, y, base = data["predictions"], data["labels"], data["base"]
@@ -309,6 +410,8 @@ def evaluate_split(data: dict, dev: np.ndarray, test: np.ndarray, strategies, me
         for m in methods:
             row[f"est_{m}"] = expected_score(cs, name, method=m, n_boot=n_boot).estimate
         out[name] = row
+    if votes:
+        out |= evaluate_votes(cs, spin_test, y[test], configuration_ids(data, spin), votes, n_boot)
     out["n_configurations"] = cs.n_configurations
     out["n_distinct"] = cs.n_distinct
     return out
@@ -321,13 +424,17 @@ def cmd_evaluate(args) -> None:
     strategies = args.strategies or list(STRATEGIES)
     methods = args.methods or list(ESTIMATE_METHODS)
     t0 = time.perf_counter()
-    original = evaluate_split(data, np.arange(n_dev), np.arange(n_dev, n), strategies, methods, args.n_boot)
+    votes = list(VOTES) if args.votes is None else args.votes
+    for name in votes:
+        parse_vote(name)
+    original = evaluate_split(data, np.arange(n_dev), np.arange(n_dev, n), strategies, methods, args.n_boot, votes)
     splits = []
     for seed in range(args.splits):
         perm = np.random.default_rng(seed).permutation(n)
-        splits.append(evaluate_split(data, perm[:n_dev], perm[n_dev:], strategies, methods, args.n_boot))
-        print(f"  split {seed}: " + ", ".join(f"{s} {splits[-1][s]['test']:.4f}" for s in strategies), flush=True)
-    summary = summarise(splits, strategies, methods)
+        splits.append(evaluate_split(data, perm[:n_dev], perm[n_dev:], strategies, methods, args.n_boot, votes))
+        shown = [*strategies, *votes]
+        print(f"  split {seed}: " + ", ".join(f"{s} {splits[-1][s]['test']:.4f}" for s in shown), flush=True)
+    summary = summarise(splits, [*strategies, *votes], methods)
     result = {
         "name": args.name or str(args.cache),
         "cache": str(args.cache),
@@ -375,7 +482,11 @@ def summarise(splits: list[dict], strategies, methods) -> dict:
             row["vs_argmax_se"] = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
             row["vs_argmax_wins"] = int(np.sum(diff > 0))
             row["vs_argmax_losses"] = int(np.sum(diff < 0))
+        if "distinct_members" in splits[0][name]:
+            row["distinct_members_median"] = float(np.median([s[name]["distinct_members"] for s in splits]))
         for m in methods:
+            if f"est_{m}" not in splits[0][name]:
+                continue  # votes: bbc only
             est = np.array([s[name][f"est_{m}"] for s in splits])
             row[f"est_{m}_abs_err"] = float(np.mean(np.abs(est - test)))
             row[f"est_{m}_bias"] = float(np.mean(est - test))
@@ -421,18 +532,28 @@ def markdown(results: list[dict]) -> str:
                 + "".join(
                     f" {100 * x[f'est_{m}_mean']:.2f} / {100 * x[f'est_{m}_abs_err']:.2f} / "
                     f"{100 * x[f'est_{m}_bias']:+.2f} |"
+                    if f"est_{m}_mean" in x
+                    else " - |"
                     for m in methods
                 )
             )
+        distinct = [
+            f"{name} {s[name]['distinct_members_median']:.0f}"
+            for name in strategies
+            if "distinct_members_median" in s[name]
+        ]
+        if distinct:
+            lines += ["", "Votes: members with distinct dev' predictions (median over splits): " + ", ".join(distinct)]
         o = r["original"]
         base = f"{100 * o['base']:.2f}" if "base" in o else "-"
         lines += ["", f"Original split (what today's sweep reports): Base test {base}", ""]
         for name in strategies:
             c = o[name]
-            estimates = ", ".join(f"{m} {100 * c[f'est_{m}']:.2f}" for m in methods)
+            estimates = ", ".join(f"{m} {100 * c[f'est_{m}']:.2f}" for m in methods if f"est_{m}" in c)
+            what = "members' median: " if "distinct_members" in c else ""
             lines.append(
-                f"- {name}: dev {100 * c['dev']:.2f} / test {100 * c['test']:.2f}; {c['n_neurons']} neurons, "
-                f"K {c['k']}, C {c['C']:g}; estimates {estimates}"
+                f"- {name}: dev {100 * c['dev']:.2f} / test {100 * c['test']:.2f}; {what}{c['n_neurons']:g} neurons, "
+                f"K {c['k']:g}, C {c['C']:g}; estimates {estimates}"
             )
         lines.append("")
     return "\n".join(lines)
@@ -469,6 +590,9 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--n-boot", type=int, default=DEFAULT_N_BOOT)
     e.add_argument("--strategies", nargs="*")
     e.add_argument("--methods", nargs="*")
+    e.add_argument(
+        "--votes", nargs="*", help=f"voting ensembles, vote-M or vote-M-cfg (default: {' '.join(VOTES)}; none: --votes)"
+    )
     e.add_argument("--json")
     e.set_defaults(func=cmd_evaluate)
     t = sub.add_parser("table", help="markdown tables of evaluate's JSON results")
