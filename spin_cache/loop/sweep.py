@@ -321,25 +321,40 @@ def sweep_group(
     ordered = open_ordered(ordered_url) if ordered_url else None
     cols = {layer: np.array(sorted(need[layer]), dtype=np.int64) for layer in layers}
     streamed = _over_budget(store, sum(len(c) for c in cols.values()), memory_budget)
+    # In memory, every column is standardised once, on the train rows: a configuration's columns then need no
+    # statistics or copies of their own (a column's mean and scale do not depend on which others are fitted with it).
     data: dict[int, np.ndarray] = {}
+    scalers: dict[int, Standardizer] = {}
     col_bytes = 0.0
     for layer in layers:
         rows_read = None if not streamed else np.arange(min(1, store.layout.n_rows))  # streamed: size only
         values, nbytes = _read_columns(store, ordered, kind, pooling, layer, cols[layer], rows=rows_read)
         col_bytes += nbytes
         if not streamed:
-            data[layer] = values
+            scalers[layer] = Standardizer.fit(values[masks["train"]])
+            data[layer] = scalers[layer].transform(values)
+            del values
 
-    def features(sel: Mapping[int, np.ndarray]) -> dict[str, np.ndarray]:
-        full = np.concatenate([data[layer][:, np.searchsorted(cols[layer], sel[layer])] for layer in sel], axis=1)
-        return {s: full[m] for s, m in masks.items()}
+    def standardised(sel: Mapping[int, np.ndarray]) -> tuple[dict[str, np.ndarray], Standardizer]:
+        where = {layer: np.searchsorted(cols[layer], sel[layer]) for layer in sel}
+        full = np.concatenate([data[layer][:, where[layer]] for layer in sel], axis=1)
+        scaler = Standardizer(np.concatenate([scalers[layer].mean[where[layer]] for layer in sel]),
+                              np.concatenate([scalers[layer].scale[where[layer]] for layer in sel]))  # fmt: skip
+        return {s: full[m] for s, m in masks.items()}, scaler
 
     def fit_config(sel: Mapping[int, np.ndarray], test: bool = False,
                    patience: int | None = None) -> tuple[_Fitted, float | None]:  # fmt: skip
         if not streamed:
-            x = features(sel)
-            fitted = _fit_in_memory(x, y, n_classes, settings, patience=patience, device=device)
-            return fitted, score_test(fitted.classifier, x["test"], y["test"]) if test else None
+            x, scaler = standardised(sel)
+            fitted = _path(Design.of(x["train"], y["train"]), Design.of(x["dev"], y["dev"]), scaler, n_classes,
+                           settings, None, patience, device)  # fmt: skip
+            if not test:
+                return fitted, None
+            if not len(y["test"]):
+                return fitted, float("nan")
+            clf = fitted.classifier
+            test_design = Design.of(x["test"], y["test"])
+            return fitted, score_predictions(*predict_design(test_design, clf.coef_, clf.intercept_), settings.metric)
         source = _StreamedColumns(store, ordered, kind, pooling, sel, masks, labels)
         fitted = source.fit(n_classes, settings, patience=patience, device=device)
         return fitted, source.test_score(fitted.classifier, settings.metric) if test else None
