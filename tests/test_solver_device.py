@@ -51,18 +51,21 @@ def test_a_streamed_design_moves_block_by_block():
     assert len(reads) == 2
 
 
-@pytest.mark.parametrize("device", ["cuda", "cuda:1", "tpu", "cpu:x"])
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", "cuda:next", "tpu", "cpu:x", "meta"])
 def test_a_device_not_here_is_refused_by_the_api_before_any_work(tmp_path, device):
     from spin_cache.loop.probe import run_probes
     from spin_cache.synth import make_synthetic_store
 
-    if NO_CUDA or not device.startswith("cuda"):
-        store = make_synthetic_store(
-            tmp_path / "store", n_rows=60, n_layers=1, width=8, kinds=("ffn",), informative={1: 2}
-        )
-        with pytest.raises(InputError, match="device"):
-            run_probes(store.url, tmp_path / "probes", scheduler="sync", progress=False, device=device)
-        assert not (tmp_path / "probes").exists()
+    if device == "cuda:next":  # one past the last CUDA device: refused wherever the test runs
+        device = f"cuda:{torch.cuda.device_count()}"
+    elif (
+        device in ("cuda", "cuda:1") and not NO_CUDA and int(device.partition(":")[2] or 0) < torch.cuda.device_count()
+    ):
+        pytest.skip(f"{device} is present on this machine")
+    store = make_synthetic_store(tmp_path / "store", n_rows=60, n_layers=1, width=8, kinds=("ffn",), informative={1: 2})
+    with pytest.raises(InputError, match="device"):
+        run_probes(store.url, tmp_path / "probes", scheduler="sync", progress=False, device=device)
+    assert not (tmp_path / "probes").exists()
 
 
 @pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA")

@@ -155,7 +155,9 @@ using Outputs = Dispatch<1, 2, 3, 4, 5, 6>;
 }  // namespace
 
 torch::Tensor logits(torch::Tensor x, torch::Tensor w, torch::Tensor b) {
+  pybind11::gil_scoped_release no_gil;  // tasks of the threads scheduler run their products side by side
   const int64_t n = x.size(0), d = x.size(1), k = w.size(0);
+  TORCH_CHECK(w.dim() == 2 && w.size(1) == d && b.numel() == k, "spin-cache solver kernel: shapes do not match");
   auto z = torch::empty({k, n}, x.options());
   Outputs::forward(static_cast<int>(k), x.data_ptr<float>(), w.data_ptr<float>(), b.data_ptr<float>(),
                    z.data_ptr<float>(), n, d);
@@ -163,7 +165,9 @@ torch::Tensor logits(torch::Tensor x, torch::Tensor w, torch::Tensor b) {
 }
 
 torch::Tensor residual_products(torch::Tensor r, torch::Tensor x) {
+  pybind11::gil_scoped_release no_gil;
   const int64_t n = x.size(0), d = x.size(1), k = r.size(0);
+  TORCH_CHECK(r.dim() == 2 && r.size(1) == n, "spin-cache solver kernel: shapes do not match");
   auto g = torch::zeros({k, d}, x.options());
   Outputs::backward(static_cast<int>(k), r.data_ptr<float>(), x.data_ptr<float>(), g.data_ptr<float>(), n, d);
   return g;
@@ -194,6 +198,7 @@ def _takes(x: torch.Tensor, outputs: torch.Tensor) -> bool:
     """Whether the kernel takes this design and these (outputs, ...) weights or residuals."""
     return (
         x.dim() == 2
+        and outputs.dim() == 2
         and x.dtype == torch.float32
         and outputs.dtype == torch.float32
         and x.device.type == "cpu"
@@ -209,7 +214,13 @@ def _takes(x: torch.Tensor, outputs: torch.Tensor) -> bool:
 def logits(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``w @ x.T + b[:, None]``: the logits (outputs, rows) of the design `x` (rows, features) under the weights
     `w` (outputs, features) and intercepts `b` (outputs,)."""
-    if _takes(x, w) and b.is_contiguous() and b.dtype == torch.float32:
+    if (
+        _takes(x, w)
+        and w.shape[1] == x.shape[1]
+        and b.shape == (w.shape[0],)
+        and b.is_contiguous()
+        and b.dtype == torch.float32
+    ):
         module = kernel()
         assert module is not None
         out: torch.Tensor = module.logits(x, w, b)
@@ -221,7 +232,7 @@ def logits(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def residual_products(r: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``r @ x``: the residuals `r` (outputs, rows) weighted over the design's rows, (outputs, features)."""
-    if _takes(x, r):
+    if _takes(x, r) and r.shape[1] == x.shape[0]:
         module = kernel()
         assert module is not None
         out: torch.Tensor = module.residual_products(r, x)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..devices import resolve_device
+from ..errors import InputError
 from . import products
 from .metrics import score_predictions
 
@@ -112,7 +113,12 @@ class Design:
 def solver_device(device: str | None) -> torch.device | None:
     """The torch device a `device` name asks the solver to fit on (None: the designs' own, the CPU), through
     spin_cache.devices.resolve_device: InputError for an unknown name or CUDA where there is none."""
-    return None if device is None else resolve_device(device)
+    if device is None:
+        return None
+    dev = resolve_device(device)
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"device {device!r}: the solver fits on cpu, cuda, cuda:N or auto")
+    return dev
 
 
 def _lipschitz(data: Design, n_outputs: int) -> float:
