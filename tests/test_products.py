@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from spin_cache.fit import products
-from spin_cache.fit.solver import HEAD_C_GRID, Design, fit_c_path
+from spin_cache.fit.solver import HEAD_C_GRID, Design, fit_c_path, uses_lbfgs
 
 HAVE_COMPILER = shutil.which("c++") is not None and shutil.which("ninja") is not None
 needs_kernel = pytest.mark.skipif(not HAVE_COMPILER, reason="no C++ compiler or ninja to build the kernel")
@@ -109,22 +109,25 @@ def test_where_the_kernel_cannot_be_built_the_solver_uses_torch_and_says_so(tmp_
 
 
 @needs_kernel
-@pytest.mark.parametrize("n_classes", [2, 5])
-def test_the_solver_takes_the_same_path_with_the_kernel_as_without(monkeypatch, n_classes):
-    """Only the products' rounding differs: the same C chosen, the same iterations, objectives within float32
-    noise."""
+@pytest.mark.parametrize(("n_classes", "penalty"), [(2, "l1"), (2, "l2"), (5, "l1"), (5, "l2")])
+def test_the_solver_takes_the_same_path_with_the_kernel_as_without(monkeypatch, n_classes, penalty):
+    """Only the products' rounding differs: the same C chosen and the same fits within float32 noise; FISTA (all but
+    binary L2) even takes the same number of iterations at every C. L-BFGS-B's line search reacts to last-bit
+    differences, so its iteration counts may differ."""
     gen = np.random.default_rng(n_classes)
     x = gen.standard_normal((600, 200)).astype(np.float32)
     y = (x[:, :n_classes] + 0.8 * gen.standard_normal((600, n_classes))).argmax(axis=1)
     train, dev = Design.of(x[:450], y[:450]), Design.of(x[450:], y[450:])
+    grid = HEAD_C_GRID[:6] if penalty == "l2" else (0.01, 0.05, 0.2, 1.0)
     paths = {}
     try:
         for on in (True, False):
             _switched(monkeypatch, on)
-            paths[on] = fit_c_path(train, dev, n_classes, HEAD_C_GRID[:6], penalty="l2")
+            paths[on] = fit_c_path(train, dev, n_classes, grid, penalty=penalty)
     finally:
         products.kernel.cache_clear()
     with_kernel, without = paths[True], paths[False]
     assert with_kernel.c == without.c
-    assert [h["iterations"] for h in with_kernel.history] == [h["iterations"] for h in without.history]
-    np.testing.assert_allclose(with_kernel.fit.coef, without.fit.coef, rtol=1e-3, atol=1e-5)
+    if not uses_lbfgs(penalty, n_classes):
+        assert [h["iterations"] for h in with_kernel.history] == [h["iterations"] for h in without.history]
+    np.testing.assert_allclose(with_kernel.fit.coef, without.fit.coef, rtol=1e-2, atol=1e-4)
