@@ -1,4 +1,5 @@
-"""The L1/L2 logistic-regression solvers used by probes and heads, on standardised features.
+"""The L1/L2 logistic-regression solvers used by probes and heads, on standardised features: FISTA (L1 probes,
+multi-class heads) and scipy's L-BFGS-B (binary L2 heads), each where it measured faster (BENCHMARKS.md).
 
 C has scikit-learn's meaning: minimise ||w||_1 (or ||w||^2 / 2) + C * sum(logloss), so the paper's grid (0.1, 0.2,
 1, 10, 100) means the same thing here as in the paper's scikit-learn recipe."""
