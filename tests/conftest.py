@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -65,6 +67,23 @@ def predictor(head_dir: Path):  # -> spin_cache.serve.predict.Predictor
 
 
 # ---- a small synthetic store and its probe run, for sweep tests that need no model ---------------------------------
+
+
+@contextlib.contextmanager
+def kernel_unbuildable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, module: object, loader: Callable[[], object],
+                       name: str) -> Iterator[None]:  # fmt: skip
+    """A C++ kernel that cannot be built: an empty cache, no compiler and no ninja on PATH, and another build name for
+    `module`'s kernel (torch numbers the builds of one name by their directories, so a failed try under the real
+    name would make the next load in this process build the kernel again under a new number). `loader` (the
+    module's lru-cached kernel function) is cleared before and after."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing built here yet
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(module, "_build_name", lambda: name)
+    loader.cache_clear()  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        loader.cache_clear()  # type: ignore[attr-defined]
 
 
 def probed_synthetic_store(root: Path, **store_options: object) -> tuple:  # (ActivationStore, ProbeRun, root)

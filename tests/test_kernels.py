@@ -17,6 +17,8 @@ from spin_cache.model.pooling import MaskPooler
 from spin_cache.representations import POOLINGS
 from spin_cache.store.activation_store import ActivationStore
 
+from .conftest import kernel_unbuildable
+
 HAVE_COMPILER = shutil.which("c++") is not None and shutil.which("ninja") is not None
 ULP = {torch.float16: 2**-10, torch.bfloat16: 2**-7, torch.float32: 2**-20}  # relative, with bits to spare
 
@@ -156,18 +158,10 @@ def test_an_extraction_without_the_kernel_stores_the_same_values(tmp_path, tiny_
 
 
 def test_where_the_kernel_cannot_be_built_torch_pools_and_the_user_is_told(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing built here yet
-    monkeypatch.setenv("PATH", str(tmp_path))  # no compiler, no ninja
-    # another name: torch numbers the builds of one name by their directories, so a failed try under the real
-    # name would make the next load in this process build the kernel again under a new number
-    monkeypatch.setattr(kernels, "_build_name", lambda: "spin_cache_pool_unbuildable")
-    kernels.fused_pooling.cache_clear()
-    try:
+    with kernel_unbuildable(monkeypatch, tmp_path, kernels, kernels.fused_pooling, "spin_cache_pool_unbuildable"):
         with pytest.warns(RuntimeWarning, match="could not be built.*pooling with torch instead"):
             assert kernels.fused_pooling() is None
         assert not kernels.can_pool_into(torch.zeros(1, 1, 4), torch.zeros(1, 4, dtype=torch.float16))
-    finally:
-        kernels.fused_pooling.cache_clear()
 
 
 @pytest.mark.parametrize("compute", [torch.float32, torch.bfloat16])

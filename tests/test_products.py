@@ -12,6 +12,8 @@ import torch
 from spin_cache.fit import products
 from spin_cache.fit.solver import HEAD_C_GRID, Design, fit_c_path, uses_lbfgs
 
+from .conftest import kernel_unbuildable
+
 HAVE_COMPILER = shutil.which("c++") is not None and shutil.which("ninja") is not None
 needs_kernel = pytest.mark.skipif(not HAVE_COMPILER, reason="no C++ compiler or ninja to build the kernel")
 
@@ -94,18 +96,11 @@ def test_the_switch_turns_the_kernel_off(monkeypatch):
 
 
 def test_where_the_kernel_cannot_be_built_the_solver_uses_torch_and_says_so(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing built here yet
-    monkeypatch.setenv("PATH", str(tmp_path))  # no compiler, no ninja
-    # another name: a failed build under the real name would make the next load in this process build again
-    monkeypatch.setattr(products, "_build_name", lambda: "spin_cache_products_unbuildable")
-    products.kernel.cache_clear()
-    try:
+    with kernel_unbuildable(monkeypatch, tmp_path, products, products.kernel, "spin_cache_products_unbuildable"):
         with pytest.warns(RuntimeWarning, match="solver's product kernel could not be built.*torch's products"):
             assert products.kernel() is None
         x, r = torch.randn(40, 256), torch.randn(2, 40)
         torch.testing.assert_close(products.residual_products(r, x), r @ x, rtol=0, atol=0)
-    finally:
-        products.kernel.cache_clear()
 
 
 @needs_kernel
