@@ -156,15 +156,26 @@ def _logits(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return products.logits(x, w, b)
 
 
-def _grad(data: Design, w: torch.Tensor, b: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradient of the mean logloss (binary: sigmoid on one output; else softmax), summed over row blocks."""
+def _loss_and_grad(
+    blocks: Iterable[tuple[torch.Tensor, torch.Tensor]], n_rows: int, w: torch.Tensor, b: torch.Tensor, n_classes: int
+) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """The mean logloss (binary: sigmoid on one output; else softmax) over the row `blocks` and its gradient with
+    respect to the weights and the intercepts, one pass over the rows."""
+    loss = 0.0
     gw = torch.zeros_like(w)
     gb = torch.zeros_like(b)
-    for x, y in data.blocks():
-        _, r = _loss_grad(_logits(x, w, b), y, n_classes)
+    for x, y in blocks:
+        block_loss, r = _loss_grad(_logits(x, w, b), y, n_classes)
+        loss += float(block_loss)
         gw += products.residual_products(r, x)
         gb += r.sum(dim=1)
-    return gw / data.n_rows, gb / data.n_rows
+    return loss / n_rows, gw / n_rows, gb / n_rows
+
+
+def _grad(data: Design, w: torch.Tensor, b: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of the mean logloss over the design's row blocks (weights, intercepts)."""
+    _, gw, gb = _loss_and_grad(data.blocks(), data.n_rows, w, b, n_classes)
+    return gw, gb
 
 
 def _objective(data: Design, w: torch.Tensor, b: torch.Tensor, k: int, lam: float, pen: str) -> float:
@@ -336,15 +347,9 @@ def _fit_lbfgs(data: Design, n_classes: int, c: float, *, max_iter: int, tol: fl
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
         t = torch.from_numpy(theta.astype(np.float32)).reshape(n_out, d + 1).to(data.device)
         w, b = t[:, :d].contiguous(), t[:, d].contiguous()
-        loss = 0.0
-        gw, gb = torch.zeros_like(w), torch.zeros_like(b)
-        for x, y in rows():
-            block_loss, r = _loss_grad(_logits(x, w, b), y, n_classes)
-            loss += float(block_loss)
-            gw += products.residual_products(r, x)
-            gb += r.sum(dim=1)
-        grad = torch.cat([gw / n + lam * w, (gb / n).unsqueeze(1)], dim=1)
-        return loss / n + 0.5 * lam * float((w * w).sum()), grad.cpu().numpy().astype(np.float64).ravel()
+        loss, gw, gb = _loss_and_grad(rows(), n, w, b, n_classes)
+        grad = torch.cat([gw + lam * w, gb.unsqueeze(1)], dim=1)
+        return loss + 0.5 * lam * float((w * w).sum()), grad.cpu().numpy().astype(np.float64).ravel()
 
     theta0 = np.zeros((n_out, d + 1))
     if warm is not None and warm.coef.shape == (n_out, d):
