@@ -431,13 +431,14 @@ def fit_c_path(
     `patience` (optional; the sweep's `--search patience`, issue 20): stop the path once the dev score has not
     improved on the best so far for `patience` C values in a row, skipping the weakest regularisation (the slowest
     fits); `history` then holds only the C values fitted. None (the default): every C, the exact path.
-    `device` (optional): where to fit (the designs are moved there: an in-memory design once, a streamed one block
-    by block); the fits come back as numpy arrays wherever they were made. None: where the designs are.
+    `device` (optional): where to fit (the train design is moved there: in memory once, streamed block by block; dev
+    stays where it is, as its predictions are made with numpy); the fits come back as numpy arrays. None: where the
+    designs are.
     """
     if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
         raise ValueError(f"patience: expected an integer >= 1 or None, got {patience!r}")
     if device is not None:
-        train, dev = train.to(device), dev.to(device)
+        train = train.to(device)
     # FISTA's step bound, once per path (L-BFGS-B needs none)
     lip = None if uses_lbfgs(penalty, n_classes) else _lipschitz(train, 1 if n_classes == 2 else n_classes)
     warm = None
