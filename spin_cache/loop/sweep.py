@@ -279,11 +279,16 @@ class _StreamedColumns:
 
     def test_score(self, clf: SpinClassifier, metric: str) -> float:
         """A head's test score over row blocks (NaN without test rows): for the chosen head, Base and the control."""
-        if self.n["test"] == 0:
-            return float("nan")
-        score = score_predictions(*predict_design(self.design("test", clf.scaler_), clf.coef_, clf.intercept_), metric)
+        score = design_score(self.design("test", clf.scaler_), clf, metric)
         release_free_heap()
         return score
+
+
+def design_score(design: Design, clf: SpinClassifier, metric: str) -> float:
+    """A fitted head's score on a design already standardised with its scaler (NaN for a design without rows)."""
+    if design.n_rows == 0:
+        return float("nan")
+    return score_predictions(*predict_design(design, clf.coef_, clf.intercept_), metric)
 
 
 def sweep_group(
@@ -350,11 +355,7 @@ def sweep_group(
                            settings, None, patience, device)  # fmt: skip
             if not test:
                 return fitted, None
-            if not len(y["test"]):
-                return fitted, float("nan")
-            clf = fitted.classifier
-            test_design = Design.of(x["test"], y["test"])
-            return fitted, score_predictions(*predict_design(test_design, clf.coef_, clf.intercept_), settings.metric)
+            return fitted, design_score(Design.of(x["test"], y["test"]), fitted.classifier, settings.metric)
         source = _StreamedColumns(store, ordered, kind, pooling, sel, masks, labels)
         fitted = source.fit(n_classes, settings, patience=patience, device=device)
         return fitted, source.test_score(fitted.classifier, settings.metric) if test else None
