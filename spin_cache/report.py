@@ -32,6 +32,7 @@ import numpy as np
 import polars as pl
 
 from .errors import InputError, SpinCacheError
+from .loop.selection import METHOD_WORDS, STRATEGY_WORDS
 
 FIGURES = ("probes", "neurons", "selection", "early_exit")
 COMMAND_FILE = "command.txt"
@@ -450,10 +451,10 @@ def _chosen_by_html(run: _Run) -> str:
         return ""
     strategy = str(chosen.get("strategy"))
     method = str(chosen.get("expected_method"))
-    words = _METHOD_WORDS.get(method, method)
+    words = METHOD_WORDS.get(method, method)
     se = chosen.get("expected_se")
     plus = f" ± {_pct(se)}" if _finite(se) else ""
-    rule = _STRATEGY_WORDS.get(strategy, "")
+    rule = STRATEGY_WORDS.get(strategy, "")
     return (
         f"<p id='chosen-by'><b>SPIN chosen by {html.escape(strategy)}</b> ({html.escape(rule)}) "
         f"among {_fmt(chosen.get('n_compared'))} heads ({_fmt(chosen.get('n_configurations'))} configurations at "
@@ -466,20 +467,6 @@ def _chosen_by_html(run: _Run) -> str:
 
 def _pct(v: Any) -> str:
     return f"{100 * v:.2f}" if _finite(v) else "–"
-
-
-_STRATEGY_WORDS = {
-    "argmax": "the best dev score; ties to fewer neurons, then fewer layers, then smaller C",
-    "one_se": "the simplest head within one standard error of the best dev score",
-    "one_se_paired": "the simplest head within one paired standard error of the best dev score",
-    "smoothed": "the best dev score averaged with the neighbouring rule values'",
-}
-_METHOD_WORDS = {
-    "bbc": "bootstrap bias-corrected estimate, Tsamardinos et al. 2018: the choice re-run on resamples of the dev "
-    "rows, each scored on the rows its resample left out",
-    "optimism": "Efron's optimism bootstrap",
-    "tt": "Tibshirani & Tibshirani 2009 bias correction",
-}
 
 
 _CSS = """

@@ -106,6 +106,7 @@ FRACTIONS = Constraint("floats", low=0, high=1, low_open=True)  # eta: a share o
 PERCENTS = Constraint("floats", low=0, high=100, low_open=True)
 POSITIVE_INTS = Constraint("ints", low=1)
 NAMES = Constraint("names")
+FOLD_COUNT = Constraint("int", low=2)  # cross-validation folds: two at the least
 
 
 def check(name: str, value: Any, constraint: Constraint) -> Any:

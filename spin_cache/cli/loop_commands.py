@@ -7,8 +7,9 @@ import json
 from typing import Any
 
 from ..fit.solver import HEAD_C_GRID, PROBE_C_GRID
-from ..loop.selection import DEFAULT_STRATEGY
+from ..loop.selection import DEFAULT_STRATEGY, SELECTIONS
 from ..validation import (
+    FOLD_COUNT,
     FRACTIONS,
     NON_NEGATIVE_INT,
     PERCENTS,
@@ -85,6 +86,14 @@ def add_probe(sub: Subcommands) -> None:
     p.add_argument(
         "--poolings", type=poolings_type, default=None, help="only these poolings (default: all in the store)"
     )
+    p.add_argument(
+        "--folds",
+        type=arg_type(FOLD_COUNT),
+        default=None,
+        help="also probe each of N cross-validation folds of the training rows (stratified, seed 0) without the "
+        "fold's rows, into RUN/folds/<i>: what `sweep --select cv` needs; about N times the work again (5 is usual; "
+        "rerun with --folds on a finished run to add them)",
+    )
     add_scheduler(p)
     p.add_argument("--json", action="store_true", help="print the probes table as JSON")
     p.set_defaults(func=cmd_probe)
@@ -101,6 +110,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         args.store,
         args.out,
         ProbeSettings(c_grid=args.c_grid, metric=args.metric),
+        folds=args.folds,
         **loop_options(args, options),
     )
     record_command(args, args.out)
@@ -194,10 +204,8 @@ SELECT_HELP = (
 
 def add_select(p: argparse.ArgumentParser, default: str | None) -> None:
     """--select: the strategy choosing the exported head (`run` has no default: the config's [sweep] select)."""
-    from ..loop.selection import STRATEGIES
-
     shown = default or "the config's [sweep] select, else " + DEFAULT_STRATEGY
-    p.add_argument("--select", choices=list(STRATEGIES), default=default, help=SELECT_HELP.format(default=shown))
+    p.add_argument("--select", choices=list(SELECTIONS), default=default, help=SELECT_HELP.format(default=shown))
 
 
 SEARCH_HELP = (

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeAlias
 
 from ..errors import EXIT_CODES_HELP, InputError, SpinCacheError
+from ..loop.selection import CV, METHOD_WORDS
 from ..representations import KINDS, POOLINGS
 from ..validation import POSITIVE_INT, arg_type, choices_type
 
@@ -179,7 +180,7 @@ def format_table(table: dict[str, Any], metric: str = "accuracy") -> str:
     rows = [
         ("Base (last layer, all neurons)", table.get("base")),
         ("Best single-layer probe", table.get("best_single_layer")),
-        ("SPIN (best on dev)" if strategy == "argmax" else f"SPIN ({strategy} on dev)", table.get("spin")),
+        (_spin_row_name(strategy), table.get("spin")),
         ("Random control (SPIN's counts)", table.get("random_control")),
     ]
     lines = [f"{'':32s} {'dev ' + metric:>16s} {'test ' + metric:>16s} {'neurons':>9s} {'share':>8s}"]
@@ -201,9 +202,15 @@ def format_table(table: dict[str, Any], metric: str = "accuracy") -> str:
         lines.append(
             f"SPIN chosen by {strategy}: dev {percent(chosen.get('chosen_dev'))} | expected "
             f"{percent(chosen.get('expected'))}{plus} on new data ({chosen.get('n_compared')} heads compared; "
-            f"{chosen.get('expected_method')} estimate, the choice re-run on resampled dev rows)"
+            f"{chosen.get('expected_method')}: {METHOD_WORDS.get(str(chosen.get('expected_method')), '')})"
         )
     return "\n".join(lines)
+
+
+def _spin_row_name(strategy: str) -> str:
+    if strategy == "argmax":
+        return "SPIN (best on dev)"
+    return "SPIN (cross-validated)" if strategy == CV else f"SPIN ({strategy} on dev)"
 
 
 def command_line(args: argparse.Namespace) -> str:

@@ -3,11 +3,14 @@ saliency = squared weight summed over classes.
 
 A probe run is a directory:
 
-    run.json               store fingerprint and URL, the probe settings, status
+    run.json               store fingerprint and URL, the probe settings, status (and `fold` or `folds`)
     parts/*.parquet        one file per finished probe (committed as it lands; a rerun skips them)
     probes.parquet         kind, pooling, layer, C, dev_metric, test_metric, train_metric, n_nonzero, n_neurons,
                            fit_seconds
     neuron_scores.parquet  kind, pooling, layer, neuron, saliency, rank (0 = most salient in its layer)
+    folds/<i>/             with `folds`: a probe run of each cross-validation fold's view (spin_cache.store.folds:
+                           fitted without the fold's rows, C chosen on them; no ordered copy), for the sweep's
+                           cross-validated selection
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ from ..fit.metrics import METRICS, score_predictions
 from ..fit.solver import PROBE_C_GRID, Design, Standardizer, fit_c_path, predict_design, solver_device
 from ..outputs import prepare_output_dir
 from ..store.activation_store import ActivationStore
+from ..store.folds import Fold, fold_rows
 from ..store.ordered import ORDERED_DIR, open_ordered_group, write_ordered_columns
-from ..validation import POSITIVE_FLOAT, POSITIVE_FLOATS, POSITIVE_INT, check
+from ..validation import FOLD_COUNT, POSITIVE_FLOAT, POSITIVE_FLOATS, POSITIVE_INT, check
 from .parallel import check_memory_budget, check_workers, run_tasks, task_memory_budget
 from .select import rank_order
 
 PROBE_FORMAT = "spin-cache-probes"
+FOLDS_DIR = "folds"  # a probe run's cross-validation folds: folds/<i>, each a probe run of fold i's view
 
 
 @dataclass(frozen=True)
@@ -89,15 +94,16 @@ def probe_layer(
     ordered_url: str | None = None,
     memory_budget: int | None = None,
     device: str | None = None,
+    fold: Fold | None = None,
 ) -> dict[str, Any]:
     """One probe (a Dask task): read the layer, standardise on train, fit the C path, score every neuron, and
     write the layer's salient columns in rank order into the run's ordered copy.
 
     A layer whose in-memory footprint exceeds `memory_budget` bytes is streamed in row blocks instead: one pass
     for the standardisation statistics, then every solver iteration reads the blocks again. `device`: where the
-    probe is fitted (None: the CPU)."""
+    probe is fitted (None: the CPU). `fold`: probe that cross-validation fold's view of the store."""
     t0 = time.perf_counter()
-    store = ActivationStore.open(store_url, storage_options=storage_options)
+    store = ActivationStore.open(store_url, storage_options=storage_options, fold=fold)
     rows = _LayerRows(store, kind, pooling, layer)
     streamed = memory_budget is not None and rows.in_memory_bytes() > memory_budget
     if not streamed:
@@ -214,6 +220,28 @@ class ProbeRun:
         return value
 
     @property
+    def fold(self) -> Fold | None:
+        """The cross-validation fold whose view these probes were fitted on (None: the store itself)."""
+        f = self.meta.get("fold")
+        return None if f is None else Fold(int(f["index"]), int(f["n"]), int(f["seed"]))
+
+    def folds(self) -> list[ProbeRun]:
+        """The run's cross-validation folds (folds/<i>, in fold order); empty when it was probed without folds.
+
+        Raises IntegrityError when a fold's run is missing or is not that fold's."""
+        n = int(self.meta.get("folds") or 0)
+        runs = []
+        for i in range(n):
+            path = self.path / FOLDS_DIR / str(i)
+            if not (path / "run.json").exists():
+                raise IntegrityError(f"{path}: fold {i}'s probe run is missing; rerun the same `spin-cache probe`")
+            run = ProbeRun(path)
+            if run.fold != Fold(i, n) or run.store_fingerprint != self.store_fingerprint:
+                raise IntegrityError(f"{path}: not fold {i} of {n} of this run's store; probe again into a new --out")
+            runs.append(run)
+        return runs
+
+    @property
     def settings(self) -> ProbeSettings:
         """The probe settings the run was made with (from run.json)."""
         s = self.meta["settings"]
@@ -291,6 +319,8 @@ def run_probes(
     storage_options: dict[str, Any] | None = None,
     dashboard: str | None = None,
     device: str | None = None,
+    folds: int | None = None,
+    fold: Fold | None = None,
 ) -> ProbeRun:
     """Probe every (kind, pooling, layer) of the store; finished probes are kept across reruns.
 
@@ -299,16 +329,26 @@ def run_probes(
     layer that does not fit its share is streamed in row blocks (the probes table says which, column `mode`); a
     budget below one row block per running task is refused. `dashboard`: an address for a local cluster's Dask
     dashboard (default: none; see parallel.local_cluster). `device`: where the probes are fitted: cpu (default),
-    cuda, cuda:N or auto (the layers are read on the CPU and copied there)."""
+    cuda, cuda:N or auto (the layers are read on the CPU and copied there). `folds`: also probe each of that many
+    cross-validation folds of the training rows into folds/<i> (what the sweep's `cv` selection needs; about
+    `folds` times the work again). `fold`: probe one fold's view instead of the store (no ordered copy)."""
     solver_device(device)  # an unknown device or no CUDA: refused before any work
     settings = settings or ProbeSettings()
     settings.check()
+    if folds is not None:
+        check("--folds", folds, FOLD_COUNT)
+        if fold is not None:
+            raise InputError("give folds or fold, not both")
     workers = check_workers(workers)
     if memory_budget is not None:
         memory_budget = check("--memory-budget", memory_budget, POSITIVE_INT)
-    store = ActivationStore.open(store_url, storage_options=storage_options)
+    store = ActivationStore.open(store_url, storage_options=storage_options, fold=fold)
     if not store.is_complete:
         raise IntegrityError(f"{store_url}: the store is incomplete; finish it with the same `spin-cache extract`")
+    if folds is not None:
+        fold_rows(  # too few training rows for the folds: refused before any work
+            store.labels(), store.examples["split"].to_numpy() == "train", folds, 0
+        )
     keys = [
         (k, p, layer)
         for k, p, layer in store.layout.array_keys()
@@ -319,7 +359,7 @@ def run_probes(
     widest = max(store.width(k) for k in {k for k, _, _ in keys})
     check_memory_budget(memory_budget, block_memory_need(store, widest), scheduler, workers)
     out = prepare_output_dir(out, "probe run")
-    meta = {
+    meta: dict[str, Any] = {
         "format": PROBE_FORMAT,
         "spin_cache_version": __version__,
         "store": str(store_url),
@@ -328,21 +368,32 @@ def run_probes(
         "keys": [list(k) for k in keys],
         "status": "incomplete",
     }
+    if fold is not None:
+        meta["fold"] = asdict(fold)
+    if folds is not None:
+        meta["folds"] = folds
     _start_run(out, meta)
     parts = out / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     todo = [k for k in keys if not _part_path(parts, *k).exists()]
-    ordered = str(out.resolve() / ORDERED_DIR)
-    open_ordered_group(ordered, mode="a", attributes={"store_fingerprint": store.fingerprint})
+    ordered: str | None = None
+    if fold is None:  # a fold's sweep reads the store: its ordered copy would be written for nothing
+        ordered = str(out.resolve() / ORDERED_DIR)
+        open_ordered_group(ordered, mode="a", attributes={"store_fingerprint": store.fingerprint})
     per_task = task_memory_budget(memory_budget, scheduler, workers)
     tasks = [
-        (str(store_url), k, p, layer, settings, storage_options, ordered, per_task, device) for k, p, layer in todo
+        (str(store_url), k, p, layer, settings, storage_options, ordered, per_task, device, fold)
+        for k, p, layer in todo
     ]
     for _, result in run_tasks(
         probe_layer, tasks, scheduler=scheduler, workers=workers, desc="probe", progress=progress, dashboard=dashboard
     ):
         _write_part(parts, result)
     _combine(out, keys)
+    for i in range(folds or 0):
+        run_probes(store_url, out / FOLDS_DIR / str(i), settings, kinds=kinds, poolings=poolings, scheduler=scheduler,
+                   workers=workers, memory_budget=memory_budget, progress=progress, storage_options=storage_options,
+                   dashboard=dashboard, device=device, fold=Fold(i, folds or 0))  # fmt: skip
     meta["status"] = "complete"
     (out / "run.json").write_text(json.dumps(meta, indent=2))
     return ProbeRun(out)
@@ -353,7 +404,7 @@ def _start_run(out: Path, meta: dict[str, Any]) -> None:
     meta_path = out / "run.json"
     if meta_path.exists():
         old = read_run_json(meta_path)
-        same = all(old.get(k) == meta[k] for k in ("store_fingerprint", "settings", "keys"))
+        same = all(old.get(k) == meta.get(k) for k in ("store_fingerprint", "settings", "keys", "fold"))
         if not same:
             raise StoreMismatchError(
                 f"{out} holds probes made from another store or settings; pass another --out or delete it"

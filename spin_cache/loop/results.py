@@ -178,7 +178,9 @@ class ChosenBy:
     rows; optimism: chosen_dev - expected. n_compared: heads compared (every head fitted: each configuration at
     every C, or, with `--search patience`, at the C values its path reached);
     n_distinct: of them, with distinct dev predictions; n_configurations: (kind, pooling, value, K) configurations;
-    n_candidates: the strategy's candidate set; chosen_share: how often the resamples chose the same head."""
+    n_candidates: the strategy's candidate set; chosen_share: how often the resamples chose the same head.
+    cv_score: with strategy "cv", the chosen head's out-of-fold score on the training rows (n_resamples: the folds;
+    the estimate is then its dev score, which the choice never saw)."""
 
     strategy: str
     chosen_dev: float
@@ -195,6 +197,7 @@ class ChosenBy:
     n_resamples: int
     seed: int
     chosen_share: float | None
+    cv_score: float | None = None
 
     @classmethod
     def of(cls, choice_dev: float, best_dev: float, n_candidates: int, n_configs: int, est: Estimate) -> ChosenBy:
@@ -217,6 +220,7 @@ class ChosenBy:
             n_resamples=est.n_resamples,
             seed=est.seed,
             chosen_share=est.details.get("chosen_share"),
+            cv_score=est.details.get("cv_score"),
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -435,6 +435,72 @@ def one_se(scores: ConfigScores) -> Choice:
 # ---- the honest estimate ------------------------------------------------------------------------------------------
 
 
+#: `--select cv`: the head chosen on out-of-fold predictions of the training rows (`cross_validated_choice`).
+CV = "cv"
+#: Every name `--select` accepts: the strategies over dev predictions, and cross-validated selection.
+SELECTIONS = (*STRATEGIES, CV)
+CV_METHOD = "holdout"  # cv's estimate: the chosen head's dev score, which the choice never saw
+
+
+#: What each strategy and estimate method does, in words for the report and the command line's table.
+STRATEGY_WORDS = {
+    "argmax": "the best dev score; ties to fewer neurons, then fewer layers, then smaller C",
+    "one_se": "the simplest head within one standard error of the best dev score",
+    "one_se_paired": "the simplest head within one paired standard error of the best dev score",
+    "smoothed": "the best dev score averaged with the neighbouring rule values'",
+    CV: "the best out-of-fold score on the training rows, probes and heads refitted without each fold; dev unseen",
+}
+METHOD_WORDS = {
+    "bbc": "bootstrap bias-corrected estimate, Tsamardinos et al. 2018: the choice re-run on resamples of the dev "
+    "rows, each scored on the rows its resample left out",
+    "optimism": "Efron's optimism bootstrap",
+    "tt": "Tibshirani & Tibshirani 2009 bias correction",
+    CV_METHOD: "the chosen head's own dev score: the choice never saw the dev rows",
+}
+
+
+def cross_validated_choice(
+    dev: ConfigScores, oof: ConfigScores, heads: np.ndarray, n_folds: int
+) -> tuple[Choice, Estimate]:
+    """The ``cv`` choice and its estimate.
+
+    `oof` holds every compared head's out-of-fold predictions on the training rows (fold i's heads fitted without
+    fold i's rows, probes included, and scored on them); `heads[j]` is the row of `dev` (the heads fitted on all
+    training rows, scored on dev) that oof's row j describes. The choice is the arg-max on the out-of-fold score
+    (ties as ``argmax`` breaks them); the dev rows never take part, so the chosen head's dev score is itself an
+    unbiased estimate of its score on new rows like them (`Estimate.method` "holdout", optimism 0). The estimate's
+    `details` hold the chosen head's cross-validated score and the best one."""
+    oof = _check_scores(oof)
+    dev = _check_scores(dev)
+    heads = np.asarray(heads, dtype=np.int64)
+    if (
+        heads.shape != (oof.n_configurations,)
+        or heads.min(initial=0) < 0
+        or heads.max(initial=0) >= dev.n_configurations
+    ):
+        raise InputError(f"heads: {heads.shape} rows of dev for {oof.n_configurations} out-of-fold heads")
+    picked = choose(oof, "argmax")
+    index = int(heads[picked.index])
+    scores = dev.scores()
+    dev_score = float(scores[index])
+    choice = Choice(CV, index, dev_score, float(scores.max()), dev_score, picked.n_candidates, dev.n_configurations)
+    estimate = Estimate(
+        strategy=CV,
+        method=CV_METHOD,
+        estimate=dev_score,
+        apparent=dev_score,
+        optimism=0.0,
+        se=float(binomial_se(dev_score, dev.n_rows)),
+        n_configurations=dev.n_configurations,
+        n_distinct=dev.n_distinct,
+        n_rows=dev.n_rows,
+        n_resamples=int(n_folds),
+        seed=0,
+        details={"cv_score": picked.dev_score, "cv_best": picked.best_dev_score, "cv_rows": oof.n_rows},
+    )
+    return choice, estimate
+
+
 def bootstrap_counts(n_rows: int, n_boot: int, seed: int) -> np.ndarray:
     """(n_rows, n_boot) multinomial counts: column b says how often each row is drawn in resample b."""
     rng = np.random.default_rng(seed)

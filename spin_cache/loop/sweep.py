@@ -33,6 +33,7 @@ from ..fit.metrics import METRICS, score_predictions
 from ..fit.solver import HEAD_C_GRID, Design, LinearFit, Standardizer, fit_c_path, predict_design, solver_device
 from ..outputs import MARKERS, finite_or_null, prepare_output_dir
 from ..store.activation_store import ActivationStore
+from ..store.folds import Fold
 from ..store.ordered import ORDERED_DIR, OrderedCopy, open_ordered
 from ..validation import (
     FRACTIONS,
@@ -62,11 +63,15 @@ from .results import (
 )
 from .select import RULES, random_like, select
 from .selection import (
+    CV,
     DEFAULT_ESTIMATE_METHOD,
     DEFAULT_STRATEGY,
-    STRATEGIES,
+    SELECTIONS,
+    Choice,
     ConfigScores,
+    Estimate,
     choose,
+    cross_validated_choice,
     expected_score,
     sweep_neighbourhoods,
 )
@@ -84,7 +89,7 @@ RULE_VALUES: dict[str, tuple[str, Constraint]] = {
     "top-percent": ("--top-percent", PERCENTS),
 }
 #: `SweepSettings.select`: how the exported head is chosen from the dev predictions (spin_cache.loop.selection).
-SELECT = Constraint("name", choices=tuple(STRATEGIES))
+SELECT = Constraint("name", choices=SELECTIONS)
 #: `SweepSettings.search`: "grid" fits every head at every C of the grid (the exact reference); "patience" stops
 #: each configuration's C path once dev has not improved for `SweepSettings.patience` C values in a row.
 SEARCHES = ("grid", "patience")
@@ -301,6 +306,7 @@ def sweep_group(
     ordered_url: str | None = None,
     memory_budget: int | None = None,
     device: str | None = None,
+    fold: Fold | None = None,
 ) -> GroupResult:
     """One Dask task: every (value, K) configuration of one (kind, pooling) at every C, from one read of its columns.
 
@@ -308,16 +314,17 @@ def sweep_group(
     else from the store. When the columns do not fit `memory_budget` bytes, every configuration is fitted on row
     blocks read on demand instead (out of core; each solver pass reads its columns again). Heads are scored on dev
     only (every C's dev predictions are sent back for the selection); Base, a reference, also on test. `device`:
-    where the heads are fitted (None: the CPU)."""
+    where the heads are fitted (None: the CPU). `fold`: fit on that cross-validation fold's view of the store (its
+    "dev" is the fold's training rows; `saliency` must be the fold's probes'); no Base."""
     t0 = time.perf_counter()
-    store = ActivationStore.open(store_url, storage_options=storage_options, count_bytes=True)
+    store = ActivationStore.open(store_url, storage_options=storage_options, count_bytes=True, fold=fold)
     layers = store.layers(kind)
     selections = {v: {layer: select(saliency[layer], settings.rule, v) for layer in layers} for v in settings.values}
     need: dict[int, set[int]] = {layer: set() for layer in layers}
     for sel in selections.values():
         for layer, idx in sel.items():
             need[layer].update(int(i) for i in idx)
-    base_layer = layers[-1] if kind == "hidden" else None
+    base_layer = layers[-1] if kind == "hidden" and fold is None else None
     if base_layer is not None:
         need[base_layer] = set(range(store.width(kind)))
     masks, labels = _splits(store)
@@ -558,6 +565,12 @@ def run_sweep(
     run = ProbeRun(probes)
     settings = settings or SweepSettings(metric=run.settings.metric)
     settings.check()
+    fold_runs = run.folds() if settings.select == CV else []
+    if settings.select == CV and not fold_runs:
+        raise InputError(
+            f"--select cv: the probe run {probes} has no cross-validation folds; add them with `spin-cache probe "
+            f"{store_url} --out {probes} --folds 5` (the probes already made are kept)"
+        )
     workers = check_workers(workers)
     if memory_budget is not None:
         memory_budget = check("--memory-budget", memory_budget, POSITIVE_INT)
@@ -587,32 +600,33 @@ def run_sweep(
     (out / "summary.json").unlink(missing_ok=True)  # an earlier sweep's, no longer what this directory holds
     ordered_url = str(Path(probes).resolve() / ORDERED_DIR)
     per_task = task_memory_budget(memory_budget, scheduler, workers)
-    tasks = [
-        (
-            str(store_url),
-            k,
-            p,
-            {layer: run.saliency(k, p, layer) for layer in store.layers(k)},
-            settings,
-            storage_options,
-            ordered_url,
-            per_task,
-            device,
-        )
-        for k, p in groups
-    ]
+
+    def task(source: ProbeRun, k: str, p: str) -> tuple[Any, ...]:
+        # A fold's groups read the store (its probes wrote no ordered copy) through the fold's view.
+        saliency = {layer: source.saliency(k, p, layer) for layer in store.layers(k)}
+        ordered = ordered_url if source.fold is None else None
+        return (str(store_url), k, p, saliency, settings, storage_options, ordered, per_task, device, source.fold)
+
+    tasks = [task(source, k, p) for source in (run, *fold_runs) for k, p in groups]
     found: dict[int, GroupResult] = {}
     for i, res in run_tasks(
         sweep_group, tasks, scheduler=scheduler, workers=workers, desc="sweep", progress=progress, dashboard=dashboard
     ):
         found[i] = res
-    results = [found[i] for i in range(len(tasks))]
-    # The choice: every head of every group, from its dev predictions alone.
+    results = [found[i] for i in range(len(groups))]
+    # The choice: every head of every group, from its dev predictions alone (cv: from the folds' predictions).
     masks, labels = _splits(store)
     dev_labels = labels[masks["dev"]]
     scores, where = _config_scores(results, dev_labels, len(store.label_names), settings.metric)
-    choice = choose(scores, settings.select)
-    estimate = expected_score(scores, settings.select, method=ESTIMATE_METHOD, seed=settings.seed)
+    choice: Choice
+    estimate: Estimate
+    if settings.select == CV:
+        fold_results = [[found[i] for i in range(f * len(groups), (f + 1) * len(groups))]
+                        for f in range(1, len(fold_runs) + 1)]  # fmt: skip
+        choice, estimate = _cross_validated(store, scores, results, fold_results, [r.fold for r in fold_runs])
+    else:
+        choice = choose(scores, settings.select)
+        estimate = expected_score(scores, settings.select, method=ESTIMATE_METHOD, seed=settings.seed)
     g, r = where[choice.index]
     c = float(scores.C[choice.index])
     group = results[g]
@@ -648,6 +662,52 @@ def run_sweep(
     _write_json(out / "summary.json", meta | {"table": table.to_json()})
     _write_json(out / SWEEP_MARKER, meta | {"status": "complete"})
     return SweepResult(out, table, sweep)
+
+
+def _cross_validated(
+    store: ActivationStore,
+    dev: ConfigScores,
+    results: Sequence[GroupResult],
+    fold_results: Sequence[Sequence[GroupResult]],
+    folds: Sequence[Fold | None],
+) -> tuple[Choice, Estimate]:
+    """The ``cv`` choice: every head compared on its out-of-fold predictions of the training rows (fold i's heads
+    predict fold i's rows), among the heads fitted in every fold (with --search patience a C path may stop at a
+    different C in a fold)."""
+    keys = _head_keys(results)
+    where = {key: i for i, key in enumerate(keys)}
+    per_fold: list[dict[tuple[Any, ...], np.ndarray]] = []
+    fold_labels = []
+    for fold, part in zip(folds, fold_results, strict=True):
+        labels = np.concatenate([res.heads.labels for res in part])
+        per_fold.append(dict(zip(_head_keys(part), labels, strict=True)))
+        view = ActivationStore.open(store.url, storage_options=store.storage_options, fold=fold)
+        masks, y = _splits(view)
+        fold_labels.append(y[masks["dev"]])
+    common = [key for key in keys if all(key in heads for heads in per_fold)]
+    if not common:
+        raise InputError("--select cv: no head was fitted in every fold; use --search grid")
+    heads = np.array([where[key] for key in common], dtype=np.int64)
+    oof = ConfigScores(
+        np.stack([np.concatenate([fold[key] for fold in per_fold]) for key in common]),
+        np.concatenate(fold_labels),
+        dev.n_neurons[heads],
+        dev.n_layers[heads],
+        dev.C[heads],
+        dev.metric,
+        dev.n_classes,
+    )
+    return cross_validated_choice(dev, oof, heads, len(folds))
+
+
+def _head_keys(results: Sequence[GroupResult]) -> list[tuple[Any, ...]]:
+    """Every head of every group as (kind, pooling, rule value, K, C), in _config_scores' order."""
+    keys = []
+    for res in results:
+        for r, c in zip(res.heads.row.tolist(), res.heads.C.tolist(), strict=True):
+            row = res.rows[r]
+            keys.append((row.kind, row.pooling, row.value, row.k, c))
+    return keys
 
 
 def _config_scores(

@@ -18,6 +18,7 @@ from ..errors import InputError, IntegrityError, SpinCacheError
 from ..outputs import check_store_destination
 from ..representations import KINDS
 from .access import ChunkGuard, CountingStore, _fs, array_name, array_stored_bytes, zarr_store
+from .folds import Fold
 from .layout import FORMAT_VERSION, SideFiles, check_format_version
 from .manifest import Manifest
 from .shards import RowShardEncoder, create_array
@@ -49,6 +50,7 @@ class ActivationStore:
         self.layout = self.manifest_record.layout
         self.side = SideFiles.of(self.format_version)
         self.counter: CountingStore | None = None
+        self.fold: Fold | None = None  # set by open(fold=...): the view of one cross-validation fold
         stored_hash = self.manifest_record.manifest_sha256  # None in a store an older spin-cache wrote: unchecked
         # Checked on every open; a store still being written is exempt (its status and run info change, and the
         # hash is written with them by `mark_complete`; nothing reads an incomplete store's arrays).
@@ -71,8 +73,15 @@ class ActivationStore:
         mode: Literal["r", "a"] = "r",
         storage_options: dict[str, Any] | None = None,
         count_bytes: bool = False,
+        fold: Fold | None = None,
     ) -> ActivationStore:
-        """Open an existing store; mode "r" (default) never writes. `count_bytes` counts array bytes read."""
+        """Open an existing store; mode "r" (default) never writes. `count_bytes` counts array bytes read. `fold`:
+        see the store through a cross-validation fold of its training rows (spin_cache.store.folds: the fold's rows
+        are dev, the other training rows train, dev and test set aside); only reading stages take one."""
+        if fold is not None:
+            if mode != "r":
+                raise ValueError("a fold is a read-only view: open the store with mode 'r'")
+            fold.check()
         fs, root = _fs(url, storage_options)
         if not fs.exists(f"{root}/zarr.json"):
             raise InputError(f"{url}: no store here (zarr.json missing); run `spin-cache extract` to make one")
@@ -89,6 +98,7 @@ class ActivationStore:
             raise IntegrityError(f"{url}: cannot read zarr.json ({exc}); the store is damaged") from exc
         store = cls(url, group, storage_options)
         store.counter = counter
+        store.fold = fold
         guard.strict = store.is_complete
         return store
 
@@ -205,7 +215,14 @@ class ActivationStore:
         Raises IntegrityError when the manifest was edited after extraction or the table is missing or unreadable.
         """
         self.check_manifest()
+        if self.fold is not None:
+            return self._fold_examples
         return self._examples
+
+    @cached_property
+    def _fold_examples(self) -> pl.DataFrame:
+        assert self.fold is not None
+        return self.fold.relabel(self._examples)
 
     @cached_property
     def _examples(self) -> pl.DataFrame:
