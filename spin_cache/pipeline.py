@@ -15,10 +15,8 @@ from .extract.run import run_extraction
 from .extract.settings import ExtractSettings
 from .fit.solver import solver_device
 from .loop.probe import ProbeRun, ProbeSettings, run_probes
-from .loop.selection import CV
 from .loop.sweep import DEFAULT_ETAS, SweepSettings, run_sweep
 from .report import write_report
-from .store.folds import DEFAULT_FOLDS
 
 SECTIONS = {"extract", "probe", "sweep"}
 # extraction options the config sets at its top level (or run_pipeline's arguments), not in [extract]
@@ -105,12 +103,10 @@ def run_pipeline(
     out = cfg.out_dir
     probe_settings = ProbeSettings(**_tuples(cfg.probe))
     probe_dir = out / "probes"
-    # Cross-validated selection needs the probes of every fold too.
-    folds = DEFAULT_FOLDS if cfg.sweep.get("select") == CV else None
-    probes = _finished_probes(probe_dir, store.fingerprint, probe_settings, folds)
+    probes = _finished_probes(probe_dir, store.fingerprint, probe_settings)
     if probes is None:
         probes = run_probes(store.url, probe_dir, probe_settings, scheduler=cfg.scheduler, workers=cfg.workers,
-                            progress=progress, device=cfg.solver_device, folds=folds)  # fmt: skip
+                            progress=progress, device=cfg.solver_device)  # fmt: skip
         say(f"[probe] done: {probes.probes.height} probes in {probe_dir}")  # type: ignore[operator]
     else:
         say(f"[probe] up to date: {probe_dir}")  # type: ignore[operator]
@@ -144,13 +140,12 @@ def _tuples(section: dict[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
 
 
-def _finished_probes(path: Path, fingerprint: str, settings: ProbeSettings, folds: int | None) -> ProbeRun | None:
+def _finished_probes(path: Path, fingerprint: str, settings: ProbeSettings) -> ProbeRun | None:
     try:
         run = ProbeRun(path)
-        with_folds = folds is None or len(run.folds()) == folds
     except Exception:
         return None
-    same = run.store_fingerprint == fingerprint and run.settings == settings and with_folds
+    same = run.store_fingerprint == fingerprint and run.settings == settings
     return run if same else None
 
 

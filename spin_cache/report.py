@@ -32,7 +32,7 @@ import numpy as np
 import polars as pl
 
 from .errors import InputError, SpinCacheError
-from .loop.selection import METHOD_WORDS, STRATEGY_WORDS
+from .loop.selection import CV, METHOD_WORDS, STRATEGY_WORDS
 
 FIGURES = ("probes", "neurons", "selection", "early_exit")
 COMMAND_FILE = "command.txt"
@@ -460,9 +460,17 @@ def _chosen_by_html(run: _Run) -> str:
         f"among {_fmt(chosen.get('n_compared'))} heads ({_fmt(chosen.get('n_configurations'))} configurations at "
         f"every C; {_fmt(chosen.get('n_distinct'))} with distinct dev predictions): "
         f"<b>dev {_pct(chosen.get('chosen_dev'))} | expected {_pct(chosen.get('expected'))}{plus}</b> on new data "
-        f"({html.escape(words)}). The dev score of a head picked among many overstates what new data will give; "
-        f"here by {_pct(chosen.get('optimism'))} points. Test was read once, for the chosen head.</p>"
+        f"({html.escape(words)}). {_bias_words(chosen)} Test was read once, for the chosen head.</p>"
     )
+
+
+def _bias_words(chosen: dict[str, Any]) -> str:
+    """Why the expected score differs from the dev score, or (cv) why it does not."""
+    if chosen.get("strategy") == CV:
+        return (f"Chosen on {_fmt(chosen.get('n_resamples'))} folds of the training rows (cross-validated "
+                f"{_pct(chosen.get('cv_score'))}), never on dev, so its dev score is an honest estimate.")  # fmt: skip
+    return (f"The dev score of a head picked among many overstates what new data will give; here by "
+            f"{_pct(chosen.get('optimism'))} points.")  # fmt: skip
 
 
 def _pct(v: Any) -> str:

@@ -11,7 +11,7 @@ import pytest
 
 from spin_cache.errors import InputError
 from spin_cache.fit.estimator import SpinClassifier
-from spin_cache.loop.probe import ProbeRun, run_probes
+from spin_cache.loop.probe import ProbeRun, probe_folds
 from spin_cache.loop.select import select
 from spin_cache.loop.selection import ConfigScores, choose, cross_validated_choice
 from spin_cache.loop.sweep import SweepSettings, run_sweep
@@ -79,55 +79,29 @@ def test_a_store_seen_through_a_fold_is_read_only_and_relabels_every_reader(prob
         ActivationStore.open(store.url, mode="a", fold=Fold(1, 3))
 
 
-@pytest.fixture(scope="module")
-def with_folds(probed: tuple) -> ProbeRun:
+def test_fold_probes_are_fitted_without_the_folds_rows_at_the_runs_c(probed: tuple, tmp_path: Path) -> None:
     store, run, _ = probed
-    # Folds added to the finished run: its own probes are kept, each fold probed without its rows.
-    return run_probes(store.url, run.path, run.settings, scheduler="sync", progress=False, folds=2)
-
-
-def test_probe_folds_are_fitted_without_the_folds_rows(probed: tuple, with_folds: ProbeRun) -> None:
-    store, run, _ = probed
-    assert with_folds.probes.equals(run.probes)
-    folds = with_folds.folds()
+    folds = probe_folds(run, store.url, tmp_path / "folds", 2, scheduler="sync", progress=False)
     assert [f.fold for f in folds] == [Fold(0, 2), Fold(1, 2)]
-    assert all(f.store_fingerprint == store.fingerprint for f in folds)
-    assert len(ProbeRun(run.path).folds()) == 2  # read back from run.json
+    assert [ProbeRun(tmp_path / "folds" / str(i)).fold for i in range(2)] == [Fold(0, 2), Fold(1, 2)]  # run.json
+    keys = ["kind", "pooling", "layer"]
     for f in folds:
+        assert f.store_fingerprint == store.fingerprint
         assert f.probes["test_metric"].is_nan().all()  # the fold's view has no test rows
         assert not (f.path / "ordered.zarr").exists()
+        assert f.probes.sort(keys)["C"].to_list() == run.probes.sort(keys)["C"].to_list()  # the run's C per layer
     a, b = (f.saliency("ffn", "mean", 3) for f in folds)
     assert not np.array_equal(a, b)  # different training rows, different probes
     with pytest.raises(InputError, match="--folds: expected an integer >= 2"):
-        run_probes(store.url, run.path, run.settings, scheduler="sync", progress=False, folds=1)
+        probe_folds(run, store.url, tmp_path / "one", 1, scheduler="sync", progress=False)
+    assert not (tmp_path / "one").exists()
 
 
-def test_a_missing_fold_run_is_named(probed: tuple, with_folds: ProbeRun, tmp_path: Path) -> None:
-    import shutil
-
-    from spin_cache.errors import IntegrityError
-
-    copy = tmp_path / "probes"
-    shutil.copytree(with_folds.path, copy)
-    shutil.rmtree(copy / "folds" / "1")
-    with pytest.raises(IntegrityError, match="fold 1's probe run is missing"):
-        ProbeRun(copy).folds()
-
-
-def test_sweep_cv_without_folds_names_the_command_to_run(tmp_path: Path) -> None:
-    probed = probed_synthetic_store(tmp_path, n_rows=300)
+def test_sweep_cv_chooses_the_best_out_of_fold_head_and_shows_its_dev_score(probed: tuple) -> None:
     store, run, root = probed
-    with pytest.raises(InputError, match="--folds 5"):
-        run_sweep(store.url, run.path, root / "sweep", SweepSettings(**GRID, select="cv"), scheduler="sync",
-                  progress=False)  # fmt: skip
-
-
-def test_sweep_cv_chooses_the_best_out_of_fold_head_and_shows_its_dev_score(
-    probed: tuple, with_folds: ProbeRun
-) -> None:
-    store, _, root = probed
-    res = run_sweep(store.url, with_folds.path, root / "sweep-cv", SweepSettings(**GRID, select="cv"),
+    res = run_sweep(store.url, run.path, root / "sweep-cv", SweepSettings(**GRID, select="cv", folds=2),
                     scheduler="sync", progress=False)  # fmt: skip
+    fold_runs = [ProbeRun(root / "sweep-cv" / "folds" / str(i)) for i in range(2)]
     chosen = res.summary.chosen_by
     spin = res.summary.spin
     assert chosen.strategy == "cv" and chosen.expected_method == "holdout"
@@ -136,7 +110,7 @@ def test_sweep_cv_chooses_the_best_out_of_fold_head_and_shows_its_dev_score(
     # The chosen head's out-of-fold score, recomputed here fold by fold with the estimator at the chosen C:
     # fitted on the fold's other training rows (with the fold's own probes), scored on the fold's rows.
     correct = 0
-    for fold_run in with_folds.folds():
+    for fold_run in fold_runs:
         view = ActivationStore.open(store.url, fold=fold_run.fold)
         layers = spin.layers
         cols = [select(fold_run.saliency(spin.kind, spin.pooling, layer), spin.rule, spin.value) for layer in layers]

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..fit.solver import HEAD_C_GRID, PROBE_C_GRID
 from ..loop.selection import DEFAULT_STRATEGY, SELECTIONS
+from ..store.folds import DEFAULT_FOLDS
 from ..validation import (
     FOLD_COUNT,
     FRACTIONS,
@@ -86,14 +87,6 @@ def add_probe(sub: Subcommands) -> None:
     p.add_argument(
         "--poolings", type=poolings_type, default=None, help="only these poolings (default: all in the store)"
     )
-    p.add_argument(
-        "--folds",
-        type=arg_type(FOLD_COUNT),
-        default=None,
-        help="also probe each of N cross-validation folds of the training rows (stratified, seed 0) without the "
-        "fold's rows, into RUN/folds/<i>: what `sweep --select cv` needs; about N times the work again (5 is usual; "
-        "rerun with --folds on a finished run to add them)",
-    )
     add_scheduler(p)
     p.add_argument("--json", action="store_true", help="print the probes table as JSON")
     p.set_defaults(func=cmd_probe)
@@ -110,7 +103,6 @@ def cmd_probe(args: argparse.Namespace) -> int:
         args.store,
         args.out,
         ProbeSettings(c_grid=args.c_grid, metric=args.metric),
-        folds=args.folds,
         **loop_options(args, options),
     )
     record_command(args, args.out)
@@ -203,9 +195,14 @@ SELECT_HELP = (
 
 
 def add_select(p: argparse.ArgumentParser, default: str | None) -> None:
-    """--select: the strategy choosing the exported head (`run` has no default: the config's [sweep] select)."""
+    """--select and --folds: the strategy choosing the exported head, and cv's folds (`run` has no defaults: the
+    config's [sweep] select and folds)."""
     shown = default or "the config's [sweep] select, else " + DEFAULT_STRATEGY
     p.add_argument("--select", choices=list(SELECTIONS), default=default, help=SELECT_HELP.format(default=shown))
+    folds = str(DEFAULT_FOLDS) if default else f"the config's [sweep] folds, else {DEFAULT_FOLDS}"
+    p.add_argument("--folds", type=arg_type(FOLD_COUNT), default=DEFAULT_FOLDS if default else None,
+                   help=f"with --select cv: folds of the training rows, stratified by label (2 or more; default "
+                   f"{folds}); the folds' probes are kept in OUT/folds")  # fmt: skip
 
 
 SEARCH_HELP = (
@@ -256,6 +253,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         select=args.select,
         search=args.search,
         patience=args.patience,
+        folds=args.folds,
     )
     options = store_options(args)
     open_store(args.store, options)  # a missing bucket, endpoint or credentials: one line, before work
@@ -335,7 +333,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config) if args.config else PipelineConfig()
     if args.select is not None:  # the command line wins over the config's [sweep] select
         cfg.sweep = {**cfg.sweep, "select": args.select}
-    for key in ("search", "patience"):  # likewise over [sweep] search and patience
+    for key in ("search", "patience", "folds"):  # likewise over [sweep] search, patience and folds
         if getattr(args, key) is not None:
             cfg.sweep = {**cfg.sweep, key: getattr(args, key)}
     result = run_pipeline(cfg, progress=not args.quiet, say=lambda text: say(args, text), command=command_line(args))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeAlias
 
 from ..errors import EXIT_CODES_HELP, InputError, SpinCacheError
-from ..loop.selection import CV, METHOD_WORDS
+from ..loop.selection import CV
 from ..representations import KINDS, POOLINGS
 from ..validation import POSITIVE_INT, arg_type, choices_type
 
@@ -199,10 +199,18 @@ def format_table(table: dict[str, Any], metric: str = "accuracy") -> str:
     if chosen:
         se = chosen.get("expected_se")
         plus = f" ± {100 * se:.2f}" if isinstance(se, float) and se == se else ""
+        if strategy == CV:
+            how = (f"{chosen.get('n_compared')} heads compared on {chosen.get('n_resamples')} folds of the training "
+                   f"rows, cross-validated {percent(chosen.get('cv_score'))}; dev was not used to choose, so its "
+                   "dev score is the estimate")  # fmt: skip
+            by = f"cv ({chosen.get('n_resamples')} folds)"
+        else:
+            how = (f"{chosen.get('n_compared')} heads compared; {chosen.get('expected_method')} estimate, the choice "
+                   "re-run on resampled dev rows")  # fmt: skip
+            by = str(strategy)
         lines.append(
-            f"SPIN chosen by {strategy}: dev {percent(chosen.get('chosen_dev'))} | expected "
-            f"{percent(chosen.get('expected'))}{plus} on new data ({chosen.get('n_compared')} heads compared; "
-            f"{chosen.get('expected_method')}: {METHOD_WORDS.get(str(chosen.get('expected_method')), '')})"
+            f"SPIN chosen by {by}: dev {percent(chosen.get('chosen_dev'))} | expected "
+            f"{percent(chosen.get('expected'))}{plus} on new data ({how})"
         )
     return "\n".join(lines)
 

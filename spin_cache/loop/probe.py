@@ -3,22 +3,22 @@ saliency = squared weight summed over classes.
 
 A probe run is a directory:
 
-    run.json               store fingerprint and URL, the probe settings, status (and `fold` or `folds`)
+    run.json               store fingerprint and URL, the probe settings, status (and `fold`: see below)
     parts/*.parquet        one file per finished probe (committed as it lands; a rerun skips them)
     probes.parquet         kind, pooling, layer, C, dev_metric, test_metric, train_metric, n_nonzero, n_neurons,
                            fit_seconds
     neuron_scores.parquet  kind, pooling, layer, neuron, saliency, rank (0 = most salient in its layer)
-    folds/<i>/             with `folds`: a probe run of each cross-validation fold's view (spin_cache.store.folds:
-                           fitted without the fold's rows, C chosen on them; no ordered copy), for the sweep's
-                           cross-validated selection
+
+A cross-validation fold's probe run (`probe_folds`, for the sweep's `cv` selection) has the same files, without
+the ordered copy, and records its fold in run.json.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,6 @@ from .parallel import check_memory_budget, check_workers, run_tasks, task_memory
 from .select import rank_order
 
 PROBE_FORMAT = "spin-cache-probes"
-FOLDS_DIR = "folds"  # a probe run's cross-validation folds: folds/<i>, each a probe run of fold i's view
 
 
 @dataclass(frozen=True)
@@ -225,22 +224,6 @@ class ProbeRun:
         f = self.meta.get("fold")
         return None if f is None else Fold(int(f["index"]), int(f["n"]), int(f["seed"]))
 
-    def folds(self) -> list[ProbeRun]:
-        """The run's cross-validation folds (folds/<i>, in fold order); empty when it was probed without folds.
-
-        Raises IntegrityError when a fold's run is missing or is not that fold's."""
-        n = int(self.meta.get("folds") or 0)
-        runs = []
-        for i in range(n):
-            path = self.path / FOLDS_DIR / str(i)
-            if not (path / "run.json").exists():
-                raise IntegrityError(f"{path}: fold {i}'s probe run is missing; rerun the same `spin-cache probe`")
-            run = ProbeRun(path)
-            if run.fold != Fold(i, n) or run.store_fingerprint != self.store_fingerprint:
-                raise IntegrityError(f"{path}: not fold {i} of {n} of this run's store; probe again into a new --out")
-            runs.append(run)
-        return runs
-
     @property
     def settings(self) -> ProbeSettings:
         """The probe settings the run was made with (from run.json)."""
@@ -319,8 +302,8 @@ def run_probes(
     storage_options: dict[str, Any] | None = None,
     dashboard: str | None = None,
     device: str | None = None,
-    folds: int | None = None,
     fold: Fold | None = None,
+    fixed_c: Mapping[tuple[str, str, int], float] | None = None,
 ) -> ProbeRun:
     """Probe every (kind, pooling, layer) of the store; finished probes are kept across reruns.
 
@@ -329,26 +312,18 @@ def run_probes(
     layer that does not fit its share is streamed in row blocks (the probes table says which, column `mode`); a
     budget below one row block per running task is refused. `dashboard`: an address for a local cluster's Dask
     dashboard (default: none; see parallel.local_cluster). `device`: where the probes are fitted: cpu (default),
-    cuda, cuda:N or auto (the layers are read on the CPU and copied there). `folds`: also probe each of that many
-    cross-validation folds of the training rows into folds/<i> (what the sweep's `cv` selection needs; about
-    `folds` times the work again). `fold`: probe one fold's view instead of the store (no ordered copy)."""
+    cuda, cuda:N or auto (the layers are read on the CPU and copied there). `fold`: probe that cross-validation
+    fold's view of the store instead (no ordered copy; see `probe_folds`). `fixed_c`: {(kind, pooling, layer): C}
+    fits each layer at that C instead of choosing one on dev."""
     solver_device(device)  # an unknown device or no CUDA: refused before any work
     settings = settings or ProbeSettings()
     settings.check()
-    if folds is not None:
-        check("--folds", folds, FOLD_COUNT)
-        if fold is not None:
-            raise InputError("give folds or fold, not both")
     workers = check_workers(workers)
     if memory_budget is not None:
         memory_budget = check("--memory-budget", memory_budget, POSITIVE_INT)
     store = ActivationStore.open(store_url, storage_options=storage_options, fold=fold)
     if not store.is_complete:
         raise IntegrityError(f"{store_url}: the store is incomplete; finish it with the same `spin-cache extract`")
-    if folds is not None:
-        fold_rows(  # too few training rows for the folds: refused before any work
-            store.labels(), store.examples["split"].to_numpy() == "train", folds, 0
-        )
     keys = [
         (k, p, layer)
         for k, p, layer in store.layout.array_keys()
@@ -370,8 +345,6 @@ def run_probes(
     }
     if fold is not None:
         meta["fold"] = asdict(fold)
-    if folds is not None:
-        meta["folds"] = folds
     _start_run(out, meta)
     parts = out / "parts"
     parts.mkdir(parents=True, exist_ok=True)
@@ -382,7 +355,18 @@ def run_probes(
         open_ordered_group(ordered, mode="a", attributes={"store_fingerprint": store.fingerprint})
     per_task = task_memory_budget(memory_budget, scheduler, workers)
     tasks = [
-        (str(store_url), k, p, layer, settings, storage_options, ordered, per_task, device, fold)
+        (
+            str(store_url),
+            k,
+            p,
+            layer,
+            _at(settings, fixed_c, (k, p, layer)),
+            storage_options,
+            ordered,
+            per_task,
+            device,
+            fold,
+        )
         for k, p, layer in todo
     ]
     for _, result in run_tasks(
@@ -390,13 +374,71 @@ def run_probes(
     ):
         _write_part(parts, result)
     _combine(out, keys)
-    for i in range(folds or 0):
-        run_probes(store_url, out / FOLDS_DIR / str(i), settings, kinds=kinds, poolings=poolings, scheduler=scheduler,
-                   workers=workers, memory_budget=memory_budget, progress=progress, storage_options=storage_options,
-                   dashboard=dashboard, device=device, fold=Fold(i, folds or 0))  # fmt: skip
     meta["status"] = "complete"
     (out / "run.json").write_text(json.dumps(meta, indent=2))
     return ProbeRun(out)
+
+
+def probe_folds(
+    run: ProbeRun,
+    store_url: str,
+    out: str | Path,
+    n_folds: int,
+    *,
+    kinds: Sequence[str] | None = None,
+    poolings: Sequence[str] | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    memory_budget: int | None = None,
+    progress: bool = True,
+    storage_options: dict[str, Any] | None = None,
+    dashboard: str | None = None,
+    device: str | None = None,
+) -> list[ProbeRun]:
+    """The probes of each of `n_folds` cross-validation folds of the training rows (OUT/<i>, a probe run each; kept
+    across reruns): fold i's probes are fitted without fold i's rows (spin_cache.store.folds), at the C `run` chose
+    for the layer on dev, and report their score on fold i's rows as "dev".
+
+    Why `run`'s C and not one chosen again on the fold's rows: in a layer without signal every C scores alike, so
+    a fresh choice per fold draws any sparsity, and a rule value such as eta 0.9 then selects unrelated neuron sets
+    in the folds and in `run` (BENCHMARKS.md, "Selection strategies": cross-validated selection lost 1.9 points of
+    test accuracy that way on a synthetic set, and gained 0.6 with the run's C). One C per layer is also cheaper.
+    InputError when the store has fewer training rows than folds."""
+    check("--folds", n_folds, FOLD_COUNT)
+    store = ActivationStore.open(store_url, storage_options=storage_options)
+    run.check_store(store)
+    fold_rows(store.labels(), store.examples["split"].to_numpy() == "train", n_folds, 0)  # enough rows: up front
+    chosen = {
+        (k, p, int(layer)): float(c)
+        for k, p, layer, c in run.probes.select("kind", "pooling", "layer", "C").iter_rows()
+    }
+    runs = []
+    for i in range(n_folds):
+        runs.append(
+            run_probes(
+                store_url,
+                Path(out) / str(i),
+                run.settings,
+                kinds=kinds,
+                poolings=poolings,
+                scheduler=scheduler,
+                workers=workers,
+                memory_budget=memory_budget,
+                progress=progress,
+                storage_options=storage_options,
+                dashboard=dashboard,
+                device=device,
+                fold=Fold(i, n_folds),
+                fixed_c=chosen,
+            )
+        )
+    return runs
+
+
+def _at(settings: ProbeSettings, fixed_c: Mapping[tuple[str, str, int], float] | None,
+        key: tuple[str, str, int]) -> ProbeSettings:  # fmt: skip
+    """`settings`, or with `fixed_c` the same settings with a one-value C grid: the C given for `key`'s layer."""
+    return settings if fixed_c is None else replace(settings, c_grid=(fixed_c[key],))
 
 
 def _start_run(out: Path, meta: dict[str, Any]) -> None:

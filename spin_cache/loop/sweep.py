@@ -33,9 +33,10 @@ from ..fit.metrics import METRICS, score_predictions
 from ..fit.solver import HEAD_C_GRID, Design, LinearFit, Standardizer, fit_c_path, predict_design, solver_device
 from ..outputs import MARKERS, finite_or_null, prepare_output_dir
 from ..store.activation_store import ActivationStore
-from ..store.folds import Fold
+from ..store.folds import DEFAULT_FOLDS, Fold
 from ..store.ordered import ORDERED_DIR, OrderedCopy, open_ordered
 from ..validation import (
+    FOLD_COUNT,
     FRACTIONS,
     NON_NEGATIVE_INT,
     PERCENTS,
@@ -47,7 +48,7 @@ from ..validation import (
     check,
 )
 from .parallel import check_memory_budget, check_workers, default_memory_budget, run_tasks, task_memory_budget
-from .probe import IN_MEMORY_COPIES, ProbeRun, block_memory_need
+from .probe import IN_MEMORY_COPIES, ProbeRun, block_memory_need, probe_folds
 from .results import (
     SWEEP_SCHEMA,
     BaseResult,
@@ -81,6 +82,7 @@ from .selection import (
 # (BENCHMARKS.md, "Eta and head C grids").
 DEFAULT_ETAS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 0.9, 0.95)
 SWEEP_FORMAT = "spin-cache-sweep"
+FOLDS_DIR = "folds"  # with --select cv: folds/<i>, fold i's probe run
 SWEEP_MARKER = MARKERS["sweep"]  # sweep.json: written first, so a sweep that stops midway is still recognised
 #: The rule values' option and range, per selection rule.
 RULE_VALUES: dict[str, tuple[str, Constraint]] = {
@@ -125,6 +127,7 @@ class SweepSettings:
     select: str = DEFAULT_STRATEGY
     search: str = "grid"
     patience: int = DEFAULT_PATIENCE
+    folds: int = DEFAULT_FOLDS
 
     def check(self) -> None:
         """InputError naming the first setting out of its range (the same rules as the command line's)."""
@@ -146,6 +149,7 @@ class SweepSettings:
         check("--select (select)", self.select, SELECT)
         check("--search (search)", self.search, SEARCH)
         check("--patience (patience)", self.patience, POSITIVE_INT)
+        check("--folds (folds)", self.folds, FOLD_COUNT)
         if not isinstance(self.patience, int) or isinstance(self.patience, bool):
             raise InputError(f"--patience (patience): expected an integer >= 1, got {self.patience!r}")
 
@@ -565,12 +569,6 @@ def run_sweep(
     run = ProbeRun(probes)
     settings = settings or SweepSettings(metric=run.settings.metric)
     settings.check()
-    fold_runs = run.folds() if settings.select == CV else []
-    if settings.select == CV and not fold_runs:
-        raise InputError(
-            f"--select cv: the probe run {probes} has no cross-validation folds; add them with `spin-cache probe "
-            f"{store_url} --out {probes} --folds 5` (the probes already made are kept)"
-        )
     workers = check_workers(workers)
     if memory_budget is not None:
         memory_budget = check("--memory-budget", memory_budget, POSITIVE_INT)
@@ -588,6 +586,7 @@ def run_sweep(
     widest = max(store.width(k) for k, _ in groups)
     check_memory_budget(memory_budget, block_memory_need(store, widest), scheduler, workers)
     out = prepare_output_dir(out, "sweep")
+    fold_runs: list[ProbeRun] = []
     meta = {
         "format": SWEEP_FORMAT,
         "spin_cache_version": __version__,
@@ -600,6 +599,11 @@ def run_sweep(
     (out / "summary.json").unlink(missing_ok=True)  # an earlier sweep's, no longer what this directory holds
     ordered_url = str(Path(probes).resolve() / ORDERED_DIR)
     per_task = task_memory_budget(memory_budget, scheduler, workers)
+    if settings.select == CV:  # the folds' probes first (kept in OUT/folds across reruns), then every group's heads
+        fold_runs = probe_folds(run, store_url, out / FOLDS_DIR, settings.folds, kinds=sorted({k for k, _ in groups}),
+                                poolings=sorted({p for _, p in groups}), scheduler=scheduler, workers=workers,
+                                memory_budget=memory_budget, progress=progress, storage_options=storage_options,
+                                dashboard=dashboard, device=device)  # fmt: skip
 
     def task(source: ProbeRun, k: str, p: str) -> tuple[Any, ...]:
         # A fold's groups read the store (its probes wrote no ordered copy) through the fold's view.
