@@ -12,6 +12,11 @@ honest is the estimate shown next to it.
         --signal 0.35
     python benchmarks/bench_selection.py predict --synthetic /tmp/sel/synthC --cache /tmp/sel/synthC --classes 3 \
         --signal 0.3 --informative 2:4,4:4,6:4 --width 384 --seed 1
+    #    with --folds 5: also each of 5 cross-validation folds of train into CACHE/fold<i> (its probes at the main
+    #    run's C per layer and every head, without the fold's rows; predictions on the fold's rows), as
+    #    `sweep --select cv` fits them (SST-5 ~8 min a fold here, SST-2 ~3, a synthetic set seconds)
+    python benchmarks/bench_selection.py predict --store stores/sst5 --probes /tmp/sel/probes_sst5 \
+        --cache /tmp/sel/sst5 --folds 5
     # 2. 20 re-splits, every strategy and estimate (about a minute per set)
     python benchmarks/bench_selection.py evaluate --cache /tmp/sel/sst5 --name SST-5 --json /tmp/sel/sst5.json
     # 3. the tables of several sets as markdown
@@ -34,6 +39,13 @@ is understated; splits won/lost); mean optimism (chosen dev' - test'); mean gain
 head's neurons and K (medians); per estimate method the mean estimate, mean |estimate - test'| (floored by test''s
 own sampling error, ~1 point here) and mean (estimate - test'). The original split is reported too (what today's
 sweep prints). `smoothed` smooths over the rule-value grid (selection.sweep_neighbourhoods).
+
+Cross-validated selection (when CACHE/fold<i> exist; `--use-folds N` takes the first N only): `cv` is the head
+with the best out-of-fold accuracy over the training rows (fold i's heads predict fold i's rows; ties as the
+arg-max breaks them), and `cv-vote-M[-cfg]` the committee of the M best by that score. The choice never sees a dev'
+or test' row, so one choice serves every split and its dev' score is an unbiased estimate (`dev` column: mean of
+that estimate, |error| and bias; `cv`: its cross-validated score, the best of many on the training rows). This is
+`sweep --select cv` (spin_cache.loop.selection.cross_validated_choice) over cached predictions.
 
 Voting ensembles (`--votes`, measured here only; not strategies of the product): `vote-M` takes the M best heads by
 dev' accuracy (ties ranked as the arg-max breaks them: fewer neurons, then fewer layers, then smaller C, then the
@@ -221,12 +233,12 @@ def cmd_predict(args) -> None:
     settings = SweepSettings(metric=run.settings.metric)
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    probed = set(run.probes.select("kind", "pooling").unique().iter_rows())
     (cache / "source.json").write_text(
         json.dumps(
             {
                 "store": store_url,
                 "probes": probes,
+                "folds": args.folds,
                 "settings": {
                     "values": list(settings.values),
                     "c_grid": list(settings.c_grid),
@@ -238,6 +250,29 @@ def cmd_predict(args) -> None:
             indent=2,
         )
     )
+    predict_groups(store, run, settings, cache, args)
+    for i in range(args.folds or 0):
+        # Fold i's view: probes and heads fitted without the fold's training rows, predictions on those rows only.
+        from spin_cache.loop.probe import ProbeSettings, run_probes
+        from spin_cache.store.folds import Fold
+
+        fold_cache = cache / f"fold{i}"
+        fold = Fold(i, args.folds)
+        t0 = time.perf_counter()
+        # As `probe --folds` does: each layer at the C the main run chose on dev (--fold-probe-c fold: chosen again
+        # on the fold's rows, the design BENCHMARKS.md measured first).
+        table = run.probes.select("kind", "pooling", "layer", "C").iter_rows()
+        fixed = None if args.fold_probe_c == "fold" else {(k, p, int(layer)): float(c) for k, p, layer, c in table}
+        fold_run = run_probes(store_url, fold_cache / "probes", ProbeSettings(), scheduler="threads",
+                              workers=args.workers, progress=False, fold=fold, fixed_c=fixed)  # fmt: skip
+        print(f"  fold {i}: probes in {time.perf_counter() - t0:.0f} s", flush=True)
+        predict_groups(ActivationStore.open(store_url, fold=fold), fold_run, settings, fold_cache, args)
+
+
+def predict_groups(store, run, settings, cache: Path, args) -> None:
+    """Every (kind, pooling) group the probe run covers (and --kinds/--poolings allow), cached in `cache`."""
+    cache.mkdir(parents=True, exist_ok=True)
+    probed = set(run.probes.select("kind", "pooling").unique().iter_rows())
     for kind in store.kinds:
         for pooling in store.poolings:
             if (kind, pooling) not in probed or (args.kinds and kind not in args.kinds):
@@ -246,7 +281,7 @@ def cmd_predict(args) -> None:
                 continue
             path = cache / f"{kind}_{pooling}.npz"
             if path.exists():
-                print(f"  {kind}/{pooling}: cached", flush=True)
+                print(f"  {cache.name}/{kind}/{pooling}: cached", flush=True)
                 continue
             predict_group(store, run, kind, pooling, settings, path)
 
@@ -262,6 +297,27 @@ def load_cache(cache: str | Path) -> dict:
     out |= {k: parts[0][k] for k in ("labels", "n_dev", "n_classes")}
     out["groups"] = [f.stem for f in files]
     return out
+
+
+def load_folds(cache: str | Path, main: dict, use: int | None = None) -> dict | None:
+    """The out-of-fold predictions of every head on every training row (folds in order; None without folds):
+    `predictions` (heads, train rows) and `labels`, heads in the main cache's order (checked key by key). `use`:
+    only the first that many folds (their rows only: a cheaper, noisier cross-validation)."""
+    dirs = sorted(Path(cache).glob("fold*"), key=lambda p: int(p.name[4:]))[:use]
+    if not dirs:
+        return None
+    parts = [load_cache(d) for d in dirs]
+    for d, part in zip(dirs, parts, strict=True):
+        for key in ("kind", "pooling", "k", "C", "base"):
+            if not np.array_equal(part[key], main[key]):
+                sys.exit(f"{d}: its heads differ from the main cache's ({key}); predict again")
+        if not np.array_equal(part["value"], main["value"], equal_nan=True):
+            sys.exit(f"{d}: its heads differ from the main cache's (value); predict again")
+    return {
+        "predictions": np.concatenate([p["predictions"] for p in parts], axis=1),
+        "labels": np.concatenate([p["labels"] for p in parts]),
+        "n_folds": len(parts),
+    }
 
 
 # ---- evaluate -----------------------------------------------------------------------------------------------------
@@ -364,7 +420,48 @@ def evaluate_votes(
     return out
 
 
-def evaluate_split(data: dict, dev: np.ndarray, test: np.ndarray, strategies, methods, n_boot: int, votes=()) -> dict:
+def evaluate_cv(data: dict, folds: dict, dev: np.ndarray, test: np.ndarray, votes) -> dict:
+    """Cross-validated selection: the configuration (`cv`) or committee (`cv-vote-M[-cfg]`) chosen on the
+    out-of-fold predictions of the training rows, ranked as the arg-max ranks dev (same tie-break); it never sees a
+    dev' or test' row, so one choice serves every split. Its dev' score is then an unbiased estimate (`est_dev`);
+    `est_cv` is its cross-validated score (the best of many, so biased upwards, and on the training rows)."""
+    pred, y, spin = data["predictions"], data["labels"], ~data["base"]
+    cs = ConfigScores(
+        folds["predictions"][spin],
+        folds["labels"],
+        data["n_neurons"][spin],
+        data["k"][spin],
+        data["C"][spin],
+        n_classes=int(data["n_classes"]),
+    )
+    n_classes = int(data["n_classes"])
+    ranked = ranked_heads(cs._correct.sum(axis=1), cs.complexity_rank)
+    config = configuration_ids(data, spin)
+    cv_scores = cs.scores()
+    spin_pred = pred[spin]
+    out: dict = {}
+    for name, (m, per_config) in [("cv", (1, False)), *((f"cv-{v}", parse_vote(v)) for v in votes)]:
+        members = committee(ranked, config, m, per_config)
+        dev_vote = majority(spin_pred[members][:, dev], n_classes)
+        out[name] = {
+            "dev": accuracy(dev_vote, y[dev]),
+            "test": accuracy(majority(spin_pred[members][:, test], n_classes), y[test]),
+            "n_neurons": float(np.median(cs.n_neurons[members])),
+            "k": float(np.median(cs.n_layers[members])),
+            "C": float(np.median(cs.C[members])),
+            "candidates": len(members),
+            "est_dev": accuracy(dev_vote, y[dev]),
+            "est_cv": accuracy(majority(cs.predictions[members], n_classes), cs.labels),
+        }
+        if m > 1:
+            out[name]["distinct_members"] = len(np.unique(spin_pred[members][:, dev], axis=0))
+    assert ranked[0] == choose(cs, "argmax").index, "cv must rank as the arg-max does"
+    out["cv"]["cv_best"] = float(cv_scores.max())
+    return out
+
+
+def evaluate_split(data: dict, dev: np.ndarray, test: np.ndarray, strategies, methods, n_boot: int, votes=(),
+                   folds: dict | None = None) -> dict:  # fmt: skip
     """One dev'/test' split: each strategy chooses on dev' (a ConfigScores of dev' columns only), its choice is
     scored once on test'; estimates are computed from dev' alone."""
     pred, y, base = data["predictions"], data["labels"], data["base"]
@@ -412,6 +509,8 @@ def evaluate_split(data: dict, dev: np.ndarray, test: np.ndarray, strategies, me
         out[name] = row
     if votes:
         out |= evaluate_votes(cs, spin_test, y[test], configuration_ids(data, spin), votes, n_boot)
+    if folds is not None:
+        out |= evaluate_cv(data, folds, dev, test, votes)
     out["n_configurations"] = cs.n_configurations
     out["n_distinct"] = cs.n_distinct
     return out
@@ -427,14 +526,17 @@ def cmd_evaluate(args) -> None:
     votes = list(VOTES) if args.votes is None else args.votes
     for name in votes:
         parse_vote(name)
-    original = evaluate_split(data, np.arange(n_dev), np.arange(n_dev, n), strategies, methods, args.n_boot, votes)
+    folds = load_folds(args.cache, data, args.use_folds)
+    cv = [] if folds is None else ["cv", *(f"cv-{v}" for v in votes)]
+    original = evaluate_split(data, np.arange(n_dev), np.arange(n_dev, n), strategies, methods, args.n_boot, votes,
+                              folds)  # fmt: skip
     splits = []
     for seed in range(args.splits):
         perm = np.random.default_rng(seed).permutation(n)
-        splits.append(evaluate_split(data, perm[:n_dev], perm[n_dev:], strategies, methods, args.n_boot, votes))
-        shown = [*strategies, *votes]
+        splits.append(evaluate_split(data, perm[:n_dev], perm[n_dev:], strategies, methods, args.n_boot, votes, folds))
+        shown = [*strategies, *votes, *cv]
         print(f"  split {seed}: " + ", ".join(f"{s} {splits[-1][s]['test']:.4f}" for s in shown), flush=True)
-    summary = summarise(splits, [*strategies, *votes], methods)
+    summary = summarise(splits, [*strategies, *votes, *cv], [*methods, "dev", "cv"])
     result = {
         "name": args.name or str(args.cache),
         "cache": str(args.cache),
@@ -444,6 +546,7 @@ def cmd_evaluate(args) -> None:
         "n_configurations": original["n_configurations"],
         "n_distinct": original["n_distinct"],
         "splits": args.splits,
+        "n_folds": 0 if folds is None else folds["n_folds"],
         "n_boot": args.n_boot,
         "original": original,
         "per_split": splits,
@@ -509,7 +612,9 @@ def markdown(results: list[dict]) -> str:
     for r in results:
         s = r["summary"]
         strategies = [k for k in s if isinstance(s[k], dict)]
-        methods = sorted({k.split("_")[1] for k in s[strategies[0]] if k.startswith("est_") and k.endswith("_bias")})
+        methods = sorted(
+            {k.split("_")[1] for name in strategies for k in s[name] if k.startswith("est_") and k.endswith("_bias")}
+        )
         lines += [
             f"### {r['name']}: {r['n_configurations']} heads compared ({r['n_distinct']} distinct on dev), "
             f"dev {r['n_dev']} / test {r['n_test']} rows, {r['splits']} re-splits",
@@ -582,6 +687,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--signal", type=float, default=0.25)
     p.add_argument("--informative", default="3:6,5:6", help="synthetic: layer:neurons,...")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--folds", type=int, default=0, help="also each of this many cross-validation folds of train "
+                   "(probes and heads without the fold's rows, predictions on them) into CACHE/fold<i>")  # fmt: skip
+    p.add_argument("--fold-probe-c", choices=("main", "fold"), default="main",
+                   help="folds' probes: at the C the main run chose per layer (as `probe --folds`; default) or at a "
+                   "C chosen on the fold's rows")  # fmt: skip
     p.set_defaults(func=cmd_predict)
     e = sub.add_parser("evaluate", help="repeated dev'/test' re-splits of the cached predictions")
     e.add_argument("--cache", required=True)
@@ -593,6 +703,7 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument(
         "--votes", nargs="*", help=f"voting ensembles, vote-M or vote-M-cfg (default: {' '.join(VOTES)}; none: --votes)"
     )
+    e.add_argument("--use-folds", type=int, help="cross-validate on the first N folds only (default: all)")
     e.add_argument("--json")
     e.set_defaults(func=cmd_evaluate)
     t = sub.add_parser("table", help="markdown tables of evaluate's JSON results")
