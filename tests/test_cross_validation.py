@@ -146,3 +146,24 @@ def test_the_cv_choice_does_not_depend_on_the_dev_rows() -> None:
     assert moved.index == choice.index
     with pytest.raises(InputError, match="heads"):
         cross_validated_choice(dev, ConfigScores(oof, y_train, *keys), heads[:-1], 5)
+
+
+def test_bad_folds_are_refused_in_settings_cli_and_config(probed: tuple, capsys, tmp_path, monkeypatch) -> None:
+    from spin_cache.cli import main
+    from spin_cache.pipeline import load_config
+
+    for bad in (1, 0, 2.5, True):
+        with pytest.raises(InputError, match=r"--folds \(folds\)"):
+            SweepSettings(folds=bad).check()
+    store, run, _ = probed
+    monkeypatch.chdir(tmp_path)
+    for argv in (["sweep", store.url, "--probes", str(run.path), "--out", "o", "--folds", "1"],
+                 ["run", "x.toml", "--folds", "one"]):  # fmt: skip
+        assert main(argv) == 2
+        err_text = capsys.readouterr().err
+        assert len(err_text.strip().splitlines()) == 1 and "argument --folds" in err_text
+    assert not list(tmp_path.iterdir())
+    config = tmp_path / "bad.toml"
+    config.write_text('[sweep]\nselect = "cv"\nfolds = 1\n')
+    with pytest.raises(InputError, match=r"bad\.toml: \[sweep\] --folds \(folds\): expected an integer >= 2"):
+        load_config(config)

@@ -16,6 +16,7 @@ import pytest
 from spin_cache.cli import main
 from spin_cache.errors import InputError, IntegrityError, StoreMismatchError
 from spin_cache.fit.head import Head, canonical_meta_sha256
+from spin_cache.loop.selection import DEFAULT_SELECT
 from spin_cache.model.loading import load_model
 from spin_cache.serve import predict as predict_mod
 from spin_cache.serve.explain import explain
@@ -335,7 +336,7 @@ def test_progress_bar_on_stderr_and_every_format(predictor, head_dir, tmp_path, 
     run_predict(head_dir, texts=TEXTS, as_json=True, device="cpu", stdout=buf)
     doc = json.loads(buf.getvalue())
     assert doc["head"] == str(head_dir) and doc["n_texts"] == len(TEXTS) and len(doc["predictions"]) == len(TEXTS)
-    assert doc["chosen_by"] == Head.load(head_dir).chosen_by and doc["chosen_by"]["strategy"] == "argmax"
+    assert doc["chosen_by"] == Head.load(head_dir).chosen_by and doc["chosen_by"]["strategy"] == DEFAULT_SELECT
     # a file to a csv file, through a partial file renamed at the end
     data = write_inputs(tmp_path / "in", TEXTS)["parquet"]
     target = tmp_path / "preds.csv"

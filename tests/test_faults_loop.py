@@ -221,9 +221,14 @@ def test_damaged_store_chunk_is_one_integrity_line_from_probe_and_sweep(tiny, tm
     assert proc.returncode == 4 and name in line and "rerun" not in line, proc.stderr
     # sweep reads the store too: for Base (the last hidden layer in full) and the columns not in the ordered copy
     _flip(store / array_name("hidden", "mean", 2) / "c" / "0" / "0")
-    proc = _cli("sweep", str(store), "--probes", str(tiny["run"]), "--out", str(tmp_path / "sweep"), "--quiet")
+    argv = ["sweep", str(store), "--probes", str(tiny["run"]), "--quiet"]
+    proc = _cli(*argv, "--out", str(tmp_path / "sweep"), "--select", "argmax")
     line = _one_error_line(proc)
     assert proc.returncode == 4 and array_name("hidden", "mean", 2) in line, proc.stderr
+    # cv's folds probe every layer from the store first: the first damaged chunk they meet is named
+    proc = _cli(*argv, "--out", str(tmp_path / "sweep-cv"))
+    line = _one_error_line(proc)
+    assert proc.returncode == 4 and name in line and "\n" not in line.strip(), proc.stderr
 
 
 def _damaged_ordered_run(tiny, tmp_path) -> tuple[Path, str]:

@@ -52,7 +52,8 @@ def test_run_makes_every_stage_then_skips_them(tmp_path, tiny_sst2, small_store,
     captured = capsys.readouterr()
     assert "[extract] cache hit" in captured.err
     assert "[probe] up to date" in captured.err and "[sweep] up to date" in captured.err
-    assert "SPIN (best on dev)" in captured.out and "report:" in captured.out
+    assert "SPIN (cross-validated)" in captured.out and "report:" in captured.out  # the default selection, cv
+    assert first["table"]["chosen_by"]["strategy"] == "cv" and (Path(first["sweep"]) / "folds" / "4").is_dir()
 
 
 def test_config_errors_name_the_key(tmp_path, capsys):

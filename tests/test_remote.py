@@ -240,7 +240,7 @@ def test_probe_and_sweep_against_s3_read_little_and_write_nothing(s3, tmp_path, 
     local_probes = json.loads(capsys.readouterr().out)
     assert [r["dev_metric"] for r in remote_probes] == [r["dev_metric"] for r in local_probes]
 
-    sweep = ["--eta", "0.1,0.5", *scope]
+    sweep = ["--eta", "0.1,0.5", "--select", "argmax", *scope]  # cv's folds read whole layers, as probe does
     argv = ["sweep", URL, "--probes", str(tmp_path / "probes"), "--out", str(tmp_path / "sweep"), *sweep, *so(s3)]
     assert main(argv) == 0
     table = json.loads(capsys.readouterr().out)

@@ -116,7 +116,8 @@ def synth_run(tmp_path_factory):
 
 
 def _sweep(synth_run, name: str, **settings):
-    return sweep_probed(synth_run, name, SWEEP_GRID, **settings)
+    # The arg-max: the patience path's choice is compared with the grid's on dev.
+    return sweep_probed(synth_run, name, SWEEP_GRID, **({"select": "argmax"} | settings))
 
 
 def test_patience_sweep_fits_fewer_heads_and_records_its_search(synth_run):

@@ -326,7 +326,7 @@ def _sweep(synth_run, name: str, **settings):
 
 @pytest.fixture(scope="module")
 def swept_argmax(synth_run):
-    return _sweep(synth_run, "argmax")
+    return _sweep(synth_run, "argmax", select="argmax")
 
 
 def _previous_choice(store, run, sweep) -> dict:

@@ -21,7 +21,7 @@ from spin_cache.loop.sweep import SweepSettings, run_sweep
 from spin_cache.serve.predict import Predictor
 from spin_cache.store.activation_store import ActivationStore
 
-SMALL_SWEEP = SweepSettings(values=(0.1, 0.5, 0.9), c_grid=(0.1, 1.0))
+SMALL_SWEEP = SweepSettings(values=(0.1, 0.5, 0.9), c_grid=(0.1, 1.0), select="argmax")  # cv: test_cross_validation
 
 
 @pytest.fixture(scope="module")

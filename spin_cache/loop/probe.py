@@ -354,6 +354,7 @@ def run_probes(
         ordered = str(out.resolve() / ORDERED_DIR)
         open_ordered_group(ordered, mode="a", attributes={"store_fingerprint": store.fingerprint})
     per_task = task_memory_budget(memory_budget, scheduler, workers)
+    desc = "probe" if fold is None else f"probe fold {fold.index + 1}/{fold.n}"
     tasks = [
         (
             str(store_url),
@@ -370,7 +371,7 @@ def run_probes(
         for k, p, layer in todo
     ]
     for _, result in run_tasks(
-        probe_layer, tasks, scheduler=scheduler, workers=workers, desc="probe", progress=progress, dashboard=dashboard
+        probe_layer, tasks, scheduler=scheduler, workers=workers, desc=desc, progress=progress, dashboard=dashboard
     ):
         _write_part(parts, result)
     _combine(out, keys)

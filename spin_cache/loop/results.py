@@ -231,7 +231,9 @@ class ChosenBy:
 @dataclass
 class SweepTable:
     """The result table (summary.json's "table"): Base, the best single-layer probe, SPIN (the chosen head) and the
-    random control, how SPIN was chosen, where its head went and what the sweep read."""
+    random control, how SPIN was chosen, where its head went and what the sweep read (`bytes_read`: the groups'
+    reads, against `bytes_of_columns`, the stored bytes of the columns they use; `bytes_read_folds`: what cv's
+    folds read on top)."""
 
     base: TableRow | None
     best_single_layer: TableRow
@@ -241,6 +243,7 @@ class SweepTable:
     head: str | None = None
     bytes_read: int = 0
     bytes_of_columns: int = 0
+    bytes_read_folds: int = 0
 
     def metrics(self) -> dict[str, Any]:
         """The four lines as head.json's "metrics" records them."""
@@ -263,4 +266,5 @@ class SweepTable:
             "head": self.head,
             "bytes_read": self.bytes_read,
             "bytes_of_columns": self.bytes_of_columns,
+            "bytes_read_folds": self.bytes_read_folds,
         }
