@@ -44,7 +44,7 @@ class PipelineConfig:
     extract: dict[str, Any] = field(default_factory=dict)
     probe: dict[str, Any] = field(default_factory=dict)  # c_grid, metric, max_iter, tol
     sweep: dict[str, Any] = field(default_factory=dict)  # rule, values, c_grid, penalty, seed, max_iter, tol, select,
-    # search, patience
+    # folds, search, patience
 
     @property
     def out_dir(self) -> Path:

@@ -468,7 +468,7 @@ def _bias_words(chosen: dict[str, Any]) -> str:
     """Why the expected score differs from the dev score, or (cv) why it does not."""
     if chosen.get("strategy") == CV:
         return (f"Chosen on {_fmt(chosen.get('n_resamples'))} folds of the training rows (cross-validated "
-                f"{_pct(chosen.get('cv_score'))}), never on dev, so its dev score is an honest estimate.")  # fmt: skip
+                f"{_pct(chosen.get('cv_score'))}), not on dev, so its dev score is an honest estimate.")  # fmt: skip
     return (f"The dev score of a head picked among many overstates what new data will give; here by "
             f"{_pct(chosen.get('optimism'))} points.")  # fmt: skip
 

@@ -167,3 +167,21 @@ def test_bad_folds_are_refused_in_settings_cli_and_config(probed: tuple, capsys,
     config.write_text('[sweep]\nselect = "cv"\nfolds = 1\n')
     with pytest.raises(InputError, match=r"bad\.toml: \[sweep\] --folds \(folds\): expected an integer >= 2"):
         load_config(config)
+
+
+def test_folds_of_other_inputs_are_made_again_and_too_few_rows_are_refused_up_front(probed: tuple, tmp_path) -> None:
+    import json
+
+    store, run, _ = probed
+    out = tmp_path / "folds"
+    first = probe_folds(run, store.url, out, 2, kinds=["ffn"], poolings=["mean"], scheduler="sync", progress=False)
+    again = probe_folds(run, store.url, out, 2, kinds=["ffn"], poolings=["mean"], scheduler="sync", progress=False)
+    assert [r.probes.equals(a.probes) for r, a in zip(first, again, strict=True)] == [True, True]  # kept
+    third = probe_folds(run, store.url, out, 3, kinds=["ffn"], poolings=["mean"], scheduler="sync", progress=False)
+    assert [r.fold for r in third] == [Fold(i, 3) for i in range(3)]  # other folds: made again, not refused
+    assert json.loads((out / "folds.json").read_text())["folds"] == 3
+    # A store with fewer training rows than folds: one line naming both ways out, before the sweep writes anything.
+    with pytest.raises(InputError, match=r"at most that many folds, or choose on dev with --select argmax"):
+        run_sweep(store.url, run.path, tmp_path / "sweep", SweepSettings(**GRID, folds=10_000), scheduler="sync",
+                  progress=False)  # fmt: skip
+    assert not (tmp_path / "sweep").exists()

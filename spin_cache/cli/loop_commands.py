@@ -129,8 +129,8 @@ def add_sweep(sub: Subcommands) -> None:
         description=(
             "For every kind, pooling, rule value and K, keep each layer's salient neurons (by the probes' "
             "saliency), concatenate the first K layers and fit a logistic-regression head at every C of the grid; "
-            "choose one head (--select: by default cross-validated on folds of the training rows, never looking at "
-            "dev), score it once on test, and report Base, the best single-layer probe, SPIN (the chosen head, with "
+            "choose one head (--select: by default cross-validated on folds of the training rows, not on dev), "
+            "score it once on test, and report Base, the best single-layer probe, SPIN (the chosen head, with "
             "the score to expect on new data) and a random control with SPIN's neuron counts. Reads only the "
             "selected columns of the store."
         ),
@@ -188,7 +188,7 @@ def add_sweep(sub: Subcommands) -> None:
 SELECT_HELP = (
     "how the exported head is chosen among every head fitted (each configuration at each C): cv (cross-validated "
     "selection: every configuration is also fitted in each of --folds folds of the training rows, probes "
-    "included, without the fold's rows, and the best out-of-fold head is chosen; dev is never looked at, so its "
+    "included, without the fold's rows, and the best out-of-fold head is chosen, not looking at dev, so its "
     "dev score is an honest estimate; about 1 + 0.8 x folds times the sweep's work), or from the dev predictions: "
     "argmax (the best dev score; ties to fewer neurons, then fewer layers, then smaller C), one_se (the simplest "
     "head within one binomial standard error of the best), one_se_paired (the same with the standard error of the "

@@ -16,6 +16,7 @@ the ordered copy, and records its fold in run.json.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -39,6 +40,7 @@ from .parallel import check_memory_budget, check_workers, run_tasks, task_memory
 from .select import rank_order
 
 PROBE_FORMAT = "spin-cache-probes"
+FOLDS_FORMAT = "spin-cache-probe-folds"  # folds.json of `probe_folds`
 
 
 @dataclass(frozen=True)
@@ -404,15 +406,32 @@ def probe_folds(
     a fresh choice per fold draws any sparsity, and a rule value such as eta 0.9 then selects unrelated neuron sets
     in the folds and in `run` (BENCHMARKS.md, "Selection strategies": cross-validated selection lost 1.9 points of
     test accuracy that way on a synthetic set, and gained 0.6 with the run's C). One C per layer is also cheaper.
-    InputError when the store has fewer training rows than folds."""
-    check("--folds", n_folds, FOLD_COUNT)
+    InputError when the store has fewer training rows than folds (`check_folds`).
+
+    OUT/folds.json records what the folds were made from (store, probe settings and C per layer, folds, kinds,
+    poolings); folds made from anything else are removed and made again (they are this function's own files)."""
     store = ActivationStore.open(store_url, storage_options=storage_options)
     run.check_store(store)
-    fold_rows(store.labels(), store.examples["split"].to_numpy() == "train", n_folds, 0)  # enough rows: up front
+    check_folds(store, n_folds)
     chosen = {
         (k, p, int(layer)): float(c)
         for k, p, layer, c in run.probes.select("kind", "pooling", "layer", "C").iter_rows()
     }
+    made_from = {
+        "format": FOLDS_FORMAT,
+        "store_fingerprint": store.fingerprint,
+        "settings": asdict(run.settings) | {"c_grid": list(run.settings.c_grid)},
+        "c_per_layer": sorted([k, p, layer, c] for (k, p, layer), c in chosen.items()),
+        "folds": n_folds,
+        "kinds": sorted(kinds) if kinds else None,
+        "poolings": sorted(poolings) if poolings else None,
+    }
+    out = Path(out)
+    record = out / "folds.json"
+    if record.exists() and _read_json_or_none(record) != made_from:
+        shutil.rmtree(out)  # folds of other inputs, which only this function writes
+    out.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(made_from, indent=2))
     runs = []
     for i in range(n_folds):
         runs.append(
@@ -434,6 +453,22 @@ def probe_folds(
             )
         )
     return runs
+
+
+def check_folds(store: ActivationStore, n_folds: int) -> None:
+    """InputError unless `n_folds` is a fold count (2 or more) the store's training rows can fill."""
+    check("--folds", n_folds, FOLD_COUNT)
+    try:
+        fold_rows(store.labels(), store.examples["split"].to_numpy() == "train", n_folds, 0)
+    except InputError as exc:
+        raise InputError(f"{exc}, or choose on dev with --select argmax") from None
+
+
+def _read_json_or_none(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _at(settings: ProbeSettings, fixed_c: Mapping[tuple[str, str, int], float] | None,

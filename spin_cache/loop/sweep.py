@@ -48,7 +48,7 @@ from ..validation import (
     check,
 )
 from .parallel import check_memory_budget, check_workers, default_memory_budget, run_tasks, task_memory_budget
-from .probe import IN_MEMORY_COPIES, ProbeRun, block_memory_need, probe_folds
+from .probe import IN_MEMORY_COPIES, ProbeRun, block_memory_need, check_folds, probe_folds
 from .results import (
     SWEEP_SCHEMA,
     BaseResult,
@@ -108,7 +108,8 @@ class SweepSettings:
     select: the strategy that chooses the exported head among every (configuration, C)
     (spin_cache.loop.selection.SELECTIONS). "cv" by default: every configuration is also fitted in each of `folds`
     folds of the training rows (probes included, without the fold's rows) and the best out-of-fold head is chosen,
-    so dev is never looked at and the chosen head's dev score is an honest estimate; it beat the arg-max on every
+    so the choice never looks at dev (only the probe run's C per layer was chosen there) and the chosen head's dev
+    score is an honest estimate; it beat the arg-max on every
     set measured (BENCHMARKS.md, "Selection strategies") and costs about 1 + 0.8 x `folds` times the sweep. The
     strategies over dev predictions ("argmax", ...) report a bootstrap bias-corrected estimate instead.
 
@@ -589,6 +590,8 @@ def run_sweep(
         raise InputError(f"nothing to sweep: the store has kinds {store.kinds} and poolings {store.poolings}")
     widest = max(store.width(k) for k, _ in groups)
     check_memory_budget(memory_budget, block_memory_need(store, widest), scheduler, workers)
+    if settings.select == CV:
+        check_folds(store, settings.folds)  # too few training rows: refused before anything is written
     out = prepare_output_dir(out, "sweep")
     fold_runs: list[ProbeRun] = []
     meta = {
