@@ -7,7 +7,9 @@ scikit-learn on identical standardised matrices.
 Cases: `sst2`/`sst5` are the stores under stores/ (MiniLM, hidden 384, FFN 1,536, 6 layers); `synK` a synthetic store
 of K classes (hidden and FFN both `--width` wide, default 384; mean pooling; 6 layers; 8,544 rows; planted neurons
 in layers 2 and 4). Each case runs in its own process (peak RSS per case), one thread, scheduler sync, with the
-pipeline's default probe and sweep settings. `--parallel` runs the cases at once (for a ratio under the same load).
+pipeline's default probe and sweep settings, except that the sweep chooses by arg-max on dev (`--select`; the
+default cross-validated choice fits every head again in 5 folds). `--parallel` runs the cases at once (for a ratio
+under the same load).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def _one_thread() -> None:
     parallel.default_workers = lambda: 1
 
 
-def run_case(case: str, work: Path, width: int) -> dict:
+def run_case(case: str, work: Path, width: int, select: str = "argmax") -> dict:
     from spin_cache.loop.probe import run_probes
     from spin_cache.loop.sweep import SweepSettings, run_sweep
 
@@ -63,7 +65,7 @@ def run_case(case: str, work: Path, width: int) -> dict:
     run = run_probes(url, work / f"probe-{case}", scheduler="sync", progress=False)
     probe_s = time.perf_counter() - t
     t = time.perf_counter()
-    res = run_sweep(url, run.path, work / f"sweep-{case}", SweepSettings(metric=run.settings.metric),
+    res = run_sweep(url, run.path, work / f"sweep-{case}", SweepSettings(metric=run.settings.metric, select=select),
                     scheduler="sync", progress=False)  # fmt: skip
     sweep_s = time.perf_counter() - t
     spin = res.table["spin"]
@@ -133,17 +135,20 @@ def main() -> None:
     ap.add_argument("--parallel", action="store_true", help="run the cases at once, one process each")
     ap.add_argument("--width", type=int, default=384, help="synthetic stores' width (both kinds)")
     ap.add_argument("--out", default="/tmp/bench_loop")
+    ap.add_argument("--select", default="argmax", help="the sweep's --select (default argmax, the figures in "
+                    "BENCHMARKS.md; the product's default, cv, adds 5 folds: about 5x the sweep)")  # fmt: skip
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     work = Path(a.out)
     work.mkdir(parents=True, exist_ok=True)
     if a.one:
-        fn = side_by_side if a.sklearn else run_case
-        print(json.dumps(fn(a.one, work, a.width), default=str))
+        result = side_by_side(a.one, work, a.width) if a.sklearn else run_case(a.one, work, a.width, a.select)
+        print(json.dumps(result, default=str))
         return
     procs = []
     for case in a.cases:
         cmd = [sys.executable, __file__, "--one", case, "--out", str(work), "--width", str(a.width)]
+        cmd += ["--select", a.select]
         cmd += ["--sklearn"] if a.sklearn else []
         procs.append((case, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
         if not a.parallel:
