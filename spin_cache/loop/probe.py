@@ -432,27 +432,11 @@ def probe_folds(
         shutil.rmtree(out)  # folds of other inputs, which only this function writes
     out.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(made_from, indent=2))
-    runs = []
-    for i in range(n_folds):
-        runs.append(
-            run_probes(
-                store_url,
-                Path(out) / str(i),
-                run.settings,
-                kinds=kinds,
-                poolings=poolings,
-                scheduler=scheduler,
-                workers=workers,
-                memory_budget=memory_budget,
-                progress=progress,
-                storage_options=storage_options,
-                dashboard=dashboard,
-                device=device,
-                fold=Fold(i, n_folds),
-                fixed_c=chosen,
-            )
-        )
-    return runs
+    loop: dict[str, Any] = {"kinds": kinds, "poolings": poolings, "scheduler": scheduler, "workers": workers,
+                            "memory_budget": memory_budget, "progress": progress, "storage_options": storage_options,
+                            "dashboard": dashboard, "device": device}  # fmt: skip
+    return [run_probes(store_url, out / str(i), run.settings, fold=Fold(i, n_folds), fixed_c=chosen, **loop)
+            for i in range(n_folds)]  # fmt: skip
 
 
 def check_folds(store: ActivationStore, n_folds: int) -> None:
