@@ -461,7 +461,7 @@ STRATEGY_WORDS = {
     "one_se": "the simplest head within one standard error of the best dev score",
     "one_se_paired": "the simplest head within one paired standard error of the best dev score",
     "smoothed": "the best dev score averaged with the neighbouring rule values'",
-    CV: "the best out-of-fold score on the training rows, probes and heads refitted without each fold; dev unseen",
+    CV: "the best out-of-fold score on the training rows, probes and heads refitted without each fold, not on dev",
 }
 METHOD_WORDS = {
     "bbc": "bootstrap bias-corrected estimate, Tsamardinos et al. 2018: the choice re-run on resamples of the dev "
