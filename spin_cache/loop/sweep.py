@@ -634,7 +634,8 @@ def run_sweep(
     if settings.select == CV:
         fold_results = [[found[i] for i in range(f * len(groups), (f + 1) * len(groups))]
                         for f in range(1, len(fold_runs) + 1)]  # fmt: skip
-        choice, estimate = _cross_validated(store, scores, results, fold_results, [r.fold for r in fold_runs])
+        folds = [Fold(i, settings.folds) for i in range(settings.folds)]  # probe_folds' folds, in order
+        choice, estimate = _cross_validated(store, labels, scores, results, fold_results, folds)
     else:
         choice = choose(scores, settings.select)
         estimate = expected_score(scores, settings.select, method=ESTIMATE_METHOD, seed=settings.seed)
@@ -679,24 +680,24 @@ def run_sweep(
 
 def _cross_validated(
     store: ActivationStore,
+    labels: np.ndarray,
     dev: ConfigScores,
     results: Sequence[GroupResult],
     fold_results: Sequence[Sequence[GroupResult]],
-    folds: Sequence[Fold | None],
+    folds: Sequence[Fold],
 ) -> tuple[Choice, Estimate]:
     """The ``cv`` choice: every head compared on its out-of-fold predictions of the training rows (fold i's heads
     predict fold i's rows), among the heads fitted in every fold (with --search patience a C path may stop at a
-    different C in a fold)."""
+    different C in a fold). `labels`: every row's label, in table order (fold i's predictions are of its "dev" rows,
+    in that order)."""
     keys = _head_keys(results)
     where = {key: i for i, key in enumerate(keys)}
     per_fold: list[dict[tuple[Any, ...], np.ndarray]] = []
     fold_labels = []
     for fold, part in zip(folds, fold_results, strict=True):
-        labels = np.concatenate([res.heads.labels for res in part])
-        per_fold.append(dict(zip(_head_keys(part), labels, strict=True)))
-        view = ActivationStore.open(store.url, storage_options=store.storage_options, fold=fold)
-        masks, y = _splits(view)
-        fold_labels.append(y[masks["dev"]])
+        predictions = np.concatenate([res.heads.labels for res in part])
+        per_fold.append(dict(zip(_head_keys(part), predictions, strict=True)))
+        fold_labels.append(labels[fold.relabel(store.examples)["split"].to_numpy() == "dev"])
     common = [key for key in keys if all(key in heads for heads in per_fold)]
     if not common:
         raise InputError("--select cv: no head was fitted in every fold; use --search grid")
@@ -713,29 +714,30 @@ def _cross_validated(
     return cross_validated_choice(dev, oof, heads, len(folds))
 
 
-def _head_keys(results: Sequence[GroupResult]) -> list[tuple[Any, ...]]:
-    """Every head of every group as (kind, pooling, rule value, K, C), in _config_scores' order."""
-    keys = []
-    for res in results:
+def _heads(results: Sequence[GroupResult]) -> Iterator[tuple[int, int, SweepRow, float]]:
+    """Every head of every group (groups in task order; within a group, configurations in their fitting order, C
+    ascending): (group, row of the group, that row, the head's C)."""
+    for g, res in enumerate(results):
         for r, c in zip(res.heads.row.tolist(), res.heads.C.tolist(), strict=True):
-            row = res.rows[r]
-            keys.append((row.kind, row.pooling, row.value, row.k, c))
-    return keys
+            yield g, r, res.rows[r], c
+
+
+def _head_keys(results: Sequence[GroupResult]) -> list[tuple[Any, ...]]:
+    """Every head as (kind, pooling, rule value, K, C), in `_heads`' order."""
+    return [(row.kind, row.pooling, row.value, row.k, c) for _, _, row, c in _heads(results)]
 
 
 def _config_scores(
     results: Sequence[GroupResult], dev_labels: np.ndarray, n_classes: int, metric: str
 ) -> tuple[ConfigScores, list[tuple[int, int]]]:
-    """Every head of every group as one ConfigScores (groups in task order; within a group, configurations in
-    their fitting order, C ascending), and where each head comes from: (group, row of the group)."""
+    """Every head of every group as one ConfigScores (in `_heads`' order), and where each head comes from: (group,
+    row of the group)."""
     where: list[tuple[int, int]] = []
     keys: dict[str, list[Any]] = {"kind": [], "pooling": [], "value": [], "k": [], "n_neurons": [], "C": []}
-    for g, res in enumerate(results):
-        for r, c in zip(res.heads.row.tolist(), res.heads.C.tolist(), strict=True):
-            row = res.rows[r]
-            where.append((g, r))
-            for name, v in zip(keys, (row.kind, row.pooling, row.value, row.k, row.n_neurons, c), strict=True):
-                keys[name].append(v)
+    for g, r, row, c in _heads(results):
+        where.append((g, r))
+        for name, v in zip(keys, (row.kind, row.pooling, row.value, row.k, row.n_neurons, c), strict=True):
+            keys[name].append(v)
     if not where:
         raise InputError("nothing to choose from: the sweep fitted no head")
     group, grid = sweep_neighbourhoods(keys["kind"], keys["pooling"], keys["value"], keys["k"], keys["C"])
