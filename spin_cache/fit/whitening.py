@@ -1,0 +1,83 @@
+"""A change of variables that makes an L2 head's problem well conditioned: the FISTA of multi-class heads runs in it.
+
+The heads' features are hundreds of correlated neurons, so the logloss is steep along a few directions of X and
+nearly flat along most: a first-order method's steps are limited by the steepest and crawl along the rest (a
+5-class head at weak regularisation took 280 FISTA iterations). With the eigendecomposition of the features'
+second moments, ``X^T X / n = V diag(s) V^T``, the weights written as ``w = P u`` with ``P = V diag(s)^-1/2`` give
+features ``X P`` that are uncorrelated with unit variance, and the L2 penalty stays separable:
+``||w||^2 = sum_j u_j^2 / s_j``. FISTA's proximal step solves that penalty exactly, coordinate by coordinate, so
+the steep and the flat directions are handled alike (20-90 iterations where there were 20-280;
+BENCHMARKS.md, Loop at scale). The problem is the same one (P is invertible on the span of X's rows, and the
+optimum has no weight outside it), so the optimum is the same; only the path to it is shorter.
+
+One decomposition serves a whole C path (it does not depend on C). X P is never formed: each iteration maps the
+weights through P (a product of the few outputs with a features x features matrix), so the design's rows are read
+as before, in memory or streamed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+#: Directions whose second moment is below this share of the largest are left out: float32 features cannot
+#: resolve them, and the penalty keeps their weights at zero anyway.
+RANK_TOLERANCE = 1e-6
+#: Widest design whitened: the decomposition costs features^3 and its matrix features^2 of memory; wider
+#: designs are fitted in their own coordinates (measured at 2,237 features: 1.7 s for the Gram matrix and the
+#: decomposition together, against 8 s of iterations saved; BENCHMARKS.md).
+MAX_FEATURES = 4096
+
+
+@dataclass(frozen=True)
+class Whitening:
+    """``w = u @ project.T`` for weights ``u`` on whitened coordinates; ``u = w @ inverse`` back; ``variances``:
+    the second moment of each whitened direction (the eigenvalues s), so the L2 penalty of ``w`` is
+    ``sum(u**2 / variances)``."""
+
+    project: torch.Tensor  # (features, rank): V diag(s)^-1/2
+    inverse: torch.Tensor  # (features, rank): V diag(s)^1/2
+    variances: torch.Tensor  # (rank,)
+
+    @classmethod
+    def of(
+        cls, blocks: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], n_rows: int, n_features: int
+    ) -> Whitening:
+        """The whitening of the features in `blocks` (one pass over the rows to sum X^T X), on their device."""
+        gram: torch.Tensor | None = None
+        for x, _ in blocks():
+            part = x.T @ x
+            gram = part if gram is None else gram + part
+        if gram is None:
+            raise ValueError("whitening: the design has no rows")
+        # float32 suffices: at 2,237 features the objectives of a whole C path matched float64's to 1e-6
+        moments, vectors = torch.linalg.eigh(gram / max(n_rows, 1))
+        keep = moments > RANK_TOLERANCE * moments.max().clamp_min(1e-30)
+        moments, vectors = moments[keep], vectors[:, keep]
+        root = moments.sqrt()
+        return cls(project=(vectors / root).contiguous(), inverse=(vectors * root).contiguous(), variances=moments)
+
+    @property
+    def rank(self) -> int:
+        """How many whitened coordinates there are (at most the number of features)."""
+        return int(self.variances.shape[0])
+
+    def weights(self, u: torch.Tensor) -> torch.Tensor:
+        """The weights (outputs, features) on the original features of whitened weights `u` (outputs, rank)."""
+        return u @ self.project.T
+
+    def coordinates(self, w: torch.Tensor) -> torch.Tensor:
+        """Whitened weights (outputs, rank) of weights `w` (outputs, features), projected on the rows' span."""
+        return w @ self.inverse
+
+    def gradient(self, gw: torch.Tensor) -> torch.Tensor:
+        """A gradient with respect to the weights (outputs, features) as one with respect to their whitened form."""
+        return gw @ self.project
+
+
+def worth_whitening(n_rows: int, n_features: int) -> bool:
+    """Whether a design this shape gets whitened: narrow enough for the decomposition to be cheap (a design wider
+    than it has rows is whitened on the rows' span, which holds the optimum)."""
+    return n_rows > 0 and 1 <= n_features <= MAX_FEATURES
