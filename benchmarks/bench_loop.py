@@ -1,15 +1,16 @@
 """The model-free loop at real sizes (issue 20): wall time and peak RSS of the default probe and sweep, and the
 solver's iteration counts, on real and synthetic stores; optionally spin-cache's solver side by side with
-scikit-learn on identical standardised matrices.
+scikit-learn, skglm and celer (where installed) on identical standardised matrices.
 
-    python benchmarks/bench_loop.py --cases sst2 sst5 syn2 syn6 syn20 syn77 [--sklearn] [--out DIR]
+    python benchmarks/bench_loop.py --cases sst2 sst5 syn2 syn6 syn20 syn77 syn1b [--sklearn] [--out DIR]
 
 Cases: `sst2`/`sst5` are the stores under stores/ (MiniLM, hidden 384, FFN 1,536, 6 layers); `synK` a synthetic store
 of K classes (hidden and FFN both `--width` wide, default 384; mean pooling; 6 layers; 8,544 rows; planted neurons
-in layers 2 and 4). Each case runs in its own process (peak RSS per case), one thread, scheduler sync, with the
-pipeline's default probe and sweep settings, except that the sweep chooses by arg-max on dev (`--select`; the
-default cross-validated choice fits every head again in 5 folds). `--parallel` runs the cases at once (for a ratio
-under the same load).
+in layers 2 and 4); `syn1b` a binary synthetic store of the 1B model's shape (hidden 2,048, FFN 5,632, 22 layers,
+8,192 rows, 8 planted neurons in layers 6 and 14; ~2.8 GB). Each case runs in its own process (peak RSS per case),
+one thread, scheduler sync, with the pipeline's default probe and sweep settings, except that the sweep chooses by
+arg-max on dev (`--select`; the default cross-validated choice fits every head again in 5 folds). `--parallel` runs
+the cases at once (for a ratio under the same load).
 """
 
 from __future__ import annotations
@@ -29,11 +30,21 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 REPO = Path(__file__).resolve().parent.parent
 
 
+#: The 1B model's shape (TinyLlama-1.1B: hidden 2,048, FFN 5,632, 22 layers), at 8,192 rows, two classes.
+ONE_B_ROWS, ONE_B_LAYERS, ONE_B_HIDDEN, ONE_B_FFN = 8192, 22, 2048, 5632
+
+
 def _store(case: str, work: Path, width: int) -> str:
     if case in ("sst2", "sst5"):
         return str(REPO / "stores" / case)
     from spin_cache.synth import make_synthetic_store
 
+    if case == "syn1b":
+        path = work / "store-syn1b"
+        store = make_synthetic_store(path, n_rows=ONE_B_ROWS, n_layers=ONE_B_LAYERS, width=ONE_B_HIDDEN,
+                                     ffn_width=ONE_B_FFN, kinds=("hidden", "ffn"), poolings=("mean",), n_classes=2,
+                                     informative={6: 8, 14: 8}, signal=2.0, progress=True)  # fmt: skip
+        return store.url
     k = int(case[3:])
     path = work / f"store-{case}-w{width}"
     store = make_synthetic_store(path, n_rows=8544, n_layers=6, width=width, kinds=("hidden", "ffn"),
@@ -83,27 +94,69 @@ def run_case(case: str, work: Path, width: int, select: str = "argmax") -> dict:
     }
 
 
-def side_by_side(case: str, work: Path, width: int) -> dict:
-    """One head problem (ffn/mean layers 1-2, all columns) and one probe (ffn/mean layer 3), standardised once:
-    spin-cache's C path against scikit-learn's (lbfgs, warm-started, for L2; liblinear for binary L1, saga
-    multinomial otherwise), the same C grid, C chosen on dev; wall-time ratio and dev accuracy."""
+def _library_paths(pen: str, k: int, xs: dict, ys: dict, grid) -> dict:
+    """The same C path (ascending, warm-started where the library can, C chosen on dev) with every library that
+    fits this problem: scikit-learn (lbfgs for L2; liblinear for binary L1, saga multinomial), and for binary L1
+    skglm (ProxNewton with working sets; alpha = 1 / (C n)) and celer (working sets; no intercept) where installed.
+    {name: (seconds, best dev, its C)}."""
     import warnings
 
+    from sklearn.linear_model import LogisticRegression
+
+    warnings.filterwarnings("ignore")
+    n = len(ys["train"])
+    makers = {}
+    sk_solver = "lbfgs" if pen == "l2" else ("liblinear" if k == 2 else "saga")
+    makers[f"scikit-learn {sk_solver}"] = lambda c, est: (est or LogisticRegression(
+        l1_ratio=0.0 if pen == "l2" else 1.0, solver=sk_solver, max_iter=1000, warm_start=sk_solver != "liblinear",
+        tol=1e-4)).set_params(C=c)  # fmt: skip
+    if pen == "l1" and k == 2:
+        try:
+            from skglm import SparseLogisticRegression
+
+            makers["skglm"] = lambda c, est: (est or SparseLogisticRegression(warm_start=True, tol=1e-4)).set_params(
+                alpha=1.0 / (c * n))  # fmt: skip
+        except ImportError:
+            pass
+        try:
+            from celer import LogisticRegression as CelerLogistic
+
+            makers["celer"] = lambda c, est: (est or CelerLogistic(penalty="l1", tol=1e-4, warm_start=True)).set_params(
+                C=c)  # fmt: skip
+        except ImportError:
+            pass
+    out = {}
+    for name, make in makers.items():
+        t = time.perf_counter()
+        best, est = (-1.0, None), None
+        for c in sorted(grid):
+            est = make(c, est).fit(xs["train"], ys["train"])
+            dev = est.score(xs["dev"], ys["dev"])
+            if dev > best[0]:
+                best = (dev, c)
+        out[name] = (time.perf_counter() - t, best[0], best[1])
+    return out
+
+
+def side_by_side(case: str, work: Path, width: int, problems: list[str]) -> dict:
+    """One head problem (ffn/mean layers 1-2, all columns) and one probe (ffn/mean layer 3), standardised once:
+    spin-cache's C path against the libraries' (`_library_paths`), the same C grid, C chosen on dev; wall-time
+    ratio and dev accuracy. `problems`: head_l2, probe_l1 or both."""
     import numpy as np
     import torch
-    from sklearn.linear_model import LogisticRegression
 
     from spin_cache.fit.solver import HEAD_C_GRID, PROBE_C_GRID, Design, Standardizer, fit_c_path
     from spin_cache.store.activation_store import ActivationStore
 
     torch.set_num_threads(1)
-    warnings.filterwarnings("ignore")
     st = ActivationStore.open(_store(case, work, width))
     split = st.examples["split"].to_numpy()
     y = st.examples["label"].to_numpy().astype(np.int64)
     k = len(st.label_names)
     res = {}
     for name, layers, pen, grid in (("head_l2", [1, 2], "l2", HEAD_C_GRID), ("probe_l1", [3], "l1", PROBE_C_GRID)):
+        if name not in problems:
+            continue
         x = np.concatenate([st.read("ffn", "mean", layer) for layer in layers], axis=1)
         sc = Standardizer.fit(x[split == "train"])
         xs = {s: sc.transform(x[split == s]) for s in ("train", "dev")}
@@ -111,20 +164,9 @@ def side_by_side(case: str, work: Path, width: int) -> dict:
         t = time.perf_counter()
         ours = fit_c_path(Design.of(xs["train"], ys["train"]), Design.of(xs["dev"], ys["dev"]), k, grid, penalty=pen)
         ours_s = time.perf_counter() - t
-        solver = "lbfgs" if pen == "l2" else ("liblinear" if k == 2 else "saga")
-        t = time.perf_counter()
-        best = (-1.0, None)
-        clf = LogisticRegression(l1_ratio=0.0 if pen == "l2" else 1.0, solver=solver, max_iter=1000,
-                                 warm_start=solver != "liblinear", tol=1e-4)  # fmt: skip
-        for c in sorted(grid):
-            clf.set_params(C=c).fit(xs["train"], ys["train"])
-            dev = clf.score(xs["dev"], ys["dev"])
-            if dev > best[0]:
-                best = (dev, c)
-        sk_s = time.perf_counter() - t
-        res[name] = {"d": xs["train"].shape[1], "ours_s": round(ours_s, 2), "ours_dev": ours.dev, "ours_C": ours.c,
-                     "sklearn": solver, "sklearn_s": round(sk_s, 2), "sklearn_dev": best[0], "sklearn_C": best[1],
-                     "sklearn_over_ours": round(sk_s / ours_s, 2)}  # fmt: skip
+        res[name] = {"d": xs["train"].shape[1], "ours_s": round(ours_s, 2), "ours_dev": ours.dev, "ours_C": ours.c}
+        for lib, (secs, dev, c) in _library_paths(pen, k, xs, ys, grid).items():
+            res[name][lib] = {"s": round(secs, 2), "dev": dev, "C": c, "over_ours": round(secs / ours_s, 2)}
     return {"case": case, "side_by_side": res, "load": round(os.getloadavg()[0], 2)}
 
 
@@ -132,6 +174,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", nargs="+", default=["sst2", "sst5", "syn2", "syn6", "syn20", "syn77"])
     ap.add_argument("--sklearn", action="store_true", help="side by side with scikit-learn instead of the loop")
+    ap.add_argument(
+        "--problems",
+        nargs="+",
+        default=["head_l2", "probe_l1"],
+        choices=["head_l2", "probe_l1"],
+        help="with --sklearn: which problems (the 5-class L1 probe's saga takes over 15 minutes)",
+    )
     ap.add_argument("--parallel", action="store_true", help="run the cases at once, one process each")
     ap.add_argument("--width", type=int, default=384, help="synthetic stores' width (both kinds)")
     ap.add_argument("--out", default="/tmp/bench_loop")
@@ -142,14 +191,15 @@ def main() -> None:
     work = Path(a.out)
     work.mkdir(parents=True, exist_ok=True)
     if a.one:
-        result = side_by_side(a.one, work, a.width) if a.sklearn else run_case(a.one, work, a.width, a.select)
+        result = (side_by_side(a.one, work, a.width, a.problems) if a.sklearn
+                  else run_case(a.one, work, a.width, a.select))  # fmt: skip
         print(json.dumps(result, default=str))
         return
     procs = []
     for case in a.cases:
         cmd = [sys.executable, __file__, "--one", case, "--out", str(work), "--width", str(a.width)]
         cmd += ["--select", a.select]
-        cmd += ["--sklearn"] if a.sklearn else []
+        cmd += ["--sklearn", "--problems", *a.problems] if a.sklearn else []
         procs.append((case, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
         if not a.parallel:
             _report(*procs.pop())

@@ -47,6 +47,7 @@ def make_synthetic_store(
     n_rows: int = 10000,
     n_layers: int = 6,
     width: int = 512,
+    ffn_width: int | None = None,
     kinds: Sequence[str] = KINDS,
     poolings: Sequence[str] = ("mean",),
     informative: Mapping[int, int] | Mapping[str, Mapping[int, int]] | None = None,
@@ -62,22 +63,28 @@ def make_synthetic_store(
 ) -> ActivationStore:
     """Write a complete synthetic store at `out` and return it (opened read-only).
 
+    `width`: neurons per layer; `ffn_width`: the FFN layers' own width where it differs (as in real models, whose
+    FFN is 2.75-4x the hidden width; default: `width`).
     `informative` is {layer: n_neurons}, planted in every kind that has that layer (default {3: 4, 5: 4}), or
     {kind: {layer: n_neurons}} per kind. Layers are hidden 0..n_layers and ffn 1..n_layers, as in real stores.
     An existing complete store made from the same arguments is returned as is; an incomplete one is finished; one
     made from other arguments is refused unless `overwrite`.
     """
     kinds, poolings = tuple(kinds), tuple(poolings)
+    ffn_width = None if ffn_width == width else ffn_width  # the same store as without it
     _check(n_rows, n_layers, width, kinds, poolings, n_classes, split_shares, signal, dtype, block_rows)
+    if ffn_width is not None and ffn_width < 1:
+        raise InputError(f"ffn_width {ffn_width}: must be at least 1")
     layers = {"hidden": list(range(n_layers + 1)), "ffn": list(range(1, n_layers + 1))}
     layers = {k: layers[k] for k in kinds}
-    planted_counts = _normalise_informative(DEFAULT_INFORMATIVE if informative is None else informative, layers, width)
-    row_bytes = width * sum(len(layers[k]) for k in kinds) * len(poolings) * dtype_bytes(dtype)
+    widths = {k: ffn_width if k == "ffn" and ffn_width is not None else width for k in kinds}
+    planted_counts = _normalise_informative(DEFAULT_INFORMATIVE if informative is None else informative, layers, widths)
+    row_bytes = sum(widths[k] * len(layers[k]) for k in kinds) * len(poolings) * dtype_bytes(dtype)
     layout = Layout(
         kinds=kinds,
         poolings=poolings,
         layers=layers,
-        widths=dict.fromkeys(kinds, width),
+        widths=widths,
         n_rows=n_rows,
         dtype=dtype,
         block_rows=block_rows or default_block_rows(row_bytes, DEFAULT_CHUNK_COLS * dtype_bytes(dtype)),
@@ -89,6 +96,7 @@ def make_synthetic_store(
         "n_rows": n_rows,
         "n_layers": n_layers,
         "width": width,
+        **({"ffn_width": ffn_width} if ffn_width is not None else {}),
         "kinds": list(kinds),
         "poolings": list(poolings),
         "informative": {k: {str(layer): n for layer, n in v.items()} for k, v in planted_counts.items()},
@@ -103,7 +111,7 @@ def make_synthetic_store(
     counts = _split_counts(n_rows, split_shares)
     labels, splits = _labels_and_splits(counts, n_classes, seed)
     planted = {
-        kind: {layer: _planted_positions(seed, kind, layer, n, width) for layer, n in per_layer.items()}
+        kind: {layer: _planted_positions(seed, kind, layer, n, widths[kind]) for layer, n in per_layer.items()}
         for kind, per_layer in planted_counts.items()
     }
     patterns = {
@@ -263,7 +271,7 @@ def _check(
 
 
 def _normalise_informative(
-    informative: Mapping[Any, Any], layers: dict[str, list[int]], width: int
+    informative: Mapping[Any, Any], layers: dict[str, list[int]], widths: dict[str, int]
 ) -> dict[str, dict[int, int]]:
     """{kind: {layer: n}} with only n > 0, from either {layer: n} (every kind having the layer) or per kind."""
     out: dict[str, dict[int, int]] = {k: {} for k in layers}
@@ -284,8 +292,8 @@ def _normalise_informative(
                 out[kind][int(layer)] = int(n)
     for kind, per_layer in out.items():
         for layer, n in per_layer.items():
-            if not 0 <= n <= width:
-                raise InputError(f"informative: {n} neurons in {kind} layer {layer}; give 0..{width}")
+            if not 0 <= n <= widths[kind]:
+                raise InputError(f"informative: {n} neurons in {kind} layer {layer}; give 0..{widths[kind]}")
     return {k: {layer: n for layer, n in sorted(v.items()) if n > 0} for k, v in out.items()}
 
 

@@ -51,6 +51,7 @@ BAD_OPTIONS = [
     ("synth --out X --rows 0", "--rows"),
     ("synth --out X --classes 1", "--classes"),
     ("synth --out X --signal nan", "--signal"),
+    ("synth --out X --ffn-width 0", "--ffn-width"),
     ("synth --out X --informative 3:0", "--informative"),
 ]
 

@@ -201,3 +201,23 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(InputError, match="not a spin-cache store"):
         make_synthetic_store(tmp_path / "occupied", **TINY)
     assert (tmp_path / "occupied" / "keep.txt").read_text() == "mine"
+
+
+def test_ffn_layers_of_their_own_width(tmp_path):
+    """A 1B-like shape (issue 20): FFN layers wider than the hidden states, planted neurons within each width."""
+    store = make_synthetic_store(tmp_path / "w", **(TINY | {"ffn_width": 88, "informative": {2: 3}}))
+    assert store.verify() == []
+    assert store.width("hidden") == 32 and store.width("ffn") == 88
+    assert store.read("ffn", "mean", 2).shape == (300, 88)
+    planted = planted_neurons(store)
+    assert max(planted["ffn"][2]) < 88 and max(planted["hidden"][2]) < 32
+    # the same arguments give the same store; ffn_width equal to width is the store without it
+    assert make_synthetic_store(tmp_path / "w", **(TINY | {"ffn_width": 88, "informative": {2: 3}})).fingerprint == (
+        store.fingerprint
+    )
+    plain = make_synthetic_store(tmp_path / "p", **TINY)
+    assert make_synthetic_store(tmp_path / "q", **(TINY | {"ffn_width": 32})).fingerprint == plain.fingerprint
+    with pytest.raises(InputError, match=r"0\.\.32"):
+        make_synthetic_store(tmp_path / "x", **(TINY | {"ffn_width": 88, "informative": {"hidden": {2: 40}}}))
+    with pytest.raises(InputError, match="ffn_width"):
+        make_synthetic_store(tmp_path / "x", **(TINY | {"ffn_width": 0}))

@@ -326,6 +326,9 @@ def add_synth(sub: Subcommands) -> None:
     p.add_argument("--rows", type=positive_int, default=10000, help="examples (default: 10000)")
     p.add_argument("--layers", type=positive_int, default=6, help="layers (default: 6)")
     p.add_argument("--width", type=positive_int, default=512, help="neurons per layer (default: 512)")
+    p.add_argument(
+        "--ffn-width", type=positive_int, default=None, help="FFN layers' width where it differs (default: --width)"
+    )
     p.add_argument("--kinds", type=kinds_type, default=list(KINDS), help="default: hidden,ffn")
     p.add_argument("--poolings", type=poolings_type, default=["mean"], help="default: mean")
     p.add_argument("--informative", type=informative, default=None, help="LAYER:COUNT pairs (default: 3:4,5:4)")
@@ -350,6 +353,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         n_rows=args.rows,
         n_layers=args.layers,
         width=args.width,
+        ffn_width=args.ffn_width,
         kinds=args.kinds,
         poolings=args.poolings,
         informative=args.informative,
