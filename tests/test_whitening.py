@@ -70,7 +70,7 @@ def test_whitened_fista_reaches_scikit_learns_optimum(c):
                           lam, "l2")  # fmt: skip
 
     mine, theirs = objective(ours.coef, ours.intercept), objective(ref.coef_, ref.intercept_)
-    assert mine <= theirs * (1 + 1e-6)
+    assert mine <= theirs * (1 + 1e-5)
     # at weak regularisation the optimum is flat along the factors' shared directions: float32 pins the weights
     # to a few thousandths there (unwhitened FISTA lands as far from scikit-learn's)
     np.testing.assert_allclose(ours.coef, ref.coef_, atol=5e-3)
