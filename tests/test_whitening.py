@@ -103,7 +103,8 @@ def test_whitening_applies_to_multi_class_l2_only():
     assert whitening_for(data, "l1", 5) is None  # the L1 penalty is not separable on whitened coordinates
     assert whitening_for(Design.of(x, (y > 2).astype(np.int64)), "l2", 2) is None  # binary: L-BFGS-B
     assert not worth_whitening(100, MAX_FEATURES + 1)
-    assert worth_whitening(100, 300)  # wider than its rows: whitened on the rows' span
+    assert worth_whitening(300, 100)
+    assert not worth_whitening(100, 300)  # wider than its rows: the decomposition would cost more than it saves
     with pytest.raises(ValueError, match="L2"):
         fit_logistic(data, 5, 0.1, penalty="l1", whitening=whitening_for(data, "l2", 5))
 

@@ -78,6 +78,6 @@ class Whitening:
 
 
 def worth_whitening(n_rows: int, n_features: int) -> bool:
-    """Whether a design this shape gets whitened: narrow enough for the decomposition to be cheap (a design wider
-    than it has rows is whitened on the rows' span, which holds the optimum)."""
-    return n_rows > 0 and 1 <= n_features <= MAX_FEATURES
+    """Whether a design this shape gets whitened: narrow enough for the decomposition (features^3) to cost less than
+    the iterations it saves (each rows x features x outputs), so no wider than it has rows either."""
+    return 1 <= n_features <= min(MAX_FEATURES, n_rows)
