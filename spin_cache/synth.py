@@ -71,7 +71,8 @@ def make_synthetic_store(
     made from other arguments is refused unless `overwrite`.
     """
     kinds, poolings = tuple(kinds), tuple(poolings)
-    ffn_width = None if ffn_width == width else ffn_width  # the same store as without it
+    # the same store as without it where it changes nothing
+    ffn_width = None if ffn_width == width or "ffn" not in tuple(kinds) else ffn_width
     _check(n_rows, n_layers, width, kinds, poolings, n_classes, split_shares, signal, dtype, block_rows)
     if ffn_width is not None and ffn_width < 1:
         raise InputError(f"ffn_width {ffn_width}: must be at least 1")

@@ -217,6 +217,10 @@ def test_ffn_layers_of_their_own_width(tmp_path):
     )
     plain = make_synthetic_store(tmp_path / "p", **TINY)
     assert make_synthetic_store(tmp_path / "q", **(TINY | {"ffn_width": 32})).fingerprint == plain.fingerprint
+    hidden = make_synthetic_store(tmp_path / "h", **(TINY | {"kinds": ("hidden",)}))
+    assert make_synthetic_store(tmp_path / "g", **(TINY | {"kinds": ("hidden",), "ffn_width": 88})).fingerprint == (
+        hidden.fingerprint
+    )
     with pytest.raises(InputError, match=r"0\.\.32"):
         make_synthetic_store(tmp_path / "x", **(TINY | {"ffn_width": 88, "informative": {"hidden": {2: 40}}}))
     with pytest.raises(InputError, match="ffn_width"):

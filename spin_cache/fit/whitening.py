@@ -7,8 +7,9 @@ second moments, ``X^T X / n = V diag(s) V^T``, the weights written as ``w = P u`
 features ``X P`` that are uncorrelated with unit variance, and the L2 penalty stays separable:
 ``||w||^2 = sum_j u_j^2 / s_j``. FISTA's proximal step solves that penalty exactly, coordinate by coordinate, so
 the steep and the flat directions are handled alike (20-90 iterations where there were 20-280;
-BENCHMARKS.md, Loop at scale). The problem is the same one (P is invertible on the span of X's rows, and the
-optimum has no weight outside it), so the optimum is the same; only the path to it is shorter.
+BENCHMARKS.md, Loop at scale). The problem is the same one (P is invertible), so the optimum is the same; only the
+path to it is shorter. Directions of very low variance are whitened only down to a floor (VARIANCE_FLOOR): the
+float32 Gram matrix cannot resolve them finer, and they stay in the problem.
 
 One decomposition serves a whole C path (it does not depend on C). X P is never formed: each iteration maps the
 weights through P (a product of the few outputs with a features x features matrix), so the design's rows are read
@@ -22,9 +23,11 @@ from dataclasses import dataclass
 
 import torch
 
-#: Directions whose second moment is below this share of the largest are left out: float32 features cannot
-#: resolve them, and the penalty keeps their weights at zero anyway.
-RANK_TOLERANCE = 1e-6
+#: Second moments below this share of the largest are raised to it: the float32 Gram matrix resolves them only to
+#: ~1e-5 of the largest, so whitening them fully could leave the whitened features' curvature far above 1 (FISTA's
+#: step bound) and dropping them could drop the optimum (a class's signal can live in a low-variance direction).
+#: Raised, they stay in the problem, whitened only down to this floor: still the same optimum.
+VARIANCE_FLOOR = 1e-4
 #: Widest design whitened: the decomposition costs features^3 and its matrix features^2 of memory; wider
 #: designs are fitted in their own coordinates (measured at 2,237 features: 1.7 s for the Gram matrix and the
 #: decomposition together, against 8 s of iterations saved; BENCHMARKS.md).
@@ -34,12 +37,12 @@ MAX_FEATURES = 4096
 @dataclass(frozen=True)
 class Whitening:
     """``w = u @ project.T`` for weights ``u`` on whitened coordinates; ``u = w @ inverse`` back; ``variances``:
-    the second moment of each whitened direction (the eigenvalues s), so the L2 penalty of ``w`` is
-    ``sum(u**2 / variances)``."""
+    the second moment of each direction (the eigenvalues s, floored at VARIANCE_FLOOR of the largest), so the L2
+    penalty of ``w`` is ``sum(u**2 / variances)``. ``project`` is invertible: every direction is kept."""
 
-    project: torch.Tensor  # (features, rank): V diag(s)^-1/2
-    inverse: torch.Tensor  # (features, rank): V diag(s)^1/2
-    variances: torch.Tensor  # (rank,)
+    project: torch.Tensor  # (features, features): V diag(s)^-1/2
+    inverse: torch.Tensor  # (features, features): V diag(s)^1/2
+    variances: torch.Tensor  # (features,)
 
     @classmethod
     def of(
@@ -52,16 +55,15 @@ class Whitening:
             gram = part if gram is None else gram + part
         if gram is None:
             raise ValueError("whitening: the design has no rows")
-        # float32 suffices: at 2,237 features the objectives of a whole C path matched float64's to 1e-6
+        # float32 suffices with the floor: at 2,237 features the objectives of a whole C path matched float64's to 1e-6
         moments, vectors = torch.linalg.eigh(gram / max(n_rows, 1))
-        keep = moments > RANK_TOLERANCE * moments.max().clamp_min(1e-30)
-        moments, vectors = moments[keep], vectors[:, keep]
+        moments = moments.clamp_min(VARIANCE_FLOOR * float(moments.max().clamp_min(1e-30)))
         root = moments.sqrt()
         return cls(project=(vectors / root).contiguous(), inverse=(vectors * root).contiguous(), variances=moments)
 
     @property
     def rank(self) -> int:
-        """How many whitened coordinates there are (at most the number of features)."""
+        """How many whitened coordinates there are (as many as features)."""
         return int(self.variances.shape[0])
 
     def weights(self, u: torch.Tensor) -> torch.Tensor:
@@ -69,7 +71,7 @@ class Whitening:
         return u @ self.project.T
 
     def coordinates(self, w: torch.Tensor) -> torch.Tensor:
-        """Whitened weights (outputs, rank) of weights `w` (outputs, features), projected on the rows' span."""
+        """Whitened weights (outputs, rank) of weights `w` (outputs, features)."""
         return w @ self.inverse
 
     def gradient(self, gw: torch.Tensor) -> torch.Tensor:
