@@ -25,7 +25,7 @@ def _correlated(n_classes: int, n: int = 800, d: int = 60, seed: int = 0) -> tup
 
 def _whitening(x: np.ndarray) -> Whitening:
     data = Design.of(x, np.zeros(len(x), dtype=np.int64))
-    return Whitening.of(data.blocks, data.n_rows, data.n_features)
+    return Whitening.of(data.blocks, data.n_rows)
 
 
 def test_whitened_features_are_uncorrelated_with_unit_variance():

@@ -242,7 +242,7 @@ def whitening_for(data: Design, penalty: str, n_classes: int) -> Whitening | Non
     problem is not one (L1, binary) or the design is too wide to decompose cheaply."""
     if penalty != "l2" or uses_lbfgs(penalty, n_classes) or not worth_whitening(data.n_rows, data.n_features):
         return None
-    return Whitening.of(data.blocks, data.n_rows, data.n_features)
+    return Whitening.of(data.blocks, data.n_rows)
 
 
 def _fit_fista(

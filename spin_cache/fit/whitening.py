@@ -36,18 +36,16 @@ MAX_FEATURES = 4096
 
 @dataclass(frozen=True)
 class Whitening:
-    """``w = u @ project.T`` for weights ``u`` on whitened coordinates; ``u = w @ inverse`` back; ``variances``:
-    the second moment of each direction (the eigenvalues s, floored at VARIANCE_FLOOR of the largest), so the L2
-    penalty of ``w`` is ``sum(u**2 / variances)``. ``project`` is invertible: every direction is kept."""
+    """``w = u @ project.T`` for weights ``u`` on whitened coordinates, ``u = (w @ project) * variances`` back.
+    ``variances``: the second moment of each direction (the eigenvalues s, floored at VARIANCE_FLOOR of the
+    largest), so the L2 penalty of ``w`` is ``sum(u**2 / variances)``. ``project`` is invertible: every direction
+    is kept."""
 
     project: torch.Tensor  # (features, features): V diag(s)^-1/2
-    inverse: torch.Tensor  # (features, features): V diag(s)^1/2
     variances: torch.Tensor  # (features,)
 
     @classmethod
-    def of(
-        cls, blocks: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], n_rows: int, n_features: int
-    ) -> Whitening:
+    def of(cls, blocks: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], n_rows: int) -> Whitening:
         """The whitening of the features in `blocks` (one pass over the rows to sum X^T X), on their device."""
         gram: torch.Tensor | None = None
         for x, _ in blocks():
@@ -58,8 +56,7 @@ class Whitening:
         # float32 suffices with the floor: at 2,237 features the objectives of a whole C path matched float64's to 1e-6
         moments, vectors = torch.linalg.eigh(gram / max(n_rows, 1))
         moments = moments.clamp_min(VARIANCE_FLOOR * float(moments.max().clamp_min(1e-30)))
-        root = moments.sqrt()
-        return cls(project=(vectors / root).contiguous(), inverse=(vectors * root).contiguous(), variances=moments)
+        return cls(project=(vectors / moments.sqrt()).contiguous(), variances=moments)
 
     @property
     def rank(self) -> int:
@@ -71,8 +68,9 @@ class Whitening:
         return u @ self.project.T
 
     def coordinates(self, w: torch.Tensor) -> torch.Tensor:
-        """Whitened weights (outputs, rank) of weights `w` (outputs, features)."""
-        return w @ self.inverse
+        """Whitened weights (outputs, rank) of weights `w` (outputs, features): V^T w scaled by diag(s)^1/2, which
+        is (w @ V diag(s)^-1/2) scaled by diag(s), so no second features x features matrix is kept."""
+        return (w @ self.project) * self.variances
 
     def gradient(self, gw: torch.Tensor) -> torch.Tensor:
         """A gradient with respect to the weights (outputs, features) as one with respect to their whitened form."""
